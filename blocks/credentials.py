@@ -1,0 +1,140 @@
+"""`EvoLinkCredentials`: the API key as a secret, plus where and how patiently to call."""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar, Final
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from evolink.client import DEFAULT_BASE_URL, EvoLinkClient, Timeouts
+from evolink.polling import DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL, PollSchedule
+from evolink.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy
+
+ENV_API_KEY: Final = "EVOLINK_API_KEY"
+ENV_BASE_URL: Final = "EVOLINK_BASE_URL"
+ENV_POLL_MIN_INTERVAL: Final = "EVOLINK_POLL_MIN_INTERVAL"
+ENV_POLL_MAX_INTERVAL: Final = "EVOLINK_POLL_MAX_INTERVAL"
+
+
+class EvoLinkCredentials(Block):
+    """Credentials and connection settings for EvoLink's GPT Image 2 API.
+
+    The API key is stored encrypted by Prefect and shown masked in the UI and in logs.
+
+    Example:
+        Save once (or create the block in the UI):
+        ```python
+        from blocks import EvoLinkCredentials
+        EvoLinkCredentials(api_key="sk-...").save("evolink-prod")
+        ```
+        Then use it from a flow:
+        ```python
+        from blocks import EvoLinkCredentials
+        creds = EvoLinkCredentials.load("evolink-prod")
+        async with creds.get_client() as client:
+            task = await client.get_task("task-unified-...")
+        ```
+    """
+
+    _block_type_name: ClassVar[str] = "EvoLink Credentials"
+    _block_type_slug: ClassVar[str] = "evolink-credentials"
+    _description: ClassVar[str] = (
+        "API key (secret) and connection settings for EvoLink's asynchronous GPT Image 2 API."
+    )
+    _documentation_url: ClassVar[str] = "https://docs.evolink.ai"
+
+    api_key: SecretStr = Field(
+        description="EvoLink API key, sent as a Bearer token to the API host only.",
+    )
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL,
+        description="API base URL; change it only for a proxy or the local simulator.",
+    )
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to open a connection.")
+    read_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds to wait for an API response (jobs are async)."
+    )
+    download_timeout: float = Field(
+        default=120.0, gt=0, description="Seconds of silence allowed while downloading a result."
+    )
+    max_attempts: int = Field(
+        default=DEFAULT_MAX_ATTEMPTS,
+        ge=1,
+        le=10,
+        description="Tries per repeatable call (GETs, and creates carrying an Idempotency-Key).",
+    )
+
+    poll_min_interval: float = Field(
+        default=DEFAULT_MIN_INTERVAL,
+        gt=0,
+        description="Fewest seconds between two status queries of one task.",
+    )
+    poll_max_interval: float = Field(
+        default=DEFAULT_MAX_INTERVAL,
+        gt=0,
+        description="Most seconds between two status queries of one task.",
+    )
+
+    @classmethod
+    def from_env(cls) -> EvoLinkCredentials | None:
+        """`EVOLINK_API_KEY` / `EVOLINK_BASE_URL` (and poll pacing), or None when no key is set."""
+        key = os.environ.get(ENV_API_KEY, "").strip()
+        if not key:
+            return None
+        pacing = {
+            field: float(os.environ[name])
+            for field, name in (
+                ("poll_min_interval", ENV_POLL_MIN_INTERVAL),
+                ("poll_max_interval", ENV_POLL_MAX_INTERVAL),
+            )
+            if os.environ.get(name)
+        }
+        return cls(
+            api_key=SecretStr(key),
+            base_url=os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL,
+            **pacing,
+        )
+
+    def poll_schedule(self, deadline_seconds: float) -> PollSchedule:
+        return PollSchedule(
+            min_interval=self.poll_min_interval,
+            max_interval=max(self.poll_min_interval, self.poll_max_interval),
+            deadline_seconds=deadline_seconds,
+        )
+
+    def timeouts(self) -> Timeouts:
+        return Timeouts(
+            connect=self.connect_timeout,
+            read=self.read_timeout,
+            download_read=self.download_timeout,
+        )
+
+    def get_client(self, *, retry: RetryPolicy | None = None) -> EvoLinkClient:
+        """A new async client; use it with `async with` so its connections are closed."""
+        return EvoLinkClient(
+            self.api_key,
+            base_url=self.base_url,
+            timeouts=self.timeouts(),
+            retry=retry or RetryPolicy(max_attempts=self.max_attempts),
+        )
+
+
+class MissingCredentialsError(RuntimeError):
+    """No block named and no `EVOLINK_API_KEY` in the environment."""
+
+
+async def resolve_credentials(block_name: str | None) -> EvoLinkCredentials:
+    """The named block, else the environment; a clear error when neither exists."""
+    if block_name:
+        loaded = await EvoLinkCredentials.aload(block_name)
+        assert isinstance(loaded, EvoLinkCredentials)
+        return loaded
+    from_env = EvoLinkCredentials.from_env()
+    if from_env is None:
+        raise MissingCredentialsError(
+            f"no EvoLink credentials: name an EvoLinkCredentials block or set {ENV_API_KEY} "
+            "(or run `python3 dev.py demo`, which uses the local simulator)"
+        )
+    return from_env

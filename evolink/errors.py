@@ -1,0 +1,198 @@
+"""A flat family of typed errors, each knowing whether trying again could help.
+
+`retryable` answers "may the *same* call be repeated?" (a GET, or a POST carrying an
+Idempotency-Key). `resubmit_may_help` on a failed task answers the different, costlier question
+"would a *new* paid job be worth it?". Messages never contain the API key: nothing here is ever
+given the key, and response bodies are reduced to the documented error fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+# Task failure codes that a fresh submission will not fix (EvoLink's own client's verdict).
+NOT_WORTH_RESUBMITTING: Final = frozenset(
+    {
+        "content_policy_violation",
+        "invalid_parameters",
+        "image_dimension_mismatch",
+        "image_processing_error",
+        "request_cancelled",
+        "resource_not_found",
+    }
+)
+
+
+class EvoLinkError(Exception):
+    """Base of every error this package raises about the EvoLink API."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, task_id: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.task_id = task_id
+
+
+class APIStatusError(EvoLinkError):
+    """The API answered with an error status and (usually) the error envelope."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        code: str | None = None,
+        error_type: str | None = None,
+        param: str | None = None,
+        fallback_suggestion: str | None = None,
+        task_id: str | None = None,
+    ):
+        detail = f"HTTP {status_code}" + (f" {code}" if code else "")
+        super().__init__(f"{detail}: {message}", task_id=task_id)
+        self.status_code = status_code
+        self.code = code
+        self.error_type = error_type
+        self.param = param
+        self.fallback_suggestion = fallback_suggestion
+
+
+class BadRequestError(APIStatusError):
+    """400/413/409/422: the request itself is wrong; repeating it cannot help."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key is missing, wrong or revoked."""
+
+
+class InsufficientCreditsError(APIStatusError):
+    """402: the account or key has run out of credits."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the key may not use this model."""
+
+
+class NotFoundError(APIStatusError):
+    """404: unknown task id, or a task older than the API keeps."""
+
+
+class RateLimitError(APIStatusError):
+    """429: slow down; `retry_after` (seconds) is the server's hint when it gave one."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServerError(APIStatusError):
+    """5xx: the gateway or the upstream provider failed; worth another try."""
+
+    retryable = True
+
+
+class APIConnectionError(EvoLinkError):
+    """No usable response: connection refused or dropped, protocol error."""
+
+    retryable = True
+
+
+class APITimeoutError(APIConnectionError):
+    """The request did not complete within its timeout."""
+
+
+class TaskFailedError(EvoLinkError):
+    """The task ended `failed` (or `cancelled`). Not charged; says whether a resubmission may help."""
+
+    def __init__(self, task_id: str, code: str | None, message: str | None):
+        self.code = code or "unknown_error"
+        self.resubmit_may_help = self.code not in NOT_WORTH_RESUBMITTING
+        verdict = "a new submission may succeed" if self.resubmit_may_help else "do not resubmit unchanged"
+        super().__init__(
+            f"task {task_id} failed with {self.code}: {message or 'no message'} ({verdict})",
+            task_id=task_id,
+        )
+
+
+class PollDeadlineExceeded(EvoLinkError):
+    """The task did not finish in time. It may still finish: poll the same id again, never resubmit."""
+
+    retryable = True
+
+    def __init__(self, task_id: str, waited_seconds: float, last_status: str, progress: int):
+        super().__init__(
+            f"task {task_id} still {last_status} ({progress}%) after {waited_seconds:.0f}s; "
+            "it keeps running at EvoLink — poll the same task id again rather than resubmitting",
+            task_id=task_id,
+        )
+        self.waited_seconds = waited_seconds
+        self.last_status = last_status
+        self.progress = progress
+
+
+class ResultExpiredError(EvoLinkError):
+    """A result link no longer serves the image (links live 24 h). The image is lost at EvoLink."""
+
+    def __init__(self, task_id: str | None, url: str, status_code: int):
+        super().__init__(
+            f"result link of task {task_id} has expired or is gone (HTTP {status_code}); "
+            f"links are valid 24 h after completion — {redact_url(url)}",
+            task_id=task_id,
+        )
+        self.url = url
+        self.status_code = status_code
+
+
+class InvalidImageError(EvoLinkError):
+    """A download was not a usable image (wrong type, too big, truncated)."""
+
+    retryable = True  # a truncated transfer may well succeed the next time
+
+
+def redact_url(url: str) -> str:
+    """A URL without its query string: presigned signatures are credentials too."""
+    return url.split("?", 1)[0]
+
+
+_STATUS_ERRORS: Final[dict[int, type[APIStatusError]]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: InsufficientCreditsError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: BadRequestError,
+    413: BadRequestError,
+    422: BadRequestError,
+    429: RateLimitError,
+}
+
+
+def error_for_status(
+    status_code: int,
+    body: Any,
+    *,
+    retry_after: float | None = None,
+    task_id: str | None = None,
+) -> APIStatusError:
+    """Build the typed error for an error response, reading old and new envelope shapes."""
+    envelope = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(envelope, dict):
+        envelope = {}
+    code = envelope.get("code")
+    fields: dict[str, Any] = {
+        "status_code": status_code,
+        "code": None if code is None else str(code),
+        "error_type": envelope.get("type"),
+        "param": envelope.get("param"),
+        "fallback_suggestion": envelope.get("fallback_suggestion"),
+        "task_id": task_id,
+    }
+    message = str(envelope.get("message") or "no error message")[:500]
+    cls = _STATUS_ERRORS.get(status_code)
+    if cls is None:
+        cls = ServerError if status_code >= 500 else BadRequestError
+    if cls is RateLimitError:
+        return RateLimitError(message, retry_after=retry_after, **fields)
+    return cls(message, **fields)

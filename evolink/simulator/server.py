@@ -1,0 +1,301 @@
+"""The simulator as a real HTTP/1.1 server on loopback, and its start/stop handle.
+
+A real socket matters: the client's timeouts, keep-alive pool, retries on dropped connections and
+streamed downloads are only tested when bytes really cross one. The standard library's
+ThreadingHTTPServer is enough (tests make tens of requests, not thousands) and adds no dependency.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Final
+
+from evolink.simulator.faults import Fault
+from evolink.simulator.ledger import LedgerEntry, max_concurrent
+from evolink.simulator.replies import Reply, error_reply, invalid_request
+from evolink.simulator.service import DEFAULT_API_KEY, SimulatorService
+
+log = logging.getLogger("evolink.simulator")
+
+CHUNK_SIZE: Final = 64 * 1024
+MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
+IDLE_TIMEOUT_SECONDS: Final = 60.0
+
+
+class _Server(ThreadingHTTPServer):
+    """Daemon handler threads, plus a registry of open sockets so stop() can hang them up."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], service: SimulatorService) -> None:
+        self.service = service
+        self.open_connections: set[socket.socket] = set()
+        self.connections_accepted = 0
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def close_open_connections(self) -> None:
+        with self.connections_lock:
+            connections = list(self.open_connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Reads a request, asks the service, writes the reply (or hangs up without one)."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive; every reply carries Content-Length
+    server_version = "EvoLinkSimulator/1.0"
+    timeout = IDLE_TIMEOUT_SECONDS  # an idle keep-alive connection is closed after this
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes; without NODELAY, Nagle's algorithm holds
+        # the second one until the client's delayed ACK (~40 ms on Linux) — per request.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.server.connections_lock:
+            self.server.open_connections.add(self.connection)
+            self.server.connections_accepted += 1
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.server.connections_lock:
+                self.server.open_connections.discard(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        log.debug("%s - %s", self.address_string(), format % args)
+
+    def _handle(self) -> None:
+        length_header = self.headers.get("Content-Length")
+        try:
+            length = int(length_header) if length_header else 0
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY_BYTES:
+            self.close_connection = True
+            self._write(invalid_request("Request body too large", status=413))
+            return
+        body = self.rfile.read(length) if length else b""
+        loopback = self.client_address[0] in LOOPBACK
+        try:
+            service = self.server.service
+            reply = service.dispatch(self.command, self.path, self.headers, body, loopback)
+        except Exception:  # a simulator bug must show as a 500, not as a hung client
+            log.exception("simulator error on %s %s", self.command, self.path)
+            reply = error_reply(500, "internal_error", "simulator bug, see its log", "api_error")
+        if reply.drop:
+            # Nothing is written: the server closes the socket (FIN) once this returns, so the
+            # client reads EOF where a status line should be — a RemoteProtocolError in httpx.
+            self.close_connection = True
+            return
+        self._write(reply)
+
+    def _write(self, reply: Reply) -> None:
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        view = memoryview(reply.body)
+        for start in range(0, len(view), CHUNK_SIZE):
+            self.wfile.write(view[start : start + CHUNK_SIZE])
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+
+class EvoLinkSimulator:
+    """A local EvoLink API on 127.0.0.1 with scriptable faults and a ledger of every task.
+
+        with EvoLinkSimulator(generation_seconds=0.3) as sim:
+            client = httpx.Client(base_url=sim.base_url,
+                                  headers={"Authorization": f"Bearer {sim.api_key}"})
+            sim.add_fault(Fault(kind="rate_limit", retry_after=1))
+            ...
+            assert len(sim.ledger()) == 1
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str = DEFAULT_API_KEY,
+        generation_seconds: float = 2.0,
+        result_ttl_seconds: float = 86400,
+        seed: int = 0,
+        png_cache_bytes: int = 128 * 1024 * 1024,
+    ) -> None:
+        self.host = host
+        self._requested_port = port
+        self.service = SimulatorService(
+            api_key=api_key,
+            generation_seconds=generation_seconds,
+            result_ttl_seconds=result_ttl_seconds,
+            seed=seed,
+            png_cache_bytes=png_cache_bytes,
+        )
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> EvoLinkSimulator:
+        """Bind and serve in a daemon thread; returns self. Port 0 picks a free port."""
+        if self._server is not None:
+            return self
+        server = _Server((self.host, self._requested_port), self.service)
+        self._server = server
+        self.service.base_url = self.base_url
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05},
+            name=f"evolink-simulator:{self.port}", daemon=True,
+        )
+        self._thread.start()
+        log.info("EvoLink simulator listening on %s", self.base_url)
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, hang up open keep-alive connections, release the port."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_open_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> EvoLinkSimulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the simulator is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """e.g. http://127.0.0.1:54321 (a wildcard bind address is shown as 127.0.0.1)."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    # --- configuration --------------------------------------------------------------------
+
+    @property
+    def api_key(self) -> str:
+        return self.service.api_key
+
+    @property
+    def generation_seconds(self) -> float:
+        """Default generation time of new tasks (a slow_task fault overrides it per task)."""
+        return self.service.generation_seconds
+
+    @generation_seconds.setter
+    def generation_seconds(self, seconds: float) -> None:
+        self.service.generation_seconds = seconds
+
+    @property
+    def result_ttl_seconds(self) -> float:
+        return self.service.result_ttl_seconds
+
+    @result_ttl_seconds.setter
+    def result_ttl_seconds(self, seconds: float) -> None:
+        self.service.result_ttl_seconds = seconds
+
+    def now(self) -> float:
+        """The simulator's Unix time (real time plus any `advance_clock`)."""
+        return self.service.now()
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the simulator's clock forward: tasks finish and links expire without waiting."""
+        self.service.advance_clock(seconds)
+
+    # --- faults ---------------------------------------------------------------------------
+
+    def add_fault(self, fault: Fault | dict[str, Any] | None = None, **fields: Any) -> Fault:
+        """Arm a fault, given as `Fault(...)`, as a dict, or as keyword fields (`kind=...`)."""
+        if fault is None:
+            fault = Fault(**fields)
+        elif isinstance(fault, dict):
+            fault = Fault.from_dict({**fault, **fields})
+        return self.service.fault_book.add(fault)
+
+    def add_faults(self, faults: Iterable[Fault | dict[str, Any]]) -> list[Fault]:
+        return [self.add_fault(fault) for fault in faults]
+
+    @property
+    def faults(self) -> list[Fault]:
+        """Copies of every fault added, with `times` left and `fired` so far."""
+        return self.service.fault_book.snapshot()
+
+    @property
+    def fault_counts(self) -> dict[str, int]:
+        """How many times each fault kind fired."""
+        return self.service.fault_book.counts()
+
+    def reset(self) -> None:
+        """Forget tasks, keys, counts, faults and clock offset (same as POST /_sim/reset)."""
+        self.service.reset()
+
+    # --- the books ------------------------------------------------------------------------
+
+    def ledger(self) -> list[LedgerEntry]:
+        """Every task created, in creation order, evaluated now."""
+        return self.service.ledger()
+
+    def billed_tasks(self) -> list[LedgerEntry]:
+        """The entries that were charged (completed tasks)."""
+        return [entry for entry in self.ledger() if entry.billed]
+
+    def max_concurrent(self, *, include_pending: bool = False) -> int:
+        """Peak number of tasks processing at once (see `ledger.max_concurrent`)."""
+        entries = self.ledger()
+        return max_concurrent(entries, include_pending=include_pending, now=self.service.now())
+
+    @property
+    def request_counts(self) -> dict[str, int]:
+        """Requests received per route: {"create": .., "get": .., "download": ..}."""
+        return self.service.request_counts()
+
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted so far: shows whether a client reuses keep-alive connections."""
+        return self._server.connections_accepted if self._server else 0
+
+    def task(self, task_id: str) -> dict[str, Any] | None:
+        """The task object as GET /v1/tasks/{id} would show it now (None if unknown)."""
+        return self.service.task_object(task_id)

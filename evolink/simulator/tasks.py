@@ -1,0 +1,177 @@
+"""A simulated task: its timeline, its task object as the API shows it, and its signed links.
+
+A task's state is a pure function of the clock: pending for the first 10% of its generation time,
+processing (progress rising) until `finish_at`, then completed or failed. Nothing runs in the
+background, so a thousand tasks cost nothing while nobody looks, and every read agrees with every
+other read at the same instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Final
+from urllib.parse import urlencode
+
+from evolink.cost import CostEstimate
+from evolink.models import ImageRequest
+from evolink.simulator.ledger import LedgerEntry
+
+PENDING_FRACTION: Final = 0.1
+_ZERO: Final = Decimal(0)
+
+
+class LinkSigner:
+    """HMAC signatures for result links, so a tampered or guessed URL is refused like at S3."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def sign(self, task_id: str, index: int, expires: int) -> str:
+        message = f"{task_id}/{index}:{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:40]
+
+    def verify(self, task_id: str, index: int, expires: int, signature: str) -> bool:
+        return hmac.compare_digest(self.sign(task_id, index, expires), signature)
+
+
+@dataclass
+class SimTask:
+    """One task as the simulator keeps it; `failure` is (code, message) if it is to fail."""
+
+    id: str
+    request: ImageRequest
+    payload: dict[str, Any]
+    estimate: CostEstimate
+    created_at: float
+    generation_seconds: float
+    link_ttl_seconds: float
+    idempotency_key: str | None = None
+    fingerprint: str | None = None
+    failure: tuple[str, str] | None = None
+    faults: tuple[str, ...] = ()
+    response_lost: bool = False
+    _links_cache: list[str] | None = field(default=None, repr=False)
+
+    @property
+    def started_at(self) -> float:
+        return self.created_at + PENDING_FRACTION * self.generation_seconds
+
+    @property
+    def finish_at(self) -> float:
+        return self.created_at + self.generation_seconds
+
+    @property
+    def links_expire_at(self) -> int:
+        """Unix second after which links are refused; ttl 0 means expired at completion."""
+        if self.link_ttl_seconds <= 0:
+            return math.floor(self.finish_at)
+        return math.ceil(self.finish_at + self.link_ttl_seconds)
+
+    def status_at(self, now: float) -> str:
+        if now >= self.finish_at:
+            return "failed" if self.failure else "completed"
+        return "processing" if now >= self.started_at else "pending"
+
+    def progress_at(self, now: float) -> int:
+        status = self.status_at(now)
+        if status in ("completed", "failed"):
+            return 100
+        if status == "pending" or self.generation_seconds <= 0:
+            return 0
+        fraction = (now - self.created_at) / self.generation_seconds
+        return max(1, min(99, int(fraction * 100)))
+
+    def result_links(self, base_url: str, signer: LinkSigner) -> list[str]:
+        """The n result URLs: /files/<task>/<i>.png?expires=..&sig=.. on the simulator itself."""
+        if self._links_cache is None:
+            expires = self.links_expire_at
+            self._links_cache = [
+                f"{base_url}/files/{self.id}/{index}.png?"
+                + urlencode({"expires": expires, "sig": signer.sign(self.id, index, expires)})
+                for index in range(self.request.n)
+            ]
+        return self._links_cache
+
+    def to_api(self, now: float, base_url: str, signer: LinkSigner) -> dict[str, Any]:
+        """The task object, shaped like `GET /v1/tasks/{id}` at instant `now`."""
+        status = self.status_at(now)
+        est = self.estimate
+        reserved = float(est.credits)
+        usage: dict[str, Any] = {
+            "billing_rule": "per_token",
+            "credits_reserved": reserved,
+            "user_group": "default",
+        }
+        task: dict[str, Any] = {
+            "id": self.id,
+            "object": "image.generation.task",
+            "created": int(self.created_at),
+            "model": self.request.model,
+            "status": status,
+            "progress": self.progress_at(now),
+            "type": "image",
+            "task_info": {
+                "can_cancel": status in ("pending", "processing"),
+                "estimated_time": max(1, math.ceil(self.generation_seconds)),
+            },
+            "usage": usage,
+        }
+        if status == "completed":
+            task["results"] = list(self.result_links(base_url, signer))
+            usage.update(
+                credits_used=reserved,
+                cost={"credits": reserved, "usd": float(est.usd)},
+                input_tokens=est.image_input_tokens + est.text_input_tokens,
+                output_tokens=est.output_tokens,
+                input_tokens_details={
+                    "image_tokens": est.image_input_tokens,
+                    "text_tokens": est.text_input_tokens,
+                    "cached_tokens": 0,
+                },
+            )
+            task["billing"] = {
+                "charge_status": "charged",
+                "reserved_credits": reserved,
+                "charged_credits": reserved,
+                "refunded_credits": 0,
+            }
+        elif status == "failed":
+            assert self.failure is not None
+            code, message = self.failure
+            task["error"] = {"code": code, "message": message}
+            usage.update(credits_used=0, cost={"credits": 0, "usd": 0})
+            task["billing"] = {
+                "charge_status": "refunded",
+                "reserved_credits": reserved,
+                "charged_credits": 0,
+                "refunded_credits": reserved,
+            }
+        return task
+
+    def ledger_entry(self, now: float) -> LedgerEntry:
+        status = self.status_at(now)
+        charged = status == "completed"
+        est = self.estimate
+        return LedgerEntry(
+            task_id=self.id,
+            idempotency_key=self.idempotency_key,
+            request=dict(self.payload),
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finish_at if status in ("completed", "failed") else None,
+            expected_finish_at=self.finish_at,
+            status=status,
+            output_tokens=est.output_tokens if charged else 0,
+            image_input_tokens=est.image_input_tokens if charged else 0,
+            text_input_tokens=est.text_input_tokens if charged else 0,
+            reserved_credits=est.credits,
+            billed_usd=est.usd if charged else _ZERO,
+            billed_credits=est.credits if charged else _ZERO,
+            error_code=self.failure[0] if self.failure and status == "failed" else None,
+            faults=self.faults,
+            response_lost=self.response_lost,
+        )

@@ -1,0 +1,49 @@
+"""Flow: one GPT Image 2 request, from validated input to images safely stored, with its cost."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from blocks.credentials import resolve_credentials
+from blocks.storage import load_storage, safe_key
+from evolink.jobs import JobRecord
+from evolink.models import ImageRequest
+from evolink.polling import DEFAULT_DEADLINE_SECONDS
+from tasks.job import run_image_job
+from tasks.reporting import publish_job_report
+
+
+@flow(name="evolink-generate-image", log_prints=True)
+async def generate_image(
+    request: ImageRequest,
+    job_name: str = "adhoc",
+    credentials_block: str | None = None,
+    storage_block: str | None = None,
+    poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+    resubmits: int = 1,
+) -> JobRecord:
+    """Generate the images of one request and store them.
+
+    `job_name` names the logical job: running the same request under the same name again
+    returns the stored result instead of paying again; use a new name for new variants.
+    Credentials come from the named `EvoLinkCredentials` block, else `EVOLINK_API_KEY`;
+    storage from the named storage block, else the local `assets/` directory.
+    """
+    credentials = await resolve_credentials(credentials_block)
+    storage = load_storage(storage_block)
+    record = await run_image_job(
+        request,
+        namespace=f"adhoc/{job_name}",
+        dest_prefix=safe_key("adhoc", job_name),
+        credentials=credentials,
+        storage=storage,
+        schedule=credentials.poll_schedule(poll_deadline_seconds),
+        resubmits=resubmits,
+    )
+    await publish_job_report(record, key_prefix=f"evolink-{safe_key(job_name)}")
+    get_run_logger().info(
+        "Done: %d image(s), estimated $%s, billed %s",
+        len(record.images), record.estimated_usd,
+        f"${record.billed_usd}" if record.billed_usd is not None else "unknown",
+    )
+    return record

@@ -1,0 +1,88 @@
+"""One job end to end — submit → poll → persist — as plain orchestration over the three tasks.
+
+Not a task itself: the flows (one image, a campaign) call it so each step stays a visible task
+run in the UI, with its own retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefect import get_run_logger
+
+from blocks.credentials import EvoLinkCredentials
+from blocks.storage import AssetStorage
+from evolink.cost import estimate
+from evolink.errors import TaskFailedError
+from evolink.jobs import JobRecord, job_key, job_record_key, utcnow
+from evolink.models import ImageRequest
+from evolink.polling import PollSchedule
+from tasks.persist import persist_image
+from tasks.poll import poll_job
+from tasks.submit import submit_job
+
+
+async def run_image_job(
+    request: ImageRequest,
+    *,
+    namespace: str,
+    dest_prefix: str,
+    credentials: EvoLinkCredentials,
+    storage: AssetStorage,
+    schedule: PollSchedule | None = None,
+    resubmits: int = 1,
+) -> JobRecord:
+    """Return the job's record, doing only what has not been done yet.
+
+    A finished job (its record is in storage) costs nothing to run again. A task that failed with
+    a code a new submission may fix is resubmitted up to `resubmits` times — each a deliberate,
+    separately keyed job; a policy failure is never resubmitted.
+    """
+    logger = get_run_logger()
+    cost = estimate(request)
+    for attempt in range(1, resubmits + 2):
+        key = job_key(namespace, request, attempt=attempt)
+        finished = await asyncio.to_thread(storage.get_json, job_record_key(key))
+        if finished is not None:
+            logger.info("Job %s already finished (task %s); reusing its record", namespace,
+                        finished["task_id"])
+            return JobRecord.model_validate(finished)
+
+        submit = await submit_job(namespace, request, credentials, storage, attempt=attempt)
+        try:
+            final = await poll_job(submit, credentials, schedule)
+        except TaskFailedError as error:
+            if error.resubmit_may_help and attempt <= resubmits:
+                logger.warning("%s — resubmitting as attempt %d", error, attempt + 1)
+                continue
+            raise
+
+        prefix = f"{dest_prefix}/{key[:12]}"
+        metadata = {
+            "namespace": namespace,
+            "job_key": key,
+            "prompt": request.prompt,
+            "size": request.size,
+            "resolution": request.resolution or "",
+            "quality": request.quality,
+            "estimated_usd": str(cost.usd),
+            "billed_usd": str(final.billed.usd) if final.billed.known else "unknown",
+        }
+        images = await asyncio.gather(
+            *(
+                persist_image(
+                    url,
+                    task_id=final.id,
+                    index=index,
+                    dest_prefix=prefix,
+                    metadata=metadata,
+                    credentials=credentials,
+                    storage=storage,
+                )
+                for index, url in enumerate(final.results)
+            )
+        )
+        record = JobRecord.build(submit, cost, final.billed, list(images), completed_at=utcnow())
+        await asyncio.to_thread(storage.put_json, job_record_key(key), record.model_dump(mode="json"))
+        return record
+    raise AssertionError("unreachable: the last attempt returns or raises")

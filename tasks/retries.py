@@ -1,0 +1,42 @@
+"""Which failures a Prefect task may retry: only those the error family calls retryable.
+
+A blind `retries=3` around a paid call is how jobs get paid twice; here a retry happens only for
+errors that are safe and useful to repeat (the submit carries an Idempotency-Key, so even a
+repeated create reattaches to the original task).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Final
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from evolink.errors import EvoLinkError
+
+#: Seconds between task-level retries (after the client's own quick retries gave up).
+TASK_RETRY_DELAYS: Final[list[float]] = [
+    float(part) for part in os.environ.get("EVOLINK_TASK_RETRY_DELAYS", "10,60").split(",")
+]
+
+# S3 answers that will not change on a retry (bad bucket, no permission).
+_PERMANENT_S3_CODES: Final = frozenset(
+    {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+)
+
+
+def is_retryable(error: BaseException) -> bool:
+    """The retry verdict for any exception raised inside our tasks."""
+    if isinstance(error, EvoLinkError):
+        return error.retryable
+    if isinstance(error, ClientError):
+        return error.response.get("Error", {}).get("Code") not in _PERMANENT_S3_CODES
+    if isinstance(error, (BotoCoreError, ConnectionError, TimeoutError)):
+        return True
+    return False
+
+
+def retry_if_retryable(task: Any, task_run: Any, state: Any) -> bool:
+    """`retry_condition_fn` for Prefect tasks."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, BaseException) and is_retryable(error)

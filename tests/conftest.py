@@ -1,0 +1,64 @@
+"""Shared fixtures: a Prefect test harness, the EvoLink simulator, storage on disk and on S3.
+
+Everything runs on loopback; nothing here needs the network.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+# Settings that must be in place before Prefect or our task modules are imported.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="evolink-tests-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
+os.environ.setdefault("EVOLINK_TASK_RETRY_DELAYS", "0.1,0.1")
+os.environ.pop("EVOLINK_API_KEY", None)
+os.environ.pop("EVOLINK_BASE_URL", None)
+
+import pytest  # noqa: E402
+
+from evolink.simulator import EvoLinkSimulator  # noqa: E402
+
+TEST_API_KEY = "sk-test-NEVER-LOG-THIS-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect API for the session (about 7 s to start)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+
+
+@pytest.fixture
+def simulator() -> Iterator[EvoLinkSimulator]:
+    """A fresh simulator per test: fast jobs, the test key, a seeded fault RNG."""
+    with EvoLinkSimulator(api_key=TEST_API_KEY, generation_seconds=0.3, seed=7) as sim:
+        yield sim
+
+
+@pytest.fixture
+def evolink_env(simulator: EvoLinkSimulator, monkeypatch: pytest.MonkeyPatch) -> EvoLinkSimulator:
+    """Credentials from the environment, pointing at the simulator."""
+    monkeypatch.setenv("EVOLINK_API_KEY", simulator.api_key)
+    monkeypatch.setenv("EVOLINK_BASE_URL", simulator.base_url)
+    monkeypatch.setenv("EVOLINK_POLL_MIN_INTERVAL", "0.05")
+    monkeypatch.setenv("EVOLINK_POLL_MAX_INTERVAL", "0.2")
+    return simulator
+
+
+@pytest.fixture
+def assets_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "assets"
+    monkeypatch.setenv("EVOLINK_ASSETS_DIR", str(path))
+    return path

@@ -1,0 +1,113 @@
+"""Retry backoff, server hints, poll pacing, job keys and image sniffing: pure functions."""
+
+from __future__ import annotations
+
+import random
+import struct
+import zlib
+from datetime import datetime, timedelta, timezone
+
+from evolink.errors import RateLimitError, ServerError, TaskFailedError
+from evolink.images import sniff_image
+from evolink.jobs import idempotency_key, job_key
+from evolink.models import parse_request
+from evolink.polling import PollSchedule
+from evolink.retry import RetryPolicy, parse_retry_after, seconds_from_suggestion
+
+
+def rate_limited(retry_after: float | None, suggestion: str | None = None) -> RateLimitError:
+    return RateLimitError("slow down", retry_after=retry_after, status_code=429,
+                          fallback_suggestion=suggestion)
+
+
+def test_retry_after_header_forms() -> None:
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert parse_retry_after("12") == 12.0
+    assert parse_retry_after("1.5") == 1.5
+    assert parse_retry_after((now + timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S GMT"), now=now) == 30
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    assert parse_retry_after("-5") == 0.0
+
+
+def test_fallback_suggestion_is_read() -> None:
+    assert seconds_from_suggestion("retry after 60 seconds") == 60
+    assert seconds_from_suggestion("Please retry after 2.5s") == 2.5
+    assert seconds_from_suggestion("try later") is None
+
+
+def test_server_hint_beats_backoff_and_is_capped() -> None:
+    policy = RetryPolicy(max_server_hint=120)
+    assert policy.delay(1, rate_limited(7)) == 7
+    assert policy.delay(1, rate_limited(None, "retry after 60 seconds")) == 60
+    assert policy.delay(1, rate_limited(3600)) == 120
+
+
+def test_backoff_grows_with_bounded_jitter() -> None:
+    policy = RetryPolicy(base_delay=1, max_delay=8, jitter=0.25)
+    rng = random.Random(0)
+    error = ServerError("boom", status_code=503)
+    for attempt, centre in [(1, 1), (2, 2), (3, 4), (4, 8), (6, 8)]:
+        delays = [policy.delay(attempt, error, rng) for _ in range(50)]
+        assert all(centre * 0.75 <= d <= centre * 1.25 for d in delays)
+        assert len(set(delays)) > 1  # jitter really spreads the retries
+
+
+def test_only_retryable_errors_are_retried() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    assert policy.should_retry(1, ServerError("x", status_code=500))
+    assert not policy.should_retry(3, ServerError("x", status_code=500))
+    assert not policy.should_retry(1, TaskFailedError("t", "service_error", None))
+
+
+def test_poll_pacing_thins_out_then_tightens() -> None:
+    schedule = PollSchedule(min_interval=1, max_interval=15)
+    assert schedule.next_delay(0, 0, 100) == 15  # far from done: the slowest pace
+    assert schedule.next_delay(50, 50, 100) == 15
+    assert schedule.next_delay(90, 90, 100) == 5  # 10 s predicted left → poll in 5
+    assert schedule.next_delay(99, 99, 100) == 1  # never faster than min_interval
+    assert schedule.next_delay(10, 0, None) == 15  # nothing known: slowest pace
+
+
+def test_poll_never_sleeps_past_the_deadline() -> None:
+    schedule = PollSchedule(min_interval=1, max_interval=15, deadline_seconds=20)
+    assert schedule.next_delay(18, 10, None) == 2
+
+
+def test_simulated_job_needs_far_fewer_polls_than_a_fixed_3s_poll() -> None:
+    """A 60 s job with linear progress: count polls and the lag after completion."""
+    schedule, job_time, t, polls = PollSchedule(), 60.0, 0.0, 0
+    while t < job_time:
+        progress = int(100 * t / job_time)
+        t += schedule.next_delay(t, progress, 100)
+        polls += 1
+    assert polls <= (job_time / 3) / 2
+    assert t - job_time <= 0.1 * job_time
+
+
+def test_job_key_is_stable_and_depends_only_on_the_job() -> None:
+    a = parse_request({"prompt": "p", "size": "1:1"})
+    b = parse_request({"size": "1:1", "prompt": "p"})
+    assert job_key("campaign/x/asset", a) == job_key("campaign/x/asset", b)
+    assert job_key("campaign/x/asset", a) != job_key("campaign/x/other", a)
+    assert job_key("n", a) != job_key("n", a, attempt=2)
+    key = idempotency_key(job_key("n", a))
+    assert 16 <= len(key) <= 96 and all(c.isalnum() or c in "._-" for c in key)
+
+
+def _png(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk
+
+
+def test_sniff_png_jpeg_webp_and_refuse_the_rest() -> None:
+    png = sniff_image(_png(1360, 768))
+    assert png is not None and (png.content_type, png.width, png.height) == ("image/png", 1360, 768)
+    sof = b"\xff\xc0" + struct.pack(">HBHH", 17, 8, 480, 640) + b"\x03" + b"\x00" * 9
+    jpeg = sniff_image(b"\xff\xd8\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + b"\x00" * 9 + sof)
+    assert jpeg is not None and (jpeg.content_type, jpeg.width, jpeg.height) == ("image/jpeg", 640, 480)
+    vp8x = b"RIFF" + b"\x00" * 4 + b"WEBPVP8X" + b"\x00" * 8 + (799).to_bytes(3, "little") + (599).to_bytes(3, "little")
+    webp = sniff_image(vp8x)
+    assert webp is not None and (webp.width, webp.height) == (800, 600)
+    assert sniff_image(b"<html><body>Access denied</body></html>") is None
+    assert sniff_image(b"GIF89a" + b"\x00" * 40) is None
