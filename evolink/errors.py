@@ -117,9 +117,10 @@ class TaskFailedError(EvoLinkError):
 
 
 class PollDeadlineExceeded(EvoLinkError):
-    """The task did not finish in time. It may still finish: poll the same id again, never resubmit."""
+    """The task did not finish in time. It may still finish: poll the same id again, never resubmit.
 
-    retryable = True
+    Not retryable: the deadline is the caller's limit on waiting, and a rerun reattaches anyway.
+    """
 
     def __init__(self, task_id: str, waited_seconds: float, last_status: str, progress: int):
         super().__init__(

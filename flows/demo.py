@@ -14,10 +14,16 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from blocks.credentials import ENV_API_KEY, ENV_BASE_URL
-from evolink.cost import estimate
-from evolink.jobs import JobRecord
-from evolink.models import ImageRequest, InvalidRequestError, parse_request
+# A fresh machine's first run migrates Prefect's SQLite database before the temporary API
+# answers, which takes longer than Prefect's default 20 s on two cores. No telemetry: the
+# machine may have no internet.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from blocks.credentials import ENV_API_KEY, ENV_BASE_URL  # noqa: E402
+from evolink.cost import estimate  # noqa: E402
+from evolink.jobs import JobRecord  # noqa: E402
+from evolink.models import InvalidRequestError, parse_request  # noqa: E402
 
 DEMO_PROMPT = (
     "Launch banner for 'Aurora' wireless earbuds: the charging case floating over a calm "

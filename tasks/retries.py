@@ -36,7 +36,20 @@ def is_retryable(error: BaseException) -> bool:
     return False
 
 
+def failure_of(state: Any) -> BaseException | None:
+    """The exception a failed Prefect state carries.
+
+    Read from `state.data` first: inside an async task `state.result()` is dispatched to its
+    async twin and returns an un-awaited coroutine, which would silently mean "never retry".
+    """
+    data = getattr(state, "data", None)
+    if isinstance(data, BaseException):
+        return data
+    result = state.result(raise_on_failure=False, _sync=True)
+    return result if isinstance(result, BaseException) else None
+
+
 def retry_if_retryable(task: Any, task_run: Any, state: Any) -> bool:
     """`retry_condition_fn` for Prefect tasks."""
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, BaseException) and is_retryable(error)
+    error = failure_of(state)
+    return error is not None and is_retryable(error)

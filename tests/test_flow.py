@@ -219,3 +219,25 @@ def test_api_key_is_in_no_log_record_or_result(
     haystack += "".join(p.read_text() for p in assets_dir.rglob("*.json"))
     assert TEST_API_KEY not in haystack
     assert repr(EvoLinkCredentials.from_env()).count(TEST_API_KEY) == 0
+
+
+def test_task_retries_only_retryable_errors_with_a_saved_credentials_block(
+    simulator: EvoLinkSimulator, assets_dir: Path
+) -> None:
+    """With the client's own retries off, Prefect's task retries must take over — for 5xx only."""
+    EvoLinkCredentials(
+        api_key=simulator.api_key, base_url=simulator.base_url, max_attempts=1,
+        poll_min_interval=0.05, poll_max_interval=0.2,
+    ).save("flow-test-one-attempt", overwrite=True)
+    simulator.add_fault(Fault(kind="server_error", route="create", status=503, times=2))
+    record = generate(job_name="task-retry", credentials_block="flow-test-one-attempt")
+    assert simulator.request_counts["create"] == 3 and len(simulator.ledger()) == 1
+    assert record.task_id == simulator.ledger()[0].task_id
+
+    EvoLinkCredentials(api_key="sk-wrong-key-0000000000000000", base_url=simulator.base_url,
+                       max_attempts=1).save("flow-test-wrong-key", overwrite=True)
+    from evolink.errors import AuthenticationError
+
+    with pytest.raises(AuthenticationError):
+        generate(job_name="task-no-retry", credentials_block="flow-test-wrong-key")
+    assert simulator.request_counts["create"] == 4  # one more, not three more
