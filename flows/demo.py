@@ -59,6 +59,7 @@ def _start_simulator(stack: ExitStack) -> None:
     simulator = stack.enter_context(EvoLinkSimulator(generation_seconds=4.0))
     os.environ[ENV_API_KEY] = simulator.api_key
     os.environ[ENV_BASE_URL] = simulator.base_url
+    os.environ["EVOLINK_ALLOW_PRIVATE_URLS"] = "true"  # its links are http://127.0.0.1
     print(BANNER, flush=True)
     print(f"Simulator listening on {simulator.base_url}\n", flush=True)
 

@@ -19,6 +19,8 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
 os.environ.setdefault("EVOLINK_TASK_RETRY_DELAYS", "0.1,0.1")
+# The simulator serves result links on http://127.0.0.1, which production refuses as references.
+os.environ["EVOLINK_ALLOW_PRIVATE_URLS"] = "true"
 os.environ.pop("EVOLINK_API_KEY", None)
 os.environ.pop("EVOLINK_BASE_URL", None)
 
