@@ -21,13 +21,25 @@ IDEMPOTENCY_PREFIX = "evl"
 JOBS_PREFIX = "_jobs"
 
 
-def job_key(namespace: str, request: ImageRequest, *, attempt: int = 1) -> str:
-    """Stable id of a logical job: sha256 of the namespace and the canonical request body.
+def job_key(
+    namespace: str,
+    request: ImageRequest,
+    *,
+    attempt: int = 1,
+    identity: dict[str, Any] | None = None,
+) -> str:
+    """Stable id of a logical job: sha256 of the namespace and what defines the request.
 
-    `attempt` > 1 is a deliberate resubmission after a failed task (a new paid job, by choice).
+    `identity` replaces the request body where the body holds volatile parts — a presigned
+    reference URL changes with every signing, while the image it points to (its sha256) does
+    not. `attempt` > 1 is a deliberate resubmission after a failed task (a new paid job).
     """
     canonical = json.dumps(
-        {"namespace": namespace, "request": request.to_payload(), "attempt": attempt},
+        {
+            "namespace": namespace,
+            "request": request.to_payload() if identity is None else identity,
+            "attempt": attempt,
+        },
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
@@ -42,6 +54,12 @@ def idempotency_key(key: str) -> str:
 
 def submit_record_key(key: str) -> str:
     return f"{JOBS_PREFIX}/{key}/submit.json"
+
+
+def intent_record_key(key: str) -> str:
+    """The exact request about to be sent, stored before the create call: a rerun after a crash
+    resends these very bytes, so the Idempotency-Key replays instead of conflicting."""
+    return f"{JOBS_PREFIX}/{key}/intent.json"
 
 
 def job_record_key(key: str) -> str:

@@ -7,13 +7,14 @@ run in the UI, with its own retries.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from prefect import get_run_logger
 
 from blocks.credentials import EvoLinkCredentials
 from blocks.storage import AssetStorage
 from evolink.cost import estimate
-from evolink.errors import TaskFailedError
+from evolink.errors import InvalidImageError, TaskFailedError
 from evolink.jobs import JobRecord, job_key, job_record_key, utcnow
 from evolink.models import ImageRequest
 from evolink.polling import PollSchedule
@@ -31,6 +32,7 @@ async def run_image_job(
     storage: AssetStorage,
     schedule: PollSchedule | None = None,
     resubmits: int = 1,
+    identity: dict[str, Any] | None = None,
 ) -> JobRecord:
     """Return the job's record, doing only what has not been done yet.
 
@@ -41,14 +43,16 @@ async def run_image_job(
     logger = get_run_logger()
     cost = estimate(request)
     for attempt in range(1, resubmits + 2):
-        key = job_key(namespace, request, attempt=attempt)
+        key = job_key(namespace, request, attempt=attempt, identity=identity)
         finished = await asyncio.to_thread(storage.get_json, job_record_key(key))
         if finished is not None:
             logger.info("Job %s already finished (task %s); reusing its record", namespace,
                         finished["task_id"])
             return JobRecord.model_validate(finished)
 
-        submit = await submit_job(namespace, request, credentials, storage, attempt=attempt)
+        submit = await submit_job(
+            namespace, request, credentials, storage, attempt=attempt, identity=identity
+        )
         try:
             final = await poll_job(submit, credentials, schedule)
         except TaskFailedError as error:
@@ -57,6 +61,8 @@ async def run_image_job(
                 continue
             raise
 
+        if not final.results:
+            raise InvalidImageError(f"task {final.id} completed without any result link", task_id=final.id)
         prefix = f"{dest_prefix}/{key[:12]}"
         metadata = {
             "namespace": namespace,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -10,7 +11,13 @@ from prefect.cache_policies import NO_CACHE
 from blocks.credentials import EvoLinkCredentials
 from blocks.storage import AssetStorage
 from evolink.cost import estimate
-from evolink.jobs import SubmitRecord, idempotency_key, job_key, submit_record_key
+from evolink.jobs import (
+    SubmitRecord,
+    idempotency_key,
+    intent_record_key,
+    job_key,
+    submit_record_key,
+)
 from evolink.models import ImageRequest
 from tasks.retries import TASK_RETRY_DELAYS, retry_if_retryable
 
@@ -30,6 +37,7 @@ async def submit_job(
     credentials: EvoLinkCredentials,
     storage: AssetStorage,
     attempt: int = 1,
+    identity: dict[str, Any] | None = None,
 ) -> SubmitRecord:
     """Create the EvoLink task for this job, or reattach to the one already created.
 
@@ -39,7 +47,7 @@ async def submit_job(
     error family marks retryable.
     """
     logger = get_run_logger()
-    key = job_key(namespace, request, attempt=attempt)
+    key = job_key(namespace, request, attempt=attempt, identity=identity)
     record_key = submit_record_key(key)
     existing = await asyncio.to_thread(storage.get_json, record_key)
     if existing is not None:
@@ -47,6 +55,12 @@ async def submit_job(
         logger.info("Reattaching to task %s (submitted %s); nothing new is paid", record.task_id,
                     record.submitted_at.isoformat())
         return record
+
+    intent = await asyncio.to_thread(storage.get_json, intent_record_key(key))
+    if intent is not None:
+        request = ImageRequest.model_validate(intent)  # resend exactly what may have reached EvoLink
+    else:
+        await asyncio.to_thread(storage.put_json, intent_record_key(key), request.to_payload())
 
     cost = estimate(request)
     logger.info(
