@@ -15,7 +15,8 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, Final
 
@@ -32,12 +33,14 @@ from evolink.errors import (
     ServerError,
     TaskFailedError,
     error_for_status,
+    redact_url,
 )
 from evolink.images import HEADER_BYTES, ImageInfo, sniff_image
 from evolink.models import ImageRequest, parse_request
 from evolink.polling import PollSchedule
 from evolink.retry import RetryPolicy, parse_retry_after
 from evolink.states import TaskSnapshot, TaskStatus
+from evolink.urls import download_url_problem, private_urls_allowed
 
 DEFAULT_BASE_URL: Final = "https://api.evolink.ai"
 CREATE_PATH: Final = "/v1/images/generations"
@@ -49,6 +52,17 @@ EXPIRED_LINK_STATUSES: Final = frozenset({401, 403, 404, 410})
 USER_AGENT: Final = "prefect-evolink/0.1"
 
 logger = logging.getLogger("evolink.client")
+
+
+class UnsafeResultLinkError(InvalidImageError):
+    """A result link (or a redirect it led to) we refuse to fetch: not http(s), or a private,
+    loopback or link-local host while `EVOLINK_ALLOW_PRIVATE_URLS` is off.
+
+    An `InvalidImageError`, so callers that handle "no usable image" handle this too; but not
+    retryable: the same link would be refused again, and asking again only repeats the probe.
+    """
+
+    retryable = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +138,12 @@ class EvoLinkClient:
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             follow_redirects=False,
         )
+        # Redirects of result links are followed by hand (`_stream_result`), so that every hop
+        # is checked against the URL policy before we connect to it.
         self._files = httpx.AsyncClient(
             timeout=self.timeouts.download(),
             headers={"User-Agent": USER_AGENT},
-            follow_redirects=True,
-            max_redirects=MAX_REDIRECTS,
+            follow_redirects=False,
         )
 
     def __repr__(self) -> str:
@@ -226,13 +241,81 @@ class EvoLinkClient:
 
     # --- plumbing ---------------------------------------------------------------------------
 
+    def _check_result_link(
+        self, url: str, task_id: str | None, *, allow_private: bool, redirected_from: str | None
+    ) -> None:
+        """Refuse, before connecting, a hop that is not http(s) or (setting off) a private host.
+
+        Result links come from the API and redirects from whoever serves them; neither may steer
+        our worker to `file:`/`ftp:` or into our own network (e.g. 169.254.169.254 metadata).
+        """
+        problem = download_url_problem(url, allow_private=allow_private)
+        if problem is None:
+            return
+        where = f"result link of task {task_id}"
+        if redirected_from is not None:
+            where = f"redirect target (from {redact_url(redirected_from)}) of the {where}"
+        raise UnsafeResultLinkError(f"{where} {problem}", task_id=task_id)
+
+    @asynccontextmanager
+    async def _stream_result(self, url: str, task_id: str | None) -> AsyncIterator[httpx.Response]:
+        """GET `url` as a stream, following at most `MAX_REDIRECTS` redirects by hand.
+
+        httpx's own redirect following would connect to each new location before we could look
+        at it; here every hop passes `_check_result_link` first. The setting is read once per
+        download so all hops are judged alike. A redirect body is never read.
+        """
+        allow_private = private_urls_allowed()
+        current, previous = url, None
+        for _ in range(MAX_REDIRECTS + 1):
+            self._check_result_link(
+                current, task_id, allow_private=allow_private, redirected_from=previous
+            )
+            try:
+                response = await self._files.send(
+                    self._files.build_request("GET", current), stream=True
+                )
+            except (httpx.InvalidURL, httpx.RemoteProtocolError) as error:
+                # httpx parses a redirect's Location even when not following it, and raises
+                # for one it cannot parse ('data:…', garbage): that is a bad link, not a
+                # network failure worth retrying. Other protocol errors stay connection errors.
+                bad_location = "location" in str(error).lower()
+                if isinstance(error, httpx.RemoteProtocolError) and not bad_location:
+                    raise
+                raise UnsafeResultLinkError(
+                    f"result link of task {task_id} redirected to a location that is not a "
+                    f"valid URL (from {redact_url(current)})",
+                    task_id=task_id,
+                ) from None
+            if not response.has_redirect_location:
+                try:
+                    yield response
+                finally:
+                    await response.aclose()
+                return
+            await response.aclose()
+            # The Location as sent (resolved against the current URL), not httpx's repaired
+            # `next_request`, so the check and the message see what the server asked for.
+            current, previous = str(response.url.join(response.headers["location"])), current
+        raise InvalidImageError(
+            f"result link of task {task_id} redirected more than {MAX_REDIRECTS} times",
+            task_id=task_id,
+        )
+
     async def _download_once(self, url: str, sink: IO[bytes], task_id: str | None) -> Download:
+        """One attempt: stream into `sink`, hashing, under the size cap, checking the bytes.
+
+        The Content-Type header is not trusted either way: the sniffed bytes decide. A PNG
+        served as `text/html` (misconfigured CDNs do this) is accepted, because the magic
+        numbers and header parse are the real check; an HTML page served as `image/png` is
+        refused, whatever the header says.
+        """
         digest = hashlib.sha256()
         size = 0
         image: ImageInfo | None = None
         head = b""
         try:
-            async with self._files.stream("GET", url) as response:
+            async with self._stream_result(url, task_id) as response:
                 if response.status_code in EXPIRED_LINK_STATUSES:
                     raise ResultExpiredError(task_id, url, response.status_code)
                 if response.status_code >= 500:
@@ -274,11 +357,6 @@ class EvoLinkClient:
         except httpx.TimeoutException as error:
             raise APITimeoutError(
                 f"download of task {task_id} timed out ({type(error).__name__})", task_id=task_id
-            ) from None
-        except httpx.TooManyRedirects:
-            raise InvalidImageError(
-                f"result link of task {task_id} redirected more than {MAX_REDIRECTS} times",
-                task_id=task_id,
             ) from None
         except httpx.TransportError as error:
             raise APIConnectionError(

@@ -75,6 +75,17 @@ class CostEstimate:
     def __add__(self, other: CostEstimate) -> CostTotal:
         return CostTotal.of(self) + other
 
+    def scaled(self, factor: float) -> CostEstimate:
+        """The same job with every token count multiplied (a bill that came out higher)."""
+        out, image_in, text_in = (
+            math.ceil(tokens * factor)
+            for tokens in (self.output_tokens, self.image_input_tokens, self.text_input_tokens)
+        )
+        return CostEstimate(
+            self.width, self.height, self.quality, self.n, out, image_in, text_in,
+            *_priced(_token_usd(out, image_in, text_in)),
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "width": self.width,
@@ -125,12 +136,16 @@ def estimate_tokens(
     out = output_tokens(width, height, quality) * n
     image_in = IMAGE_INPUT_TOKENS_PER_REFERENCE * references * n
     text_in = text_tokens(prompt) * n
-    usd = (
-        Decimal(out) * PRICE_IMAGE_OUTPUT
-        + Decimal(image_in) * PRICE_IMAGE_INPUT
-        + Decimal(text_in) * PRICE_TEXT_INPUT
-    ) / _PER_TOKEN
+    usd = _token_usd(out, image_in, text_in)
     return CostEstimate(width, height, quality, n, out, image_in, text_in, *_priced(usd))
+
+
+def _token_usd(output: int, image_input: int, text_input: int) -> Decimal:
+    return (
+        Decimal(output) * PRICE_IMAGE_OUTPUT
+        + Decimal(image_input) * PRICE_IMAGE_INPUT
+        + Decimal(text_input) * PRICE_TEXT_INPUT
+    ) / _PER_TOKEN
 
 
 def estimate(request: ImageRequest) -> CostEstimate:

@@ -6,9 +6,7 @@ HTTP request and so before any money: each rule raises with the field's name and
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import Annotated, Any, Final, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -21,6 +19,7 @@ from evolink.sizes import (
     parse_explicit,
     resolve_size,
 )
+from evolink.urls import callback_url_problem, reference_url_problem
 
 MODEL: Final = "gpt-image-2"
 MAX_PROMPT_CODE_POINTS: Final = 32_000
@@ -29,15 +28,6 @@ MAX_REFERENCE_IMAGES: Final = 16
 REFERENCE_EXTENSIONS: Final = (".jpeg", ".jpg", ".png", ".webp")
 MASK_EXTENSIONS: Final = (".png",)
 MAX_CALLBACK_URL_CHARS: Final = 2048
-
-
-def _url_problem(url: str, *, schemes: tuple[str, ...], extensions: tuple[str, ...]) -> str | None:
-    parts = urlsplit(url)
-    if parts.scheme not in schemes or not parts.netloc:
-        return f"must be an absolute {' or '.join(schemes)} URL (got {url[:80]!r})"
-    if extensions and PurePosixPath(parts.path).suffix.lower() not in extensions:
-        return f"must point to a {'/'.join(e[1:] for e in extensions)} file (got {url[:80]!r})"
-    return None
 
 
 class ImageRequest(BaseModel):
@@ -90,11 +80,16 @@ class ImageRequest(BaseModel):
             raise ValueError(f"explicit size: {problem}")
         return size
 
+    # URL rules live in evolink/urls.py (https only, no private/loopback/link-local hosts, no
+    # user:password; EVOLINK_ALLOW_PRIVATE_URLS relaxes the first two for local testing). The
+    # setting is read at validation time, so the same process can validate under either.
+
     @field_validator("image_urls")
     @classmethod
     def _reference_rule(cls, urls: list[str] | None) -> list[str] | None:
+        """EvoLink fetches these: public https jpeg/jpg/png/webp only, so none aims it inward."""
         for index, url in enumerate(urls or ()):
-            problem = _url_problem(url, schemes=("https", "http"), extensions=REFERENCE_EXTENSIONS)
+            problem = reference_url_problem(url, extensions=REFERENCE_EXTENSIONS)
             if problem:
                 raise ValueError(f"item {index} {problem}")
         return urls
@@ -102,7 +97,8 @@ class ImageRequest(BaseModel):
     @field_validator("mask_url")
     @classmethod
     def _mask_rule(cls, url: str | None) -> str | None:
-        problem = url and _url_problem(url, schemes=("https", "http"), extensions=MASK_EXTENSIONS)
+        """Fetched by EvoLink like a reference, so the same host rules; PNG only (needs alpha)."""
+        problem = url and reference_url_problem(url, extensions=MASK_EXTENSIONS)
         if problem:
             raise ValueError(problem)
         return url
@@ -110,7 +106,8 @@ class ImageRequest(BaseModel):
     @field_validator("callback_url")
     @classmethod
     def _callback_rule(cls, url: str | None) -> str | None:
-        problem = url and _url_problem(url, schemes=("https",), extensions=())
+        """HTTPS only (the API's rule), whatever the setting; private hosts only with it on."""
+        problem = url and callback_url_problem(url)
         if problem:
             raise ValueError(problem)
         return url

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, get_run_logger
 
 from blocks.credentials import resolve_credentials
@@ -29,18 +31,49 @@ async def generate_image(
     Credentials come from the named `EvoLinkCredentials` block, else `EVOLINK_API_KEY`;
     storage from the named storage block, else the local `assets/` directory.
     """
+    return await run_and_report(
+        request,
+        namespace=f"adhoc/{job_name}",
+        dest_prefix=safe_key("adhoc", job_name),
+        artifact_prefix=f"evolink-{safe_key(job_name)}",
+        credentials_block=credentials_block,
+        storage_block=storage_block,
+        poll_deadline_seconds=poll_deadline_seconds,
+        resubmits=resubmits,
+    )
+
+
+async def run_and_report(
+    request: ImageRequest,
+    *,
+    namespace: str,
+    dest_prefix: str,
+    artifact_prefix: str,
+    credentials_block: str | None,
+    storage_block: str | None,
+    poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+    resubmits: int = 1,
+    identity: dict[str, Any] | None = None,
+) -> JobRecord:
+    """Blocks → one job → cost artifacts: the body every single-request flow shares.
+
+    Kept outside any one flow so the ad-hoc flow and the event-triggered product flow differ
+    only in how they name the job (its namespace decides when a rerun reattaches) and where
+    the images go; the pipeline itself cannot drift between them.
+    """
     credentials = await resolve_credentials(credentials_block)
     storage = load_storage(storage_block)
     record = await run_image_job(
         request,
-        namespace=f"adhoc/{job_name}",
-        dest_prefix=safe_key("adhoc", job_name),
+        namespace=namespace,
+        dest_prefix=dest_prefix,
         credentials=credentials,
         storage=storage,
         schedule=credentials.poll_schedule(poll_deadline_seconds),
         resubmits=resubmits,
+        identity=identity,
     )
-    await publish_job_report(record, key_prefix=f"evolink-{safe_key(job_name)}")
+    await publish_job_report(record, key_prefix=artifact_prefix)
     get_run_logger().info(
         "Done: %d image(s), estimated $%s, billed %s",
         len(record.images), record.estimated_usd,

@@ -18,6 +18,7 @@ from evolink.errors import InvalidImageError, TaskFailedError
 from evolink.jobs import JobRecord, job_key, job_record_key, utcnow
 from evolink.models import ImageRequest
 from evolink.polling import PollSchedule
+from tasks.limits import provider_capacity
 from tasks.persist import persist_image
 from tasks.poll import poll_job
 from tasks.submit import submit_job
@@ -50,16 +51,18 @@ async def run_image_job(
                         finished["task_id"])
             return JobRecord.model_validate(finished)
 
-        submit = await submit_job(
-            namespace, request, credentials, storage, attempt=attempt, identity=identity
-        )
-        try:
-            final = await poll_job(submit, credentials, schedule)
-        except TaskFailedError as error:
-            if error.resubmit_may_help and attempt <= resubmits:
-                logger.warning("%s — resubmitting as attempt %d", error, attempt + 1)
-                continue
-            raise
+        # One provider slot from just before submit until the poll ends (tasks/limits.py).
+        async with provider_capacity():
+            submit = await submit_job(
+                namespace, request, credentials, storage, attempt=attempt, identity=identity
+            )
+            try:
+                final = await poll_job(submit, credentials, schedule)
+            except TaskFailedError as error:
+                if error.resubmit_may_help and attempt <= resubmits:
+                    logger.warning("%s — resubmitting as attempt %d", error, attempt + 1)
+                    continue
+                raise
 
         if not final.results:
             raise InvalidImageError(f"task {final.id} completed without any result link", task_id=final.id)

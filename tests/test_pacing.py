@@ -111,3 +111,21 @@ def test_sniff_png_jpeg_webp_and_refuse_the_rest() -> None:
     assert webp is not None and (webp.width, webp.height) == (800, 600)
     assert sniff_image(b"<html><body>Access denied</body></html>") is None
     assert sniff_image(b"GIF89a" + b"\x00" * 40) is None
+
+
+def test_budget_reservations_calibrate_to_bills_above_estimates() -> None:
+    import asyncio
+    from decimal import Decimal
+
+    from evolink.budget import Budget
+
+    async def scenario() -> list[object]:
+        budget = Budget(Decimal("1.00"))
+        held = await budget.reserve(Decimal("0.20"))
+        assert held == Decimal("0.20")
+        await budget.settle(held, Decimal("0.20"), Decimal("0.30"))  # billed 1.5x the estimate
+        second = await budget.reserve(Decimal("0.40"))  # held at 0.60 now
+        third = await budget.reserve(Decimal("0.20"))  # 0.30 > 0.10 left: refused
+        return [budget.calibration, second, third, budget.left_usd]
+
+    assert asyncio.run(scenario()) == [Decimal("1.5"), Decimal("0.600"), None, Decimal("0.100")]

@@ -229,6 +229,16 @@ class EvoLinkSimulator:
         self.service.generation_seconds = seconds
 
     @property
+    def bill_multiplier(self) -> float:
+        """New tasks bill this many times their estimated tokens (1 = exactly the estimate);
+        how tests make reality pricier than the pre-flight estimate."""
+        return self.service.bill_multiplier
+
+    @bill_multiplier.setter
+    def bill_multiplier(self, factor: float) -> None:
+        self.service.bill_multiplier = factor
+
+    @property
     def result_ttl_seconds(self) -> float:
         return self.service.result_ttl_seconds
 

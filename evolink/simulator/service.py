@@ -79,6 +79,7 @@ class SimulatorService:
         self.api_key = api_key
         self.generation_seconds = generation_seconds
         self.result_ttl_seconds = result_ttl_seconds
+        self.bill_multiplier = 1.0  # new tasks bill this many times their estimated tokens
         self.seed = seed
         self._base_clock = clock
         self._clock_offset = 0.0
@@ -297,7 +298,7 @@ class SimulatorService:
             id=self._new_task_id(now),
             request=request,
             payload=request.to_payload(),
-            estimate=estimate(request),
+            estimate=estimate(request).scaled(self.bill_multiplier),
             created_at=now,
             generation_seconds=seconds,
             link_ttl_seconds=links.ttl_seconds if links else self.result_ttl_seconds,

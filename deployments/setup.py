@@ -1,0 +1,131 @@
+"""Deploy everything against the current Prefect API: work pool, provider limits, deployments.
+
+    python3 dev.py run python -m deployments.setup [--active-jobs N] [--submits-per-minute R]
+
+Idempotent — run it after every change: a work pool or limit that exists is kept (a limit is
+changed only in the values you pass), and `prefect deploy` updates deployments in place. The
+last step is exactly
+
+    EVOLINK_PROJECT_DIR=<repo> prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+
+run from the repository root, because the entrypoints in prefect.yaml are relative to it and
+EVOLINK_PROJECT_DIR tells the flow-run processes where the code is (see prefect.yaml's pull step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import get_current_settings
+from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
+
+from tasks.limits import ENV_STRICT, ensure_limits
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+PREFECT_FILE: Final = Path(__file__).resolve().parent / "prefect.yaml"
+ENV_PROJECT_DIR: Final = "EVOLINK_PROJECT_DIR"
+
+
+def work_pool_names(prefect_file: Path = PREFECT_FILE) -> list[str]:
+    """The pools the deployments in prefect.yaml use: prefect.yaml stays the one place to edit."""
+    config: dict[str, Any] = yaml.safe_load(prefect_file.read_text())
+    names = {d["work_pool"]["name"] for d in config.get("deployments", []) if d.get("work_pool")}
+    return sorted(names)
+
+
+async def ensure_work_pool(name: str, pool_type: str = "process") -> str:
+    """Create the pool with the type's default job template when it is missing."""
+    async with get_client() as client:
+        try:
+            pool = await client.read_work_pool(name)
+        except ObjectNotFound:
+            template = await get_default_base_job_template_for_infrastructure_type(pool_type)
+            if template is None:
+                raise SystemExit(
+                    f"no job template for work pool type {pool_type!r}: install its worker "
+                    f"package (e.g. prefect-docker) or create the pool with "
+                    f"`prefect work-pool create {name} --type {pool_type}`"
+                ) from None
+            await client.create_work_pool(
+                WorkPoolCreate(name=name, type=pool_type, base_job_template=template)
+            )
+            return f"work pool {name!r} ({pool_type}): created"
+        note = "" if pool.type == pool_type else f" (kept its type; {pool_type!r} was asked for)"
+        return f"work pool {name!r} ({pool.type}): exists{note}"
+
+
+def deploy_command(prefect_file: Path = PREFECT_FILE) -> list[str]:
+    return [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+            "--prefect-file", str(prefect_file)]
+
+
+def run_deploy(prefect_file: Path = PREFECT_FILE) -> int:
+    """`prefect deploy --all` from the repo root, telling the deployments where the code is."""
+    env = dict(os.environ)
+    env.setdefault(ENV_PROJECT_DIR, str(ROOT))  # a Docker/Kubernetes pool sets its own path
+    print(f"$ {ENV_PROJECT_DIR}={env[ENV_PROJECT_DIR]} {' '.join(deploy_command(prefect_file))}",
+          flush=True)
+    return subprocess.call(deploy_command(prefect_file), cwd=ROOT, env=env)
+
+
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m deployments.setup", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--active-jobs", type=int, default=None,
+                        help="EvoLink jobs running at once, across all workers (default 4 when "
+                             "created; an existing limit is kept unless given)")
+    parser.add_argument("--submits-per-minute", type=float, default=None,
+                        help="sustained create calls per minute (default 30)")
+    parser.add_argument("--submit-burst", type=int, default=None,
+                        help="create calls allowed in a burst (default 5)")
+    parser.add_argument("--pool-type", default="process",
+                        help="type for a work pool that does not exist yet (default process)")
+    parser.add_argument("--skip-deploy", action="store_true",
+                        help="only the work pool and the limits")
+    return parser.parse_args(argv)
+
+
+async def prepare(args: argparse.Namespace) -> None:
+    for name in work_pool_names():
+        print(await ensure_work_pool(name, args.pool_type), flush=True)
+    changes = await ensure_limits(
+        active_jobs=args.active_jobs,
+        submits_per_minute=args.submits_per_minute,
+        submit_burst=args.submit_burst,
+    )
+    for name, change in changes.items():
+        print(f"global concurrency limit {name!r}: {change}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _arguments(argv)
+    api_url = get_current_settings().api.url
+    if not api_url:
+        print("PREFECT_API_URL is not set: start a server (`python3 dev.py run prefect server "
+              "start`) and export PREFECT_API_URL=http://127.0.0.1:4200/api, or log in to "
+              "Prefect Cloud — deployments on a temporary API would vanish.", file=sys.stderr)
+        return 2
+    print(f"Deploying to {api_url}", flush=True)
+    asyncio.run(prepare(args))
+    if args.skip_deploy:
+        return 0
+    code = run_deploy()
+    if code == 0:
+        print(f"Done. Deployed runs use the provider limits strictly ({ENV_STRICT}=true). Start a "
+              f"worker: prefect worker start --pool {' / '.join(work_pool_names())}", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""Campaign flow: cheap drafts → selection (auto or a reviewer in the UI) → high-quality finals.
+
+Run states (documented in the README): the run is **Completed** when every asset ended with a
+final, a reviewer's rejection, or an approval timeout; it is **Failed** (after writing the
+manifest and every artifact) when any asset failed or its final was stopped by the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from prefect import flow, get_run_logger
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import apause_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+from pydantic import Field, create_model
+
+from blocks.credentials import EvoLinkCredentials, resolve_credentials
+from blocks.storage import AssetStorage, load_storage, safe_key
+from evolink.brief import AssetPlan, CampaignBrief, check_plans, load_brief
+from evolink.budget import Budget, BudgetExceededError
+from evolink.campaign import (
+    AssetOutcome,
+    AssetStatus,
+    CampaignManifest,
+    JobRow,
+    Selector,
+    draft_first_saving,
+    job_row,
+    load_selector,
+    totals,
+)
+from evolink.errors import TaskFailedError
+from evolink.jobs import JobRecord, StoredImage, utcnow
+from evolink.polling import DEFAULT_DEADLINE_SECONDS, PollSchedule
+from tasks.campaign_report import (
+    Progress,
+    publish_campaign_report,
+    publish_final_previews,
+    publish_review_sheet,
+)
+from tasks.job import run_image_job
+from tasks.references import PRESIGN_SECONDS, AssetReferences, resolve_references
+from tasks.reporting import usd
+
+DEFAULT_SELECTOR = "evolink.campaign:largest_file"
+T = TypeVar("T")
+
+
+class CampaignIncompleteError(RuntimeError):
+    """Some assets failed or were stopped by the budget; the manifest says which and why."""
+
+
+def manifest_key(campaign: str) -> str:
+    return safe_key(campaign, "manifest.json")
+
+
+def budget_refusal(brief: CampaignBrief, plans: list[AssetPlan]) -> str | None:
+    """The refusal message when drafts + finals cannot fit the budget, else None."""
+    total = sum((p.draft_estimate.usd + p.final_estimate.usd for p in plans), Decimal(0))
+    if total <= brief.budget_usd:
+        return None
+    lines = [
+        f"campaign {brief.campaign!r} is estimated at {usd(total)}, over its budget of "
+        f"{usd(brief.budget_usd)}; nothing was sent. Estimate per asset:",
+        *(
+            f"  {p.asset.id}: drafts {usd(p.draft_estimate.usd)} ({p.draft.n}× {p.draft.quality}) "
+            f"+ final {usd(p.final_estimate.usd)} ({p.final_quality}) "
+            f"= {usd(p.draft_estimate.usd + p.final_estimate.usd)}"
+            for p in plans
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def review_input(
+    plans: list[AssetPlan], outcomes: dict[str, AssetOutcome], suggested: dict[str, int | None]
+) -> tuple[type[RunInput], dict[str, str]]:
+    """A form with one choice per asset that has drafts: `image-N` or `reject`.
+
+    Returns the RunInput model and the map field name → asset id (field names must be
+    identifiers; asset ids may contain '-').
+    """
+    fields: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    for plan in plans:
+        drafts = outcomes[plan.asset.id].drafts
+        if drafts is None:
+            continue
+        name = plan.asset.id.replace("-", "_")
+        while name in fields:
+            name += "_"
+        options = tuple(f"image-{image.index}" for image in drafts.images) + ("reject",)
+        default = suggested.get(plan.asset.id)
+        fields[name] = (
+            Literal[options],  # type: ignore[valid-type]
+            Field(
+                default="reject" if default is None else f"image-{default}",
+                title=plan.asset.id,
+                description=f"final ≈ {usd(plan.final_estimate.usd)} ({plan.final_quality})",
+            ),
+        )
+        names[name] = plan.asset.id
+    return create_model("CampaignReview", __base__=RunInput, **fields), names
+
+
+class CampaignRun:
+    """The state of one run: plans, budget, progress and each asset's outcome so far."""
+
+    def __init__(
+        self,
+        brief: CampaignBrief,
+        plans: list[AssetPlan],
+        references: dict[str, AssetReferences],
+        credentials: EvoLinkCredentials,
+        storage: AssetStorage,
+        schedule: PollSchedule,
+        max_concurrent_assets: int,
+    ):
+        self.brief = brief
+        self.plans = plans
+        self.references = references
+        self.credentials = credentials
+        self.storage = storage
+        self.schedule = schedule
+        self.budget = Budget(brief.budget_usd)
+        self.outcomes: dict[str, AssetOutcome] = {
+            p.asset.id: AssetOutcome(asset=p.asset.id, status=AssetStatus.NOT_REVIEWED) for p in plans
+        }
+        self.rows: list[JobRow] = []
+        self._slots = asyncio.Semaphore(max(1, max_concurrent_assets))
+        self.progress: Progress | None = None
+        self.logger = get_run_logger()
+
+    def namespace(self, asset: str, stage: str) -> str:
+        return f"campaign/{self.brief.campaign}/{asset}/{stage}"
+
+    async def each_asset(self, work: Callable[[AssetPlan], Awaitable[T]]) -> list[T]:
+        async def bounded(plan: AssetPlan) -> T:
+            async with self._slots:
+                return await work(plan)
+
+        return await asyncio.gather(*(bounded(plan) for plan in self.plans))
+
+    def update(self, asset: str, **changes: Any) -> None:
+        self.outcomes[asset] = self.outcomes[asset].model_copy(update=changes)
+
+    async def paid_job(
+        self, plan: AssetPlan, stage: str, request: Any, estimate: Any, identity: dict[str, Any]
+    ) -> JobRecord | None:
+        """Reserve, run, settle. None (with the outcome updated) when it did not produce images."""
+        asset = plan.asset.id
+        amount = await self.budget.reserve(estimate.usd)
+        if amount is None:
+            needed = estimate.usd * self.budget.calibration
+            self.update(asset, status=AssetStatus.BUDGET_STOPPED,
+                        detail=f"{stage} needs ≈{usd(needed)}, {usd(self.budget.left_usd)} left")
+            self.logger.warning("Budget: %s %s not sent (%s)", asset, stage, self.outcomes[asset].detail)
+            return None
+        try:
+            record = await run_image_job(
+                request,
+                namespace=self.namespace(asset, stage),
+                dest_prefix=safe_key(self.brief.campaign, asset, stage),
+                credentials=self.credentials,
+                storage=self.storage,
+                schedule=self.schedule,
+                identity=identity,
+            )
+        except TaskFailedError as error:  # failed tasks are not charged
+            await self.budget.release(amount)
+            self.update(asset, status=AssetStatus.FAILED, detail=f"{stage}: {error.code}")
+            self.logger.error("Asset %s: %s", asset, error)
+            return None
+        except Exception as error:  # noqa: BLE001 — one asset must not stop the others
+            await self.budget.settle(amount, estimate.usd, None)  # may have been charged
+            self.update(asset, status=AssetStatus.FAILED, detail=f"{stage}: {type(error).__name__}: {error}")
+            self.logger.error("Asset %s %s failed: %s", asset, stage, error)
+            return None
+        finally:
+            if self.progress is not None:
+                await self.progress.advance()
+        billed = None if record.billed_usd is None else Decimal(record.billed_usd)
+        await self.budget.settle(amount, estimate.usd, billed)
+        self.rows.append(job_row(asset, stage, record, estimate))
+        return record
+
+    async def drafts(self, plan: AssetPlan) -> None:
+        identity = {"request": plan.draft.model_dump(exclude={"image_urls", "mask_url"}),
+                    "references": self.references[plan.asset.id].identities}
+        record = await self.paid_job(plan, "draft", plan.draft, plan.draft_estimate, identity)
+        if record is not None:
+            self.update(plan.asset.id, drafts=record)
+
+    async def draft_url(self, drafts: JobRecord, image: StoredImage) -> str:
+        """A URL EvoLink can fetch the chosen draft from: presigned from S3, else its result link."""
+        url = await asyncio.to_thread(self.storage.presigned_url, image.key, PRESIGN_SECONDS)
+        if url is not None:
+            return url
+        async with self.credentials.get_client() as client:
+            task = await client.get_task(drafts.task_id)
+        return task.results[image.index]
+
+    async def final(self, plan: AssetPlan) -> None:
+        outcome = self.outcomes[plan.asset.id]
+        if outcome.drafts is None or outcome.chosen_draft is None:
+            if self.progress is not None:
+                await self.progress.advance()
+            return
+        image = outcome.drafts.images[outcome.chosen_draft]
+        request = plan.final_request(await self.draft_url(outcome.drafts, image))
+        identity = {
+            "request": request.model_dump(exclude={"image_urls", "mask_url"}),
+            "draft_sha256": image.sha256,
+            "references": self.references[plan.asset.id].identities,
+        }
+        record = await self.paid_job(plan, "final", request, plan.final_estimate, identity)
+        if record is not None:
+            self.update(plan.asset.id, status=AssetStatus.FINAL, final=record, detail="")
+
+    def auto_select(self, selector: Selector) -> None:
+        for plan in self.plans:
+            drafts = self.outcomes[plan.asset.id].drafts
+            if drafts is None:
+                continue
+            choice = selector(plan.asset, list(drafts.images))
+            if choice is None:
+                self.update(plan.asset.id, status=AssetStatus.REJECTED, detail="selector rejected")
+            else:
+                self.update(plan.asset.id, chosen_draft=choice, detail=f"auto: image-{choice}")
+
+    async def approve(self, selector: Selector, timeout: int, poll_seconds: int) -> bool:
+        """Pause for a reviewer. False when the pause timed out (no finals will be sent)."""
+        suggested = {
+            p.asset.id: selector(p.asset, list(d.images))
+            for p in self.plans
+            if (d := self.outcomes[p.asset.id].drafts) is not None
+        }
+        if not suggested:
+            return True
+        await publish_review_sheet(self.brief.campaign, self.plans, self.outcomes, self.storage, suggested)
+        form, names = review_input(self.plans, self.outcomes, suggested)
+        estimate = sum(
+            (p.final_estimate.usd for p in self.plans if p.asset.id in suggested), Decimal(0)
+        )
+        self.logger.info(
+            "Waiting for review of %d asset(s); finals would cost ≈%s. Open the paused run in "
+            "the Prefect UI (artifact %s-review shows the drafts).",
+            len(suggested), usd(estimate), self.brief.campaign,
+        )
+        try:
+            answer = await apause_flow_run(
+                wait_for_input=form, timeout=timeout, poll_interval=poll_seconds, key="review"
+            )
+        except FlowPauseTimeout:
+            for asset in suggested:
+                self.update(asset, status=AssetStatus.NOT_REVIEWED,
+                            detail=f"no review within {timeout}s: no final sent")
+            self.logger.warning("Review timed out after %ss; no finals sent", timeout)
+            return False
+        for name, asset in names.items():
+            choice = getattr(answer, name)
+            if choice == "reject":
+                self.update(asset, status=AssetStatus.REJECTED, detail="rejected by reviewer")
+            else:
+                index = int(choice.removeprefix("image-"))
+                self.update(asset, chosen_draft=index, detail=f"approved: image-{index}")
+        return True
+
+    def manifest(self, selection: str, started_at: Any) -> CampaignManifest:
+        ours, variants = draft_first_saving(self.plans)
+        order = {p.asset.id: i for i, p in enumerate(self.plans)}
+        rows = sorted(self.rows, key=lambda r: (order[r.asset], r.stage != "draft"))
+        return CampaignManifest(
+            campaign=self.brief.campaign,
+            flow_run_id=str(flow_run.id) if flow_run.id else None,
+            started_at=started_at,
+            finished_at=utcnow(),
+            selection=selection,
+            budget_usd=str(self.brief.budget_usd),
+            budget_left_usd=str(self.budget.left_usd),
+            pre_flight_estimate_usd=str(ours),
+            high_quality_variants_usd=str(variants),
+            totals=totals(rows),
+            assets=[self.outcomes[p.asset.id] for p in self.plans],
+            jobs=rows,
+        )
+
+
+@flow(name="evolink-campaign", log_prints=True)
+async def run_campaign(
+    brief_path: str,
+    selection: Literal["auto", "approval"] = "auto",
+    selector: str = DEFAULT_SELECTOR,
+    credentials_block: str | None = None,
+    storage_block: str | None = None,
+    max_concurrent_assets: int = 4,
+    approval_timeout_seconds: int = 24 * 3600,
+    approval_poll_seconds: int = 10,
+    poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+) -> CampaignManifest:
+    """Run a campaign brief: drafts for every asset, one chosen per asset, finals for those.
+
+    Nothing is sent when the brief is invalid or its estimate is over budget. A rerun of the
+    same brief reattaches to every job already submitted and pays only for what is missing.
+    """
+    logger = get_run_logger()
+    started_at = utcnow()
+    brief = load_brief(brief_path)
+    chosen_selector = load_selector(selector)
+    credentials = await resolve_credentials(credentials_block)
+    storage = load_storage(storage_block or brief.defaults.storage_block)
+    references = await resolve_references(brief, Path(brief_path).resolve().parent, storage)
+    plans = check_plans(brief, {a: (r.urls, r.mask.url if r.mask else None) for a, r in references.items()})
+    refusal = budget_refusal(brief, plans)
+    if refusal:
+        raise BudgetExceededError(refusal)
+
+    run = CampaignRun(
+        brief, plans, references, credentials, storage,
+        credentials.poll_schedule(poll_deadline_seconds), max_concurrent_assets,
+    )
+    run.progress = await Progress.start(brief.campaign, 2 * len(plans))
+    logger.info("Campaign %s: %d assets, estimate %s of budget %s", brief.campaign, len(plans),
+                usd(draft_first_saving(plans)[0]), usd(brief.budget_usd))
+
+    await run.each_asset(run.drafts)
+    reviewed = True
+    if selection == "approval":
+        reviewed = await run.approve(chosen_selector, approval_timeout_seconds, approval_poll_seconds)
+    else:
+        run.auto_select(chosen_selector)
+    if reviewed:
+        await run.each_asset(run.final)
+
+    manifest = run.manifest(selection, started_at)
+    stored = await asyncio.to_thread(storage.put_json, manifest_key(brief.campaign), manifest)
+    await publish_campaign_report(manifest)
+    await publish_final_previews(manifest, storage)
+    logger.info("Manifest: %s — billed %s of budget %s", stored.uri, usd(manifest.totals.billed_usd),
+                usd(brief.budget_usd))
+    if manifest.failed_assets:
+        raise CampaignIncompleteError(
+            f"{len(manifest.failed_assets)} of {len(plans)} asset(s) did not get a final: "
+            + "; ".join(f"{o.asset} ({o.status.value}: {o.detail})" for o in manifest.failed_assets)
+            + f". Manifest: {stored.uri}"
+        )
+    return manifest

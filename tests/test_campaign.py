@@ -1,0 +1,257 @@
+"""The campaign flow on the simulator: drafts → selection → finals, budget, failures, artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import resume_flow_run
+
+from evolink.brief import BriefError, check_plans, load_brief, parse_brief
+from evolink.budget import BudgetExceededError
+from evolink.campaign import AssetStatus, CampaignManifest
+from evolink.simulator import EvoLinkSimulator, Fault
+from flows.campaign import CampaignIncompleteError, manifest_key, run_campaign
+from blocks.storage import LocalAssetStorage
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "briefs" / "spring-launch.yaml"
+
+
+def small_brief(tmp_path: Path, **changes: Any) -> Path:
+    """The example brief with 2 drafts per asset: same shape, faster."""
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["defaults"]["drafts"] = 2
+    data.update(changes)
+    path = tmp_path / "brief.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def campaign(brief: Path, **kwargs: Any) -> CampaignManifest:
+    return asyncio.run(run_campaign(str(brief), approval_poll_seconds=1, poll_deadline_seconds=30, **kwargs))
+
+
+async def artifacts_with_prefix(prefix: str) -> dict[str, Any]:
+    async with get_client() as client:
+        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix)))
+    latest: dict[str, Any] = {}
+    for artifact in sorted(found, key=lambda a: a.created):
+        latest[artifact.key] = artifact
+    return latest
+
+
+# --- brief validation ------------------------------------------------------------------------
+
+def test_brief_errors_name_the_asset_and_the_field(tmp_path: Path) -> None:
+    data = {
+        "campaign": "c", "budget_usd": 5,
+        "assets": [
+            {"id": "ok-one", "prompt": "p"},
+            {"id": "Bad Id", "prompt": "p"},
+            {"id": "banner", "prompt": "p", "drafts": 11, "colour": "red"},
+        ],
+    }
+    with pytest.raises(BriefError) as info:
+        parse_brief(data)
+    text = str(info.value)
+    assert "asset 'Bad Id' (#2): id:" in text
+    assert "asset 'banner' (#3): drafts: Input should be less than or equal to 10" in text
+    assert "asset 'banner' (#3): colour: Extra inputs are not permitted" in text
+
+    brief = parse_brief({"campaign": "c", "budget_usd": 5,
+                         "assets": [{"id": "tall", "prompt": "p", "size": "1024x4096"}]})
+    with pytest.raises(BriefError, match="asset 'tall': size: explicit size"):
+        check_plans(brief, {})
+    with pytest.raises(BriefError, match="budget_usd"):
+        parse_brief({"campaign": "c", "budget_usd": 0, "assets": [{"id": "a", "prompt": "p"}]})
+    with pytest.raises(BriefError, match="id 'a' is used twice"):
+        parse_brief({"campaign": "c", "budget_usd": 1, "assets": [{"id": "a", "prompt": "p"}] * 2})
+
+
+def test_example_brief_is_valid_and_draft_first_is_cheaper() -> None:
+    brief = load_brief(EXAMPLE)
+    assert [a.id for a in brief.assets] == ["launch-banner", "social-square", "story-vertical", "product-shot"]
+    plans = check_plans(brief, {"product-shot": (brief.assets[3].reference_images, None)})
+    ours = sum((p.draft_estimate.usd + p.final_estimate.usd for p in plans), Decimal(0))
+    variants = sum((p.high_variants_estimate.usd for p in plans), Decimal(0))
+    assert ours <= brief.budget_usd and ours < Decimal("0.31") * variants
+
+
+def test_local_reference_file_is_refused_with_local_storage(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "case.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    brief = small_brief(tmp_path, assets=[{"id": "shot", "prompt": "p", "reference_images": ["case.png"]}])
+    with pytest.raises(BriefError, match="asset 'shot': reference_images.0: local file 'case.png' must be uploaded to S3"):
+        campaign(brief)
+    assert evolink_env.request_counts.get("create", 0) == 0
+
+
+# --- end to end ----------------------------------------------------------------------------
+
+def test_example_campaign_end_to_end(evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path) -> None:
+    manifest = campaign(small_brief(tmp_path))
+    ledger = evolink_env.ledger()
+    assert [o.status for o in manifest.assets] == [AssetStatus.FINAL] * 4
+    assert len(ledger) == 8 and all(e.status == "completed" for e in ledger)
+
+    for outcome in manifest.assets:
+        assert outcome.drafts is not None and outcome.final is not None and outcome.chosen_draft is not None
+        assert len(outcome.drafts.images) == 2 and len(outcome.final.images) == 1
+        for image in outcome.drafts.images + outcome.final.images:
+            assert Path(image.uri.removeprefix("file://")).is_file()
+        assert f"/aurora-spring-launch/{outcome.asset}/draft/" in outcome.drafts.images[0].uri
+        assert f"/aurora-spring-launch/{outcome.asset}/final/" in outcome.final.images[0].uri
+        # the final was sent with the chosen draft as its first reference image
+        final_entry = next(e for e in ledger if e.task_id == outcome.final.task_id)
+        draft_task = evolink_env.task(outcome.drafts.task_id)
+        assert draft_task is not None
+        assert final_entry.request["image_urls"][0] == draft_task["results"][outcome.chosen_draft]
+        assert final_entry.request["quality"] == "high"
+
+    billed = sum((Decimal(str(e.billed_usd)) for e in ledger), Decimal(0))
+    assert Decimal(manifest.totals.billed_usd) == billed
+    assert Decimal(manifest.totals.billed_credits) == sum((Decimal(str(e.billed_credits)) for e in ledger), Decimal(0))
+    stored = json.loads((assets_dir / manifest_key("aurora-spring-launch")).read_text())
+    assert stored["totals"] == manifest.model_dump(mode="json")["totals"]
+
+    artifacts = asyncio.run(artifacts_with_prefix("aurora-spring-launch-%"))
+    assert {"aurora-spring-launch-cost", "aurora-spring-launch-summary", "aurora-spring-launch-progress",
+            "aurora-spring-launch-launch-banner-final"} <= set(artifacts)
+    rows = json.loads(artifacts["aurora-spring-launch-cost"].data)
+    assert len(rows) == 8 and {r["stage"] for r in rows} == {"draft", "final"}
+    assert {r["task_id"] for r in rows} == {e.task_id for e in ledger}
+    assert artifacts["aurora-spring-launch-progress"].data == 100.0
+    assert "total billed" in artifacts["aurora-spring-launch-summary"].data
+    assert artifacts["aurora-spring-launch-launch-banner-final"].data.startswith("data:image/jpeg;base64,")
+
+    # a rerun pays for nothing new
+    again = campaign(small_brief(tmp_path))
+    assert len(evolink_env.ledger()) == 8
+    assert [o.final.task_id for o in again.assets if o.final] == [o.final.task_id for o in manifest.assets if o.final]
+
+
+def test_one_asset_failing_does_not_stop_the_others(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
+) -> None:
+    evolink_env.add_fault(Fault(kind="fail_task", error_code="content_policy_violation", match_prompt="jogging"))
+    with pytest.raises(CampaignIncompleteError, match="social-square"):
+        campaign(small_brief(tmp_path))
+    manifest = CampaignManifest.model_validate_json((assets_dir / manifest_key("aurora-spring-launch")).read_text())
+    statuses = {o.asset: o.status for o in manifest.assets}
+    assert statuses.pop("social-square") is AssetStatus.FAILED
+    assert set(statuses.values()) == {AssetStatus.FINAL}
+    assert len(evolink_env.ledger()) == 1 + 3 * 2  # no resubmission of the policy failure
+    artifacts = asyncio.run(artifacts_with_prefix("aurora-spring-launch-%"))
+    assert "content_policy_violation" in artifacts["aurora-spring-launch-summary"].data
+    assert any("content_policy_violation" in r["stored_at"] for r in json.loads(artifacts["aurora-spring-launch-cost"].data))
+
+
+# --- budget --------------------------------------------------------------------------------
+
+def test_estimate_over_budget_sends_nothing(evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(BudgetExceededError) as info:
+        campaign(small_brief(tmp_path, budget_usd=0.2))
+    assert "launch-banner: drafts $" in str(info.value) and "product-shot" in str(info.value)
+    assert evolink_env.request_counts.get("create", 0) == 0
+
+
+def test_budget_reached_mid_run_stops_finals(evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path) -> None:
+    """The estimate fits, but every job bills 50 % over its estimate (a pricier reality)."""
+    brief_path = small_brief(tmp_path, budget_usd=0.85)
+    plans = check_plans(load_brief(brief_path), {"product-shot": (["https://x.example/a.png"], None)})
+    evolink_env.bill_multiplier = 1.5
+    with pytest.raises(CampaignIncompleteError, match="budget_stopped"):
+        campaign(brief_path)
+    manifest = CampaignManifest.model_validate_json((assets_dir / manifest_key("aurora-spring-launch")).read_text())
+    finals = [e for e in evolink_env.ledger() if e.request["quality"] == "high"]
+    stopped = [o for o in manifest.assets if o.status is AssetStatus.BUDGET_STOPPED]
+    assert stopped and len(finals) + len(stopped) == 4
+    worst = max(p.final_estimate.usd for p in plans)
+    assert Decimal(manifest.totals.billed_usd) <= Decimal("0.85") + worst
+    # calibrated reservations keep even a 50 %-over reality inside the budget itself here
+    assert Decimal(manifest.totals.billed_usd) <= Decimal("0.85")
+    assert Decimal(manifest.totals.billed_usd) == sum((Decimal(str(e.billed_usd)) for e in evolink_env.ledger()), Decimal(0))
+
+
+# --- approval ------------------------------------------------------------------------------
+
+def two_asset_brief(tmp_path: Path) -> Path:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    return small_brief(tmp_path, assets=data["assets"][:2])
+
+
+def start_in_thread(brief: Path, **kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["manifest"] = campaign(brief, selection="approval", **kwargs)
+        except BaseException as error:  # noqa: BLE001 — handed to the test thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def wait_for_paused_run(timeout: float = 90) -> Any:
+    async def paused() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = asyncio.run(paused())
+        if runs:
+            return runs[0]
+        time.sleep(0.5)
+    raise AssertionError("the campaign never paused for review")
+
+
+def test_approval_resumed_from_code_with_a_choice_and_a_rejection(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
+) -> None:
+    thread, outcome = start_in_thread(two_asset_brief(tmp_path), approval_timeout_seconds=120)
+    run = wait_for_paused_run()
+    assert len(evolink_env.ledger()) == 2  # drafts only, while waiting
+    review = asyncio.run(artifacts_with_prefix("aurora-spring-launch-review"))["aurora-spring-launch-review"]
+    assert "launch-banner" in review.data and "data:image/jpeg;base64," in review.data
+    resume_flow_run(run.id, run_input={"launch_banner": "image-1", "social_square": "reject"})
+    thread.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    manifest: CampaignManifest = outcome["manifest"]
+    banner, square = manifest.assets
+    assert (banner.status, banner.chosen_draft) == (AssetStatus.FINAL, 1)
+    assert square.status is AssetStatus.REJECTED and square.final is None
+    finals = [e for e in evolink_env.ledger() if e.request["quality"] == "high"]
+    assert len(finals) == 1
+    draft_task = evolink_env.task(banner.drafts.task_id)  # type: ignore[union-attr]
+    assert draft_task is not None and finals[0].request["image_urls"][0] == draft_task["results"][1]
+
+
+def test_approval_timeout_spends_nothing_on_finals(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
+) -> None:
+    thread, outcome = start_in_thread(two_asset_brief(tmp_path), approval_timeout_seconds=2)
+    thread.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    manifest: CampaignManifest = outcome["manifest"]
+    assert {o.status for o in manifest.assets} == {AssetStatus.NOT_REVIEWED}
+    assert [e.request["quality"] for e in evolink_env.ledger()] == ["low", "low"]

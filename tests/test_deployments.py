@@ -1,0 +1,456 @@
+"""The production path on loopback: a real Prefect server and process worker, deployed with the
+documented command, driven by events; images land in S3; provider limits hold across runs.
+
+The fast tests check deployments/prefect.yaml itself (trigger templates against the flow's
+defaults, rendered by Prefect's own template code). The slow ones start, all on 127.0.0.1:
+`prefect server start` (temporary PREFECT_HOME, SQLite), the EvoLink simulator and a moto S3
+server in this process, `python3 dev.py run python -m deployments.setup`, and
+`prefect worker start`. Every process is stopped at the end, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import inspect
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import boto3
+import httpx
+import pytest
+import yaml
+
+from evolink.simulator import EvoLinkSimulator
+from flows.asset_requested import EVENT_NAME, RESOURCE_PREFIX, generate_product_asset
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"
+POOL = "evolink-process"
+EVENT_DEPLOYMENT = "evolink-product-asset/product-asset-on-request"
+CAMPAIGN_DEPLOYMENT = "evolink-campaign/weekly-spring-launch"
+BUCKET = "marketing-assets"
+GENERATION_SECONDS = 1.5  # long enough that unlimited jobs would surely overlap
+ACTIVE_JOBS = 2
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------
+# prefect.yaml on its own (fast)
+# --------------------------------------------------------------------------------------------
+
+
+def _deployment(name: str) -> dict[str, Any]:
+    config = yaml.safe_load(PREFECT_FILE.read_text())
+    [found] = [d for d in config["deployments"] if d["name"] == name]
+    return found
+
+
+def _render_trigger(payload: dict[str, Any]) -> dict[str, Any]:
+    """The flow-run parameters the server would make from an event, with Prefect's own code."""
+    from prefect.server.events.actions import RunDeployment
+    from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
+
+    [trigger] = _deployment("product-asset-on-request")["triggers"]
+    parameters = copy.deepcopy(trigger["parameters"])
+    RunDeployment._upgrade_v1_templates(parameters)
+    context = {"event": {"payload": payload, "resource": {"id": f"{RESOURCE_PREFIX}p1"}}}
+    return hydrate(
+        parameters,
+        HydrationContext(raise_on_error=True, render_jinja=True, jinja_context=context),
+    )
+
+
+def test_trigger_defaults_are_the_flows_defaults() -> None:
+    rendered = _render_trigger({"product_id": "p1", "prompt": "a mug"})
+    signature = inspect.signature(generate_product_asset.fn)
+    for name, value in rendered.items():
+        if name not in ("product_id", "prompt"):
+            assert value == signature.parameters[name].default, name
+    assert rendered["product_id"] == "p1" and rendered["prompt"] == "a mug"
+    assert set(rendered) <= set(signature.parameters)
+
+
+def test_trigger_passes_payload_values_with_their_types() -> None:
+    payload = {"product_id": "p1", "prompt": "a mug", "size": "16:9", "resolution": "2K",
+               "quality": "low", "n": 2, "reference_image_url": "https://cdn.example.com/r.png",
+               "reference_image_key": "sha256:abc", "unrelated": "ignored"}
+    rendered = _render_trigger(payload)
+    assert rendered == {k: v for k, v in payload.items() if k != "unrelated"}
+
+
+def test_trigger_turns_a_missing_required_field_into_null_so_the_run_names_it() -> None:
+    rendered = _render_trigger({"product_id": "p1"})
+    assert rendered["prompt"] is None
+
+
+def test_deployments_share_the_pool_the_pull_step_and_strict_limits() -> None:
+    config = yaml.safe_load(PREFECT_FILE.read_text())
+    [pull] = config["pull"]
+    assert pull["prefect.deployments.steps.set_working_directory"]["directory"] == (
+        "{{ $EVOLINK_PROJECT_DIR }}"
+    )
+    for deployment in config["deployments"]:
+        assert deployment["work_pool"]["name"] == POOL
+        assert deployment["work_pool"]["job_variables"]["env"]["EVOLINK_LIMITS_STRICT"] == "true"
+        entry_file = deployment["entrypoint"].split(":")[0]
+        assert (ROOT / entry_file).is_file(), entry_file
+
+
+# --------------------------------------------------------------------------------------------
+# The stack (slow): server, simulator, S3, setup, worker
+# --------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for(check: Callable[[], T | None], *, timeout: float, what: str,
+              interval: float = 0.25) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@dataclass
+class Stack:
+    api_url: str
+    env: dict[str, str]
+    simulator: EvoLinkSimulator
+    s3_url: str
+    logs: Path
+
+    def call(self, make: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+        """Run `make(client)` against this server (not the session's test harness)."""
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        async def run() -> T:
+            async with get_client() as client:
+                return await make(client)
+
+        with temporary_settings({PREFECT_API_URL: self.api_url}):
+            return asyncio.run(run())
+
+    def s3(self) -> Any:
+        return boto3.client("s3", endpoint_url=self.s3_url, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def run_cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(list(args), cwd=ROOT, env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+        assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+        return done
+
+
+class Processes:
+    """Every process the stack starts, each in its own session so a group kill reaches its
+    children; all carry a marker in their environment so leftovers can be found and killed."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+        self.started: list[tuple[subprocess.Popen[bytes], int]] = []
+
+    def start(self, args: list[str], *, env: dict[str, str], log: Path,
+              stop_signal: int = signal.SIGTERM) -> subprocess.Popen[bytes]:
+        with log.open("wb") as sink:
+            process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=sink,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        self.started.append((process, stop_signal))
+        return process
+
+    def stop_all(self) -> None:
+        for process, stop_signal in reversed(self.started):  # worker before server
+            if process.poll() is None:
+                process.send_signal(stop_signal)  # the worker ignores SIGTERM: SIGINT
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._kill_group(process.pid)
+            if process.poll() is None:
+                process.wait(timeout=10)
+        self._kill_marked()
+
+    @staticmethod
+    def _kill_group(pid: int) -> None:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _kill_marked(self) -> None:
+        """Flow-run processes may start sessions of their own; find them by the marker."""
+        proc = Path("/proc")
+        if not proc.is_dir():
+            return
+        needle = f"EVOLINK_E2E_MARKER={self.marker}".encode()
+        for entry in proc.iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ValueError):
+                continue
+
+
+def _base_env(marker: str, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "EVOLINK_API_KEY", "EVOLINK_BASE_URL"))}
+    env.update(
+        EVOLINK_E2E_MARKER=marker,
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        PYTHONUNBUFFERED="1",
+        # the simulator's result links are http://127.0.0.1, which production refuses
+        EVOLINK_ALLOW_PRIVATE_URLS="true",
+    )
+    return env
+
+
+def _start_server(processes: Processes, env: dict[str, str], logs: Path) -> str:
+    port = _free_port()
+    server_env = {
+        **env,
+        # a waiter for a busy slot retries after at most this long (production default 30 s)
+        "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
+    }
+    server = processes.start(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+         "--port", str(port)],
+        env=server_env, log=logs / "server.log",
+    )
+    api_url = f"http://127.0.0.1:{port}/api"
+
+    def healthy() -> bool:
+        if server.poll() is not None:
+            raise AssertionError(f"prefect server exited:\n{_tail(logs / 'server.log')}")
+        try:
+            return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    _wait_for(healthy, timeout=90, what="the Prefect server")
+    return api_url
+
+
+def _save_blocks(stack: Stack) -> None:
+    """The block names prefect.yaml's deployments use, pointing at the loopback services."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from blocks.credentials import EvoLinkCredentials
+    from blocks.storage import S3AssetStorage
+
+    storage = S3AssetStorage(
+        bucket=BUCKET, prefix="evolink", endpoint_url=stack.s3_url, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing", addressing_style="path",
+    )
+    storage.get_client().create_bucket(Bucket=BUCKET)
+    with temporary_settings({PREFECT_API_URL: stack.api_url}):
+        EvoLinkCredentials(
+            api_key=stack.simulator.api_key, base_url=stack.simulator.base_url,
+            poll_min_interval=0.1, poll_max_interval=0.3,
+        ).save("evolink", overwrite=True)
+        storage.save("evolink-assets", overwrite=True)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    from moto.server import ThreadedMotoServer
+
+    marker = uuid.uuid4().hex
+    processes = Processes(marker)
+    with tempfile.TemporaryDirectory(prefix="evolink-e2e-") as tmp:
+        home, logs = Path(tmp) / "prefect-home", Path(tmp) / "logs"
+        home.mkdir()
+        logs.mkdir()
+        env = _base_env(marker, home)
+        s3_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        simulator = EvoLinkSimulator(generation_seconds=GENERATION_SECONDS, seed=11)
+        try:
+            api_url = _start_server(processes, env, logs)
+            env["PREFECT_API_URL"] = api_url
+            s3_server.start()
+            simulator.start()
+            host, port = s3_server.get_host_and_port()
+            stack = Stack(api_url, env, simulator, f"http://{host}:{port}", logs)
+            _save_blocks(stack)
+            # The documented deploy command, with the limit the concurrency test proves.
+            stack.run_cli(sys.executable, "dev.py", "run", "python", "-m", "deployments.setup",
+                          "--active-jobs", str(ACTIVE_JOBS))
+            worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1",
+                          "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
+            processes.start(
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,
+                 "--name", f"e2e-{marker[:8]}"],
+                env=worker_env, log=logs / "worker.log", stop_signal=signal.SIGINT,
+            )
+            yield stack
+        except BaseException:
+            for name in ("server.log", "worker.log"):
+                print(f"--- {name} ---\n{_tail(logs / name, 80)}", file=sys.stderr)
+            raise
+        finally:
+            processes.stop_all()
+            simulator.stop()
+            s3_server.stop()
+
+
+def _flow_runs(stack: Stack, deployment: str) -> list[Any]:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async def read(client: Any) -> list[Any]:
+        found = await client.read_deployment_by_name(deployment)
+        return await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id]))
+        )
+
+    return stack.call(read)
+
+
+def _wait_for_final_runs(stack: Stack, count: int, timeout: float) -> list[Any]:
+    def final() -> list[Any] | None:
+        runs = _flow_runs(stack, EVENT_DEPLOYMENT)
+        if len(runs) >= count and all(run.state and run.state.is_final() for run in runs):
+            return runs
+        return None
+
+    try:
+        return _wait_for(final, timeout=timeout, what=f"{count} finished flow runs", interval=0.5)
+    except AssertionError:
+        print(f"--- worker.log ---\n{_tail(stack.logs / 'worker.log', 120)}", file=sys.stderr)
+        raise
+
+
+def _artifacts(stack: Stack, flow_run_id: Any) -> dict[str, Any]:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def read(client: Any) -> list[Any]:
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+    return {artifact.key: artifact for artifact in stack.call(read)}
+
+
+FIRST = {"product_id": "aurora-earbuds", "prompt": "Aurora earbuds case on wet slate, studio light",
+         "quality": "low"}
+
+
+def _emit_rest(stack: Stack, payloads: list[dict[str, Any]]) -> None:
+    """The webhook-style option: POST a batch of events to the API's /events endpoint."""
+    now = datetime.now(timezone.utc).isoformat()
+    events = [
+        {"id": str(uuid.uuid4()), "occurred": now, "event": EVENT_NAME, "payload": payload,
+         "resource": {"prefect.resource.id": f"{RESOURCE_PREFIX}{payload['product_id']}"}}
+        for payload in payloads
+    ]
+    response = httpx.post(f"{stack.api_url}/events", json=events, timeout=10)
+    assert response.status_code == 204, response.text
+
+
+@pytest.mark.slow
+def test_event_runs_the_deployment_and_stores_the_image_in_s3(stack: Stack) -> None:
+    # The CLI way another system (or a person) asks for an asset.
+    stack.run_cli(sys.executable, "-m", "prefect", "event", "emit", EVENT_NAME,
+                  "--resource-id", f"{RESOURCE_PREFIX}{FIRST['product_id']}",
+                  "--payload", json.dumps(FIRST))
+    [run] = _wait_for_final_runs(stack, 1, timeout=90)
+    assert run.state.is_completed(), f"{run.state.type}: {run.state.message}"
+    assert run.parameters["product_id"] == FIRST["product_id"]
+    assert run.parameters["size"] == "1:1" and run.parameters["storage_block"] == "evolink-assets"
+
+    [entry] = stack.simulator.billed_tasks()
+    assert entry.request["prompt"] == FIRST["prompt"] and entry.request["quality"] == "low"
+
+    artifacts = _artifacts(stack, run.id)
+    cost = artifacts["evolink-product-aurora-earbuds-cost"]
+    [row] = json.loads(cost.data) if isinstance(cost.data, str) else cost.data
+    assert row["task_id"] == entry.task_id and row["job"] == "product/aurora-earbuds"
+    assert row["billed_usd"] == f"${entry.billed_usd:.6f}"
+    assert "evolink-product-aurora-earbuds-summary" in artifacts
+
+    uri = row["stored_at"]
+    assert uri.startswith(f"s3://{BUCKET}/evolink/products/aurora-earbuds/")
+    body = stack.s3().get_object(Bucket=BUCKET, Key=uri.removeprefix(f"s3://{BUCKET}/"))["Body"].read()
+    served = httpx.get(stack.simulator.task(entry.task_id)["results"][0]).content  # type: ignore[index]
+    assert body == served and hashlib.sha256(body).hexdigest().startswith(row["sha256"])
+
+
+@pytest.mark.slow
+def test_the_campaign_deployment_runs_mondays_at_seven_in_berlin(stack: Stack) -> None:
+    async def read(client: Any) -> Any:
+        return await client.read_deployment_by_name(CAMPAIGN_DEPLOYMENT)
+
+    deployment = stack.call(read)
+    [schedule] = deployment.schedules
+    assert schedule.schedule.cron == "0 7 * * 1"
+    assert schedule.schedule.timezone == "Europe/Berlin"
+    assert schedule.active and not deployment.paused
+    assert deployment.parameters["brief_path"] == "briefs/spring-launch.yaml"
+    assert deployment.work_pool_name == POOL
+
+
+@pytest.mark.slow
+def test_provider_limit_bounds_concurrent_jobs_across_runs(stack: Stack) -> None:
+    """Five new jobs at once (plus a repeat of the first event) under a limit of two."""
+    before = len(stack.simulator.ledger())
+    started = time.time()
+    payloads = [
+        {"product_id": f"mug-{i}", "prompt": f"ceramic mug number {i}, soft daylight",
+         "quality": "low", "size": "1:1"}
+        for i in range(5)
+    ]
+    _emit_rest(stack, [*payloads, FIRST])
+    runs = _wait_for_final_runs(stack, 1 + len(payloads) + 1, timeout=120)
+    assert all(run.state.is_completed() for run in runs), [
+        (run.name, run.state.type, run.state.message) for run in runs
+    ]
+    new_entries = [e for e in stack.simulator.ledger() if e.created_at >= started]
+    assert len(stack.simulator.ledger()) == before + len(payloads)  # the repeat paid nothing
+    assert len(new_entries) == len(payloads)
+
+    from evolink.simulator import max_concurrent
+
+    now = stack.simulator.now()
+    peak_processing = max_concurrent(new_entries, now=now)
+    peak_submitted = max_concurrent(new_entries, include_pending=True, now=now)
+    assert peak_submitted <= ACTIVE_JOBS and peak_processing <= ACTIVE_JOBS
+    assert peak_processing == ACTIVE_JOBS  # more than one ran: the limit, not chance, bounded it
+
+    # ...while more flow runs than that were running at the same time.
+    recent = [run for run in runs if run.start_time and run.start_time.timestamp() >= started]
+    spans = [(run.start_time.timestamp(), run.end_time.timestamp()) for run in recent]
+    overlapping = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert overlapping > ACTIVE_JOBS
