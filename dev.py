@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """One entry point for a fresh machine: make the pinned environment, then run a command in it.
 
-    python3 dev.py demo        # one GPT Image 2 job end to end (simulator unless a real key is set)
+    python3 dev.py demo        # the example campaign end to end (simulator unless a key is set)
     python3 dev.py test        # the whole test suite (what .ci/run runs)
+    python3 dev.py campaign BRIEF [--selection approval]   # any campaign brief
     python3 dev.py simulator   # the local EvoLink simulator on 127.0.0.1:8787
     python3 dev.py run ARGS    # any command inside the environment, e.g. `run prefect server start`
 
@@ -64,7 +65,8 @@ def run(argv: list[str]) -> int:
 
 
 COMMANDS = {
-    "demo": lambda rest: [str(PYTHON), "-m", "flows.demo", *rest],
+    "demo": lambda rest: [str(PYTHON), "-m", "flows.cli", "demo", *rest],
+    "campaign": lambda rest: [str(PYTHON), "-m", "flows.cli", "campaign", *rest],
     "test": lambda rest: [str(PYTHON), "-m", "pytest", *rest],
     "simulator": lambda rest: [str(PYTHON), "-m", "evolink.simulator", *rest],
     "run": lambda rest: rest,

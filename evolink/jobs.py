@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from evolink.cost import BilledCost, CostEstimate
+from evolink.errors import redact_url
 from evolink.models import ImageRequest
 
 IDEMPOTENCY_PREFIX = "evl"
@@ -74,6 +75,30 @@ class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
+class SentRequest(_Record):
+    """What was sent, as a record: no validation on load (the URL policy applies when sending,
+    and a record must stay readable wherever it is read) and no query strings in URLs
+    (presigned signatures are credentials, and records outlive them)."""
+
+    model: str
+    prompt: str
+    size: str
+    resolution: str | None = None
+    quality: str
+    n: int
+    image_urls: list[str] | None = None
+    mask_url: str | None = None
+    callback_url: str | None = None
+
+    @classmethod
+    def of(cls, request: ImageRequest) -> SentRequest:
+        data = request.model_dump()
+        data["image_urls"] = [redact_url(url) for url in request.image_urls or ()] or None
+        data["mask_url"] = request.mask_url and redact_url(request.mask_url)
+        data["callback_url"] = request.callback_url and redact_url(request.callback_url)
+        return cls.model_validate(data)
+
+
 class SubmitRecord(_Record):
     """Written right after the create call returns and before polling: a crash after this
     point loses nothing, because a rerun finds the task id here and polls it."""
@@ -82,7 +107,7 @@ class SubmitRecord(_Record):
     namespace: str
     idempotency_key: str
     task_id: str
-    request: ImageRequest
+    request: SentRequest
     estimate: dict[str, Any]
     submitted_at: datetime = Field(default_factory=utcnow)
     replayed: bool = False
@@ -109,7 +134,7 @@ class JobRecord(_Record):
     job_key: str
     namespace: str
     task_id: str
-    request: ImageRequest
+    request: SentRequest
     estimated_usd: str
     estimated_credits: str
     billed_usd: str | None = Field(description="None when the bill could not be read (not 0)")

@@ -12,6 +12,7 @@ from blocks.credentials import EvoLinkCredentials
 from blocks.storage import AssetStorage
 from evolink.cost import estimate
 from evolink.jobs import (
+    SentRequest,
     SubmitRecord,
     idempotency_key,
     intent_record_key,
@@ -74,7 +75,7 @@ async def submit_job(
         namespace=namespace,
         idempotency_key=idempotency_key(key),
         task_id=created.task.id,
-        request=request,
+        request=SentRequest.of(request),
         estimate=cost.as_dict(),
         replayed=created.replayed,
         estimated_time=created.task.estimated_time,

@@ -104,7 +104,9 @@ def test_local_reference_file_is_refused_with_local_storage(
 
 # --- end to end ----------------------------------------------------------------------------
 
-def test_example_campaign_end_to_end(evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path) -> None:
+def test_example_campaign_end_to_end(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     manifest = campaign(small_brief(tmp_path))
     ledger = evolink_env.ledger()
     assert [o.status for o in manifest.assets] == [AssetStatus.FINAL] * 4
@@ -127,8 +129,12 @@ def test_example_campaign_end_to_end(evolink_env: EvoLinkSimulator, assets_dir: 
     billed = sum((Decimal(str(e.billed_usd)) for e in ledger), Decimal(0))
     assert Decimal(manifest.totals.billed_usd) == billed
     assert Decimal(manifest.totals.billed_credits) == sum((Decimal(str(e.billed_credits)) for e in ledger), Decimal(0))
-    stored = json.loads((assets_dir / manifest_key("aurora-spring-launch")).read_text())
-    assert stored["totals"] == manifest.model_dump(mode="json")["totals"]
+    text = (assets_dir / manifest_key("aurora-spring-launch")).read_text()
+    assert json.loads(text)["totals"] == manifest.model_dump(mode="json")["totals"]
+    assert "sig=" not in text and "expires=" not in text  # no signed link outlives its run here
+    monkeypatch.setenv("EVOLINK_ALLOW_PRIVATE_URLS", "false")
+    assert CampaignManifest.model_validate_json(text).totals == manifest.totals  # readable anywhere
+    monkeypatch.setenv("EVOLINK_ALLOW_PRIVATE_URLS", "true")
 
     artifacts = asyncio.run(artifacts_with_prefix("aurora-spring-launch-%"))
     assert {"aurora-spring-launch-cost", "aurora-spring-launch-summary", "aurora-spring-launch-progress",
