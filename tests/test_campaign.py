@@ -24,7 +24,10 @@ from evolink.budget import BudgetExceededError
 from evolink.campaign import AssetStatus, CampaignManifest
 from evolink.simulator import EvoLinkSimulator, Fault
 from flows.campaign import CampaignIncompleteError, manifest_key, run_campaign
-from blocks.storage import LocalAssetStorage
+import httpx
+
+from blocks.storage import S3AssetStorage
+from evolink.simulator import render_png
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -100,6 +103,37 @@ def test_local_reference_file_is_refused_with_local_storage(
     with pytest.raises(BriefError, match="asset 'shot': reference_images.0: local file 'case.png' must be uploaded to S3"):
         campaign(brief)
     assert evolink_env.request_counts.get("create", 0) == 0
+
+
+def test_references_and_drafts_travel_as_presigned_s3_urls(
+    evolink_env: EvoLinkSimulator, s3_server: str, tmp_path: Path
+) -> None:
+    storage = S3AssetStorage(
+        bucket="campaign-refs", prefix="mkt", endpoint_url=s3_server, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing", addressing_style="path",
+    )
+    storage.get_client().create_bucket(Bucket="campaign-refs")
+    storage.save("campaign-test-s3", overwrite=True)
+    photo = tmp_path / "case-photo.png"
+    photo.write_bytes(render_png(64, 64, "case-photo"))
+    brief = small_brief(tmp_path, budget_usd=1, assets=[
+        {"id": "shot", "prompt": "studio product shot", "size": "1:1", "drafts": 1,
+         "reference_images": ["case-photo.png"]},
+    ])
+    manifest = campaign(brief, storage_block="evolink-s3-asset-storage/campaign-test-s3")
+
+    draft_entry, final_entry = evolink_env.ledger()
+    [uploaded] = [k for k in storage.list_keys() if "/references/" in k]
+    assert storage.get_bytes(uploaded) == photo.read_bytes()
+    reference = draft_entry.request["image_urls"][0]
+    assert reference.startswith(f"{s3_server}/campaign-refs/mkt/{uploaded}?") and "Signature" in reference
+    assert httpx.get(reference).content == photo.read_bytes()  # EvoLink could fetch it
+    chosen = final_entry.request["image_urls"][0]
+    [outcome] = manifest.assets
+    assert outcome.final is not None and outcome.drafts is not None
+    assert httpx.get(chosen).content == storage.get_bytes(outcome.drafts.images[0].key)
+    assert final_entry.request["image_urls"][1] == reference  # the brief's reference rides along
+    assert "Signature" not in storage.get_bytes("aurora-spring-launch/manifest.json").decode()  # type: ignore[union-attr]
 
 
 # --- end to end ----------------------------------------------------------------------------

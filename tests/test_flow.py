@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 from decimal import Decimal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,17 +62,6 @@ def test_one_job_is_stored_on_disk_with_metadata_and_its_bill(
     assert sidecar["metadata"]["billed_usd"] == record.billed_usd
     assert sidecar["sha256"] == image.sha256
     assert "sig=" not in json.dumps(sidecar)
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def test_one_job_is_stored_on_s3(evolink_env: EvoLinkSimulator, s3_server: str) -> None:

@@ -1,0 +1,140 @@
+"""Provider limits (tasks/limits.py) against the session's Prefect API: missing limits with and
+without strict, idempotent creation, and a slot that really bounds concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from tasks import limits
+from tasks.limits import (
+    ACTIVE_JOBS_LIMIT,
+    ENV_STRICT,
+    LIMIT_NAMES,
+    SUBMIT_RATE_LIMIT,
+    ProviderLimitsError,
+    ensure_limits,
+    limit_specs,
+    missing_limits,
+    provider_capacity,
+    strict_from_env,
+)
+
+
+async def _delete_limits() -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        for name in LIMIT_NAMES:
+            try:
+                await client.delete_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                pass
+
+
+@pytest.fixture
+def no_limits(prefect_harness: None) -> Iterator[None]:
+    """A clean slate before and after: other tests on this API must not be throttled."""
+    asyncio.run(_delete_limits())
+    limits._checked_apis.clear()
+    try:
+        yield
+    finally:
+        asyncio.run(_delete_limits())
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", False), ("false", False), ("0", False),
+                                               ("true", True), ("1", True), (" YES ", True)])
+def test_strict_comes_from_the_environment(
+    raw: str, expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_STRICT, raw)
+    assert strict_from_env() is expected
+
+
+def test_an_unreadable_strict_setting_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_STRICT, "maybe")
+    with pytest.raises(ValueError, match=ENV_STRICT):
+        strict_from_env()
+
+
+def test_a_zero_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="block every job forever"):
+        limit_specs(active_jobs=0)
+    assert limit_specs(submits_per_minute=120)[1].slot_decay_per_second == 2.0
+
+
+def test_without_limits_the_body_runs_and_one_warning_says_why(
+    no_limits: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    ran: list[int] = []
+
+    async def twice() -> None:
+        for attempt in range(2):
+            async with provider_capacity(strict=False):
+                ran.append(attempt)
+
+    with caplog.at_level(logging.WARNING, logger="tasks.limits"):
+        asyncio.run(twice())
+    assert ran == [0, 1]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "tasks.limits"]
+    assert len(warnings) == 1
+    assert ACTIVE_JOBS_LIMIT in warnings[0] and "deployments.setup" in warnings[0]
+
+
+def test_strict_and_missing_fails_before_the_body(
+    no_limits: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_STRICT, "true")
+    ran: list[bool] = []
+
+    async def job() -> None:
+        async with provider_capacity():
+            ran.append(True)
+
+    with pytest.raises(ProviderLimitsError, match="nothing was submitted"):
+        asyncio.run(job())
+    assert ran == []
+
+
+def test_ensure_limits_is_idempotent_and_keeps_tuned_values(no_limits: None) -> None:
+    from prefect.client.orchestration import get_client
+
+    assert asyncio.run(ensure_limits()) == {ACTIVE_JOBS_LIMIT: "created",
+                                            SUBMIT_RATE_LIMIT: "created"}
+    assert asyncio.run(ensure_limits()) == {ACTIVE_JOBS_LIMIT: "unchanged",
+                                            SUBMIT_RATE_LIMIT: "unchanged"}
+    assert asyncio.run(ensure_limits(active_jobs=3, submits_per_minute=6)) == {
+        ACTIVE_JOBS_LIMIT: "updated", SUBMIT_RATE_LIMIT: "updated"}
+    assert asyncio.run(missing_limits()) == []
+
+    async def read() -> tuple[int, int, float]:
+        async with get_client() as client:
+            active = await client.read_global_concurrency_limit_by_name(ACTIVE_JOBS_LIMIT)
+            submits = await client.read_global_concurrency_limit_by_name(SUBMIT_RATE_LIMIT)
+            return active.limit, submits.limit, submits.slot_decay_per_second
+
+    assert asyncio.run(read()) == (3, limits.DEFAULT_SUBMIT_BURST, 0.1)
+
+
+def test_one_slot_means_one_job_at_a_time(no_limits: None) -> None:
+    asyncio.run(ensure_limits(active_jobs=1, submits_per_minute=6000, submit_burst=10))
+    inside = peak = 0
+
+    async def job() -> None:
+        nonlocal inside, peak
+        async with provider_capacity(strict=True, timeout_seconds=30):
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.3)
+            inside -= 1
+
+    async def both() -> None:
+        await asyncio.gather(job(), job())
+
+    asyncio.run(both())
+    assert peak == 1 and inside == 0
