@@ -45,9 +45,11 @@ def ensure_env() -> None:
     """Create or refresh `.venv` from the lock file; a no-op when it is already current."""
     if STAMP.exists() and STAMP.read_text().strip() == _lock_digest() and PYTHON.exists():
         return
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 — dev.py itself must run on any python3
         sys.exit(f"Python 3.11+ is needed, this is {sysconfig.get_python_version()}")
-    print(f"[dev] creating {VENV.name}/ from {LOCK.name} (first run only, about a minute)", flush=True)
+    print(
+        f"[dev] creating {VENV.name}/ from {LOCK.name} (first run only, about a minute)", flush=True
+    )
     venv.EnvBuilder(with_pip=True, clear=VENV.exists()).create(VENV)
     pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "--no-input"]
     subprocess.check_call([*pip, "install", "--quiet", "--require-virtualenv", "-r", str(LOCK)])

@@ -43,7 +43,7 @@ class EvoLinkCredentials(Block):
     _description: ClassVar[str] = (
         "API key (secret) and connection settings for EvoLink's asynchronous GPT Image 2 API."
     )
-    _documentation_url: ClassVar[str] = "https://docs.evolink.ai"
+    _documentation_url = "https://docs.evolink.ai"  # type: ignore[assignment]
 
     api_key: SecretStr = Field(
         description="EvoLink API key, sent as a Bearer token to the API host only.",
@@ -83,18 +83,11 @@ class EvoLinkCredentials(Block):
         key = os.environ.get(ENV_API_KEY, "").strip()
         if not key:
             return None
-        pacing = {
-            field: float(os.environ[name])
-            for field, name in (
-                ("poll_min_interval", ENV_POLL_MIN_INTERVAL),
-                ("poll_max_interval", ENV_POLL_MAX_INTERVAL),
-            )
-            if os.environ.get(name)
-        }
         return cls(
             api_key=SecretStr(key),
             base_url=os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL,
-            **pacing,
+            poll_min_interval=float(os.environ.get(ENV_POLL_MIN_INTERVAL) or DEFAULT_MIN_INTERVAL),
+            poll_max_interval=float(os.environ.get(ENV_POLL_MAX_INTERVAL) or DEFAULT_MAX_INTERVAL),
         )
 
     def poll_schedule(self, deadline_seconds: float) -> PollSchedule:
@@ -129,7 +122,8 @@ async def resolve_credentials(block_name: str | None) -> EvoLinkCredentials:
     """The named block, else the environment; a clear error when neither exists."""
     if block_name:
         loaded = await EvoLinkCredentials.aload(block_name)
-        assert isinstance(loaded, EvoLinkCredentials)
+        if not isinstance(loaded, EvoLinkCredentials):
+            raise TypeError(f"block {block_name!r} is not an EvoLinkCredentials block")
         return loaded
     from_env = EvoLinkCredentials.from_env()
     if from_env is None:

@@ -36,9 +36,10 @@ from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = [
+    "ENV_ASSETS_DIR",
     "AssetStorage",
     "LocalAssetStorage",
     "S3AssetStorage",
@@ -47,13 +48,12 @@ __all__ = [
     "default_storage",
     "load_storage",
     "safe_key",
-    "ENV_ASSETS_DIR",
 ]
 
 logger = logging.getLogger(__name__)
 
 ENV_ASSETS_DIR: Final = "EVOLINK_ASSETS_DIR"
-"""Overrides the base directory of `default_storage()` (tests and local runs point it at a temp dir)."""
+"""Overrides the base directory of `default_storage()` (tests and local runs use a temp dir)."""
 
 MAX_PART_CHARS: Final = 80
 """Longest segment `safe_key` produces; long names are cut and given a hash suffix."""
@@ -175,7 +175,7 @@ def check_key(key: str) -> str:
 
 
 def _check_prefix(prefix: str) -> str:
-    """A listing prefix: '' or a key, optionally ending in '/', whose last segment may be partial."""
+    """A listing prefix: '' or a key, maybe ending in '/', whose last segment may be partial."""
     if prefix == "":
         return prefix
     check_key(prefix[:-1] if prefix.endswith("/") else prefix)
@@ -267,7 +267,7 @@ class AssetStorage(Block, ABC):
         return self.put_bytes(key, data + b"\n", content_type=JSON_CONTENT_TYPE, metadata=metadata)
 
     def get_json(self, key: str) -> Any | None:
-        """The decoded JSON stored under `key`, or None when missing (bad JSON raises ValueError)."""
+        """The decoded JSON under `key`, or None when missing (bad JSON raises ValueError)."""
         data = self.get_bytes(key)
         if data is None:
             return None
@@ -360,9 +360,7 @@ class LocalAssetStorage(AssetStorage):
 
     # -- writes
 
-    def _write_atomically(
-        self, key: str, fill: Callable[[BinaryIO], object]
-    ) -> tuple[Path, int]:
+    def _write_atomically(self, key: str, fill: Callable[[BinaryIO], object]) -> tuple[Path, int]:
         """Create a temp file next to the destination, let `fill(fileobj)` write it, then replace.
 
         Returns the final path and the number of bytes written.
@@ -606,7 +604,7 @@ class S3AssetStorage(AssetStorage):
     @field_validator("prefix")
     @classmethod
     def _normalise_prefix(cls, value: str) -> str:
-        """Strip slashes, and refuse a prefix that could not be a key (it becomes part of every key)."""
+        """Strip slashes; refuse a prefix that could not be a key (it starts every key)."""
         value = value.strip("/")
         if value:
             check_key(value)
@@ -729,7 +727,8 @@ class S3AssetStorage(AssetStorage):
                 return None
             raise
         with response["Body"] as body:
-            return body.read()
+            data: bytes = body.read()
+            return data
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -770,11 +769,12 @@ class S3AssetStorage(AssetStorage):
         """A presigned GET URL valid for `expires_seconds` (1 s to 7 days, S3's limit)."""
         if not 1 <= expires_seconds <= 7 * 24 * 3600:
             raise ValueError(f"expires_seconds must be between 1 and 604800, got {expires_seconds}")
-        return self.get_client().generate_presigned_url(
+        url: str = self.get_client().generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self._object_key(key)},
             ExpiresIn=expires_seconds,
         )
+        return url
 
 
 # --------------------------------------------------------------------------------------------
@@ -805,7 +805,7 @@ def load_storage(name: str | None) -> AssetStorage:
         return default_storage()
     name = name.strip()
     if "/" in name:
-        block = Block.load(name, _sync=True)
+        block = Block.load(name, _sync=True)  # type: ignore[call-arg]
         if not isinstance(block, AssetStorage):
             raise TypeError(
                 f"block {name!r} is a {type(block).__name__}, not an asset storage block"
@@ -814,7 +814,7 @@ def load_storage(name: str | None) -> AssetStorage:
     found: list[AssetStorage] = []
     for block_type in STORAGE_BLOCK_TYPES:
         try:
-            found.append(block_type.load(name, _sync=True))
+            found.append(block_type.load(name, _sync=True))  # type: ignore[call-arg,arg-type]
         except ValueError:
             continue
     slugs = [t.get_block_type_slug() for t in STORAGE_BLOCK_TYPES]

@@ -69,7 +69,9 @@ class AssetBrief(BaseModel):
     @classmethod
     def _id_rule(cls, value: str) -> str:
         if not ASSET_ID.match(value):
-            raise ValueError("must be 1-64 of lowercase letters, digits, '-' or '_', starting alnum")
+            raise ValueError(
+                "must be 1-64 of lowercase letters, digits, '-' or '_', starting alnum"
+            )
         return value
 
     @model_validator(mode="after")
@@ -119,8 +121,13 @@ class AssetPlan(BaseModel):
     def final_request(self, chosen_draft_url: str) -> ImageRequest:
         """The final: the chosen draft first among the references, so it keeps its composition."""
         return _final_request(
-            self.asset.prompt, self.final_size, self.final_resolution, self.final_quality,
-            [chosen_draft_url, *self.reference_urls], self.mask_url, n=1,
+            self.asset.prompt,
+            self.final_size,
+            self.final_resolution,
+            self.final_quality,
+            [chosen_draft_url, *self.reference_urls],
+            self.mask_url,
+            n=1,
         )
 
 
@@ -155,14 +162,24 @@ def plan_asset(
     size = asset.size or defaults.size
     drafts = asset.drafts or defaults.drafts
     draft = _final_request(
-        asset.prompt, size, _ratio_only(size, asset.draft_resolution or defaults.draft_resolution),
-        defaults.draft_quality, reference_urls, mask_url, n=drafts,
+        asset.prompt,
+        size,
+        _ratio_only(size, asset.draft_resolution or defaults.draft_resolution),
+        defaults.draft_quality,
+        reference_urls,
+        mask_url,
+        n=drafts,
     )
     final_resolution = _ratio_only(size, asset.resolution or defaults.resolution)
     final_quality = asset.final_quality or defaults.final_quality
     final = _final_request(
-        asset.prompt, size, final_resolution, final_quality,
-        [PLACEHOLDER_DRAFT_URL, *reference_urls], mask_url, n=1,
+        asset.prompt,
+        size,
+        final_resolution,
+        final_quality,
+        [PLACEHOLDER_DRAFT_URL, *reference_urls],
+        mask_url,
+        n=1,
     )
     # The alternative draft-first replaces: k variants straight at final quality.
     variants = _final_request(
@@ -216,19 +233,26 @@ def load_brief(path: str | Path) -> CampaignBrief:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as error:
-        raise BriefError([f"{path.name}: not valid {path.suffix.lstrip('.') or 'YAML'}: {error}"]) from None
+        raise BriefError(
+            [f"{path.name}: not valid {path.suffix.lstrip('.') or 'YAML'}: {error}"]
+        ) from None
     return parse_brief(data)
 
 
-def check_plans(brief: CampaignBrief, references: dict[str, tuple[list[str], str | None]]) -> list[AssetPlan]:
+def check_plans(
+    brief: CampaignBrief, references: dict[str, tuple[list[str], str | None]]
+) -> list[AssetPlan]:
     """Plan every asset, collecting every request problem with its asset id before raising."""
-    plans, problems = [], []
+    plans: list[AssetPlan] = []
+    problems: list[str] = []
     for asset in brief.assets:
         urls, mask = references.get(asset.id, ([], None))
         try:
             plans.append(plan_asset(asset, brief.defaults, urls, mask))
         except InvalidRequestError as error:
-            problems.extend(f"asset {asset.id!r}: {field}: {rule}" for field, rule in error.problems)
+            problems.extend(
+                f"asset {asset.id!r}: {field}: {rule}" for field, rule in error.problems
+            )
     if problems:
         raise BriefError(problems)
     return plans

@@ -48,7 +48,7 @@ class Budget:
             return amount
 
     async def settle(self, reserved: Decimal, estimate: Decimal, billed: Decimal | None) -> None:
-        """Replace a reservation by the bill (the reservation stands in when the bill is unknown)."""
+        """Replace a reservation by the bill (the reservation stands in for an unknown bill)."""
         async with self._lock:
             self.reserved_usd -= reserved
             self.spent_usd += reserved if billed is None else billed

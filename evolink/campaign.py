@@ -68,7 +68,9 @@ class CampaignTotals(BaseModel):
     estimated_usd: str
     billed_usd: str
     billed_credits: str
-    unknown_bills: int = Field(description="jobs whose bill could not be read (counted at estimate)")
+    unknown_bills: int = Field(
+        description="jobs whose bill could not be read (counted at estimate)"
+    )
     by_stage: dict[str, str]
 
 

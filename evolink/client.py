@@ -131,7 +131,8 @@ class EvoLinkClient:
         self.retry = retry or RetryPolicy()
         self.max_download_bytes = max_download_bytes
         self._sleep = sleep
-        self._rng = random.Random(seed)
+        # Retry jitter, not cryptography.
+        self._rng = random.Random(seed)  # nosec B311
         self._api = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=self.timeouts.api(),
@@ -215,7 +216,9 @@ class EvoLinkClient:
                     error.message if error else None,
                 )
             if elapsed >= schedule.deadline_seconds:
-                raise PollDeadlineExceeded(task_id, elapsed, snapshot.status.value, snapshot.progress)
+                raise PollDeadlineExceeded(
+                    task_id, elapsed, snapshot.status.value, snapshot.progress
+                )
             await self._sleep(
                 schedule.next_delay(elapsed, snapshot.progress, snapshot.estimated_time)
             )
@@ -340,7 +343,8 @@ class EvoLinkClient:
                     size += len(chunk)
                     if size > self.max_download_bytes:
                         raise InvalidImageError(
-                            f"result of task {task_id} passed the {self.max_download_bytes}-byte cap",
+                            f"result of task {task_id} passed the "
+                            f"{self.max_download_bytes}-byte cap",
                             task_id=task_id,
                         )
                     if image is None:

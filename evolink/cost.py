@@ -54,7 +54,8 @@ def usd_to_credits(usd: Decimal) -> Decimal:
 
 
 def _priced(usd_exact: Decimal) -> tuple[Decimal, Decimal]:
-    """(USD, credits), each rounded once from the exact figure, so neither inherits the other's rounding."""
+    """(USD, credits), each rounded once from the exact figure: neither inherits the other's
+    rounding."""
     return usd_exact.quantize(USD_PLACES), usd_to_credits(usd_exact)
 
 
@@ -82,7 +83,13 @@ class CostEstimate:
             for tokens in (self.output_tokens, self.image_input_tokens, self.text_input_tokens)
         )
         return CostEstimate(
-            self.width, self.height, self.quality, self.n, out, image_in, text_in,
+            self.width,
+            self.height,
+            self.quality,
+            self.n,
+            out,
+            image_in,
+            text_in,
             *_priced(_token_usd(out, image_in, text_in)),
         )
 
@@ -164,7 +171,11 @@ def estimate(request: ImageRequest) -> CostEstimate:
 # --- billed cost -----------------------------------------------------------------------------
 
 BilledSource = Literal[
-    "usage.cost", "usage.credits_used", "billing.charged_credits", "usage.tokens", "not_charged",
+    "usage.cost",
+    "usage.credits_used",
+    "billing.charged_credits",
+    "usage.tokens",
+    "not_charged",
     "unknown",
 ]
 
@@ -204,6 +215,10 @@ def _decimal(value: Any) -> Decimal | None:
     return None
 
 
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _from_credits(credits: Decimal, source: BilledSource) -> BilledCost:
     usd = (credits / CREDITS_PER_USD).quantize(USD_PLACES)
     return BilledCost(usd, credits, source)
@@ -234,9 +249,8 @@ def billed_cost(task: dict[str, Any]) -> BilledCost:
     else is "unknown" — not zero.
     """
     status = task.get("status")
-    usage = task.get("usage") if isinstance(task.get("usage"), dict) else {}
-    billing = task.get("billing") if isinstance(task.get("billing"), dict) else {}
-    assert isinstance(usage, dict) and isinstance(billing, dict)
+    usage = _object(task.get("usage"))
+    billing = _object(task.get("billing"))
 
     cost = usage.get("cost")
     if isinstance(cost, dict):

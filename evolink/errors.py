@@ -104,12 +104,16 @@ class APITimeoutError(APIConnectionError):
 
 
 class TaskFailedError(EvoLinkError):
-    """The task ended `failed` (or `cancelled`). Not charged; says whether a resubmission may help."""
+    """The task ended `failed` (or `cancelled`): not charged; says if a resubmission may help."""
 
     def __init__(self, task_id: str, code: str | None, message: str | None):
         self.code = code or "unknown_error"
         self.resubmit_may_help = self.code not in NOT_WORTH_RESUBMITTING
-        verdict = "a new submission may succeed" if self.resubmit_may_help else "do not resubmit unchanged"
+        verdict = (
+            "a new submission may succeed"
+            if self.resubmit_may_help
+            else "do not resubmit unchanged"
+        )
         super().__init__(
             f"task {task_id} failed with {self.code}: {message or 'no message'} ({verdict})",
             task_id=task_id,

@@ -73,5 +73,5 @@ def _webp(head: bytes) -> ImageInfo | None:
 
 
 def sniff_image(head: bytes) -> ImageInfo | None:
-    """The image type (and size) of a file from its first bytes, or None if it is no image we accept."""
+    """The image type (and size) from a file's first bytes; None if it is no image we accept."""
     return _png(head) or _jpeg(head) or _webp(head)

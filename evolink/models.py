@@ -6,7 +6,7 @@ HTTP request and so before any money: each rule raises with the field's name and
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -74,7 +74,9 @@ class ImageRequest(BaseModel):
             return size
         explicit = parse_explicit(size)
         if explicit is None:
-            raise ValueError(f"must be 'auto', one of {', '.join(RATIOS)}, or 'WxH' like '1536x1024'")
+            raise ValueError(
+                f"must be 'auto', one of {', '.join(RATIOS)}, or 'WxH' like '1536x1024'"
+            )
         problem = explicit_size_problem(*explicit)
         if problem:
             raise ValueError(f"explicit size: {problem}")
@@ -116,7 +118,8 @@ class ImageRequest(BaseModel):
     def _combination_rules(self) -> ImageRequest:
         if self.resolution is not None and not is_ratio(self.size):
             raise ValueError(
-                f"resolution: only allowed when size is a ratio such as '16:9' (size is {self.size!r})"
+                "resolution: only allowed when size is a ratio such as '16:9' "
+                f"(size is {self.size!r})"
             )
         if self.mask_url is not None and not self.image_urls:
             raise ValueError("mask_url: only allowed together with image_urls")

@@ -39,10 +39,7 @@ class PollSchedule:
     def next_delay(self, elapsed: float, progress: int, estimated_time: float | None) -> float:
         """Seconds until the next query, given what the last one said."""
         remaining = self.predicted_remaining(elapsed, progress, estimated_time)
-        if remaining is None:
-            delay = self.max_interval
-        else:
-            delay = remaining * self.remaining_fraction
+        delay = self.max_interval if remaining is None else remaining * self.remaining_fraction
         delay = min(self.max_interval, max(self.min_interval, delay))
         time_left = self.deadline_seconds - elapsed
         return max(0.0, min(delay, time_left))

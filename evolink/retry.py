@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from datetime import datetime, timezone
 from typing import Final
 
 from evolink.errors import EvoLinkError, RateLimitError
@@ -38,8 +38,8 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         except (TypeError, ValueError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
     return max(0.0, seconds) if seconds == seconds else None  # NaN guard
 
 
@@ -72,9 +72,10 @@ class RetryPolicy:
         hint = self.server_hint(error)
         if hint is not None:
             return hint  # the server asked for exactly this; jitter would only add to it
-        backoff = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        backoff = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
         spread = backoff * self.jitter
-        return max(0.0, backoff + (rng or random).uniform(-spread, spread))
+        offset: float = (rng or random).uniform(-spread, spread)
+        return max(0.0, backoff + offset)
 
     def should_retry(self, attempt: int, error: EvoLinkError) -> bool:
         return error.retryable and attempt < self.max_attempts

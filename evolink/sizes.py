@@ -14,8 +14,21 @@ from typing import Final, Literal
 Resolution = Literal["1K", "2K", "4K"]
 
 RATIOS: Final[tuple[str, ...]] = (
-    "1:1", "1:2", "2:1", "1:3", "3:1", "2:3", "3:2", "3:4", "4:3",
-    "4:5", "5:4", "9:16", "16:9", "21:9", "9:21",
+    "1:1",
+    "1:2",
+    "2:1",
+    "1:3",
+    "3:1",
+    "2:3",
+    "3:2",
+    "3:4",
+    "4:3",
+    "4:5",
+    "5:4",
+    "9:16",
+    "16:9",
+    "21:9",
+    "9:21",
 )
 RESOLUTIONS: Final[tuple[Resolution, ...]] = ("1K", "2K", "4K")
 DEFAULT_RESOLUTION: Final[Resolution] = "1K"
@@ -25,7 +38,11 @@ MAX_EDGE: Final = 3840
 MIN_PIXELS: Final = 655_360
 MAX_PIXELS: Final = 8_294_400  # 3840 x 2160
 MAX_ASPECT: Final = 3.0
-PIXEL_BUDGET: Final[dict[Resolution, int]] = {"1K": 1024 * 1024, "2K": 2048 * 2048, "4K": MAX_PIXELS}
+PIXEL_BUDGET: Final[dict[Resolution, int]] = {
+    "1K": 1024 * 1024,
+    "2K": 2048 * 2048,
+    "4K": MAX_PIXELS,
+}
 AUTO_ESTIMATE_SIZE: Final = (2048, 2048)  # what `auto` is priced as before the task says otherwise
 
 _EXPLICIT = re.compile(r"^(\d{1,5})x(\d{1,5})$")
@@ -59,11 +76,11 @@ def explicit_size_problem(width: int, height: int) -> str | None:
 
 
 def _nearest(value: float) -> int:
-    return max(EDGE_STEP, int(math.floor(value / EDGE_STEP + 0.5)) * EDGE_STEP)
+    return max(EDGE_STEP, math.floor(value / EDGE_STEP + 0.5) * EDGE_STEP)
 
 
 def _down(value: float) -> int:
-    return max(EDGE_STEP, int(math.floor(value / EDGE_STEP)) * EDGE_STEP)
+    return max(EDGE_STEP, math.floor(value / EDGE_STEP) * EDGE_STEP)
 
 
 def ratio_size(ratio: str, resolution: Resolution = DEFAULT_RESOLUTION) -> tuple[int, int]:

@@ -72,8 +72,9 @@ class TaskSnapshot:
         if not isinstance(task_id, str) or not task_id:
             raise ValueError("task object has no id")
         error = raw.get("error")
-        task_info = raw.get("task_info") if isinstance(raw.get("task_info"), dict) else {}
-        assert isinstance(task_info, dict)
+        task_info = raw.get("task_info")
+        if not isinstance(task_info, dict):
+            task_info = {}
         estimated = task_info.get("estimated_time")
         progress = raw.get("progress")
         created = raw.get("created")

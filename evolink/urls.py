@@ -262,9 +262,9 @@ def url_problem(
                 f"; http is accepted only with {ENV_ALLOW_PRIVATE_URLS}=true, for local testing"
             )
         return problem
-    problem = _authority_problem(parts, allow_private=allow_private)
-    if problem:
-        return problem
+    authority = _authority_problem(parts, allow_private=allow_private)
+    if authority:
+        return authority
     if extensions and PurePosixPath(parts.path).suffix.lower() not in extensions:
         return f"must point to a {'/'.join(e[1:] for e in extensions)} file (got {shown_url(url)})"
     return None

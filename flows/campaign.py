@@ -95,10 +95,10 @@ def review_input(
         name = plan.asset.id.replace("-", "_")
         while name in fields:
             name += "_"
-        options = tuple(f"image-{image.index}" for image in drafts.images) + ("reject",)
+        options = (*(f"image-{image.index}" for image in drafts.images), "reject")
         default = suggested.get(plan.asset.id)
         fields[name] = (
-            Literal[options],  # type: ignore[valid-type]
+            Literal[options],
             Field(
                 default="reject" if default is None else f"image-{default}",
                 title=plan.asset.id,
@@ -130,7 +130,8 @@ class CampaignRun:
         self.schedule = schedule
         self.budget = Budget(brief.budget_usd)
         self.outcomes: dict[str, AssetOutcome] = {
-            p.asset.id: AssetOutcome(asset=p.asset.id, status=AssetStatus.NOT_REVIEWED) for p in plans
+            p.asset.id: AssetOutcome(asset=p.asset.id, status=AssetStatus.NOT_REVIEWED)
+            for p in plans
         }
         self.rows: list[JobRow] = []
         self._slots = asyncio.Semaphore(max(1, max_concurrent_assets))
@@ -158,9 +159,14 @@ class CampaignRun:
         amount = await self.budget.reserve(estimate.usd)
         if amount is None:
             needed = estimate.usd * self.budget.calibration
-            self.update(asset, status=AssetStatus.BUDGET_STOPPED,
-                        detail=f"{stage} needs ≈{usd(needed)}, {usd(self.budget.left_usd)} left")
-            self.logger.warning("Budget: %s %s not sent (%s)", asset, stage, self.outcomes[asset].detail)
+            self.update(
+                asset,
+                status=AssetStatus.BUDGET_STOPPED,
+                detail=f"{stage} needs ≈{usd(needed)}, {usd(self.budget.left_usd)} left",
+            )
+            self.logger.warning(
+                "Budget: %s %s not sent (%s)", asset, stage, self.outcomes[asset].detail
+            )
             return None
         try:
             record = await run_image_job(
@@ -179,7 +185,9 @@ class CampaignRun:
             return None
         except Exception as error:  # noqa: BLE001 — one asset must not stop the others
             await self.budget.settle(amount, estimate.usd, None)  # may have been charged
-            self.update(asset, status=AssetStatus.FAILED, detail=f"{stage}: {type(error).__name__}: {error}")
+            self.update(
+                asset, status=AssetStatus.FAILED, detail=f"{stage}: {type(error).__name__}: {error}"
+            )
             self.logger.error("Asset %s %s failed: %s", asset, stage, error)
             return None
         finally:
@@ -191,14 +199,16 @@ class CampaignRun:
         return record
 
     async def drafts(self, plan: AssetPlan) -> None:
-        identity = {"request": plan.draft.model_dump(exclude={"image_urls", "mask_url"}),
-                    "references": self.references[plan.asset.id].identities}
+        identity = {
+            "request": plan.draft.model_dump(exclude={"image_urls", "mask_url"}),
+            "references": self.references[plan.asset.id].identities,
+        }
         record = await self.paid_job(plan, "draft", plan.draft, plan.draft_estimate, identity)
         if record is not None:
             self.update(plan.asset.id, drafts=record)
 
     async def draft_url(self, drafts: JobRecord, image: StoredImage) -> str:
-        """A URL EvoLink can fetch the chosen draft from: presigned from S3, else its result link."""
+        """A URL EvoLink can fetch the chosen draft from: presigned S3, else its result link."""
         url = await asyncio.to_thread(self.storage.presigned_url, image.key, PRESIGN_SECONDS)
         if url is not None:
             return url
@@ -243,7 +253,9 @@ class CampaignRun:
         }
         if not suggested:
             return True
-        await publish_review_sheet(self.brief.campaign, self.plans, self.outcomes, self.storage, suggested)
+        await publish_review_sheet(
+            self.brief.campaign, self.plans, self.outcomes, self.storage, suggested
+        )
         form, names = review_input(self.plans, self.outcomes, suggested)
         estimate = sum(
             (p.final_estimate.usd for p in self.plans if p.asset.id in suggested), Decimal(0)
@@ -251,7 +263,9 @@ class CampaignRun:
         self.logger.info(
             "Waiting for review of %d asset(s); finals would cost ≈%s. Open the paused run in "
             "the Prefect UI (artifact %s-review shows the drafts).",
-            len(suggested), usd(estimate), self.brief.campaign,
+            len(suggested),
+            usd(estimate),
+            self.brief.campaign,
         )
         try:
             answer = await apause_flow_run(
@@ -259,8 +273,11 @@ class CampaignRun:
             )
         except FlowPauseTimeout:
             for asset in suggested:
-                self.update(asset, status=AssetStatus.NOT_REVIEWED,
-                            detail=f"no review within {timeout}s: no final sent")
+                self.update(
+                    asset,
+                    status=AssetStatus.NOT_REVIEWED,
+                    detail=f"no review within {timeout}s: no final sent",
+                )
             self.logger.warning("Review timed out after %ss; no finals sent", timeout)
             return False
         for name, asset in names.items():
@@ -316,23 +333,37 @@ async def run_campaign(
     credentials = await resolve_credentials(credentials_block)
     storage = load_storage(storage_block or brief.defaults.storage_block)
     references = await resolve_references(brief, Path(brief_path).resolve().parent, storage)
-    plans = check_plans(brief, {a: (r.urls, r.mask.url if r.mask else None) for a, r in references.items()})
+    plans = check_plans(
+        brief, {a: (r.urls, r.mask.url if r.mask else None) for a, r in references.items()}
+    )
     refusal = budget_refusal(brief, plans)
     if refusal:
         raise BudgetExceededError(refusal)
 
     run = CampaignRun(
-        brief, plans, references, credentials, storage,
-        credentials.poll_schedule(poll_deadline_seconds), max_concurrent_assets,
+        brief,
+        plans,
+        references,
+        credentials,
+        storage,
+        credentials.poll_schedule(poll_deadline_seconds),
+        max_concurrent_assets,
     )
     run.progress = await Progress.start(brief.campaign, 2 * len(plans))
-    logger.info("Campaign %s: %d assets, estimate %s of budget %s", brief.campaign, len(plans),
-                usd(draft_first_saving(plans)[0]), usd(brief.budget_usd))
+    logger.info(
+        "Campaign %s: %d assets, estimate %s of budget %s",
+        brief.campaign,
+        len(plans),
+        usd(draft_first_saving(plans)[0]),
+        usd(brief.budget_usd),
+    )
 
     await run.each_asset(run.drafts)
     reviewed = True
     if selection == "approval":
-        reviewed = await run.approve(chosen_selector, approval_timeout_seconds, approval_poll_seconds)
+        reviewed = await run.approve(
+            chosen_selector, approval_timeout_seconds, approval_poll_seconds
+        )
     else:
         run.auto_select(chosen_selector)
     if reviewed:
@@ -342,8 +373,12 @@ async def run_campaign(
     stored = await asyncio.to_thread(storage.put_json, manifest_key(brief.campaign), manifest)
     await publish_campaign_report(manifest)
     await publish_final_previews(manifest, storage)
-    logger.info("Manifest: %s — billed %s of budget %s", stored.uri, usd(manifest.totals.billed_usd),
-                usd(brief.budget_usd))
+    logger.info(
+        "Manifest: %s — billed %s of budget %s",
+        stored.uri,
+        usd(manifest.totals.billed_usd),
+        usd(brief.budget_usd),
+    )
     if manifest.failed_assets:
         raise CampaignIncompleteError(
             f"{len(manifest.failed_assets)} of {len(plans)} asset(s) did not get a final: "

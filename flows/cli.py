@@ -17,6 +17,7 @@ import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Literal
 
 # A fresh machine's first run migrates Prefect's SQLite database before the temporary API
 # answers, which takes longer than Prefect's default 20 s on two cores. No telemetry: the
@@ -24,12 +25,12 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from blocks.credentials import ENV_API_KEY, ENV_BASE_URL  # noqa: E402
-from blocks.storage import ENV_ASSETS_DIR  # noqa: E402
-from evolink.campaign import CampaignManifest  # noqa: E402
-from evolink.cost import estimate  # noqa: E402
-from evolink.jobs import JobRecord  # noqa: E402
-from evolink.models import InvalidRequestError, parse_request  # noqa: E402
+from blocks.credentials import ENV_API_KEY, ENV_BASE_URL
+from blocks.storage import ENV_ASSETS_DIR
+from evolink.campaign import CampaignManifest
+from evolink.cost import estimate
+from evolink.jobs import JobRecord
+from evolink.models import InvalidRequestError, parse_request
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_BRIEF = ROOT / "briefs" / "spring-launch.yaml"
@@ -48,8 +49,11 @@ BANNER = """
 
 
 def _arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python3 dev.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python3 dev.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="the example campaign (or --single: one image)")
     demo.add_argument("--single", action="store_true", help="one image job instead of a campaign")
@@ -67,7 +71,9 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     for sub in (demo, campaign):
         sub.add_argument("--credentials-block", default=None)
         sub.add_argument("--storage-block", default=None)
-        sub.add_argument("--assets-dir", default="assets", help="local storage when no block is named")
+        sub.add_argument(
+            "--assets-dir", default="assets", help="local storage when no block is named"
+        )
     return parser.parse_args(argv)
 
 
@@ -89,12 +95,16 @@ def _money(value: str | None) -> str:
 def _print_job(record: JobRecord) -> None:
     print("\n=== Stored images ===")
     for image in record.images:
-        print(f"  {image.uri}\n    {image.width}x{image.height} {image.content_type}, "
-              f"{image.size_bytes:,} bytes, sha256 {image.sha256}")
+        print(
+            f"  {image.uri}\n    {image.width}x{image.height} {image.content_type}, "
+            f"{image.size_bytes:,} bytes, sha256 {image.sha256}"
+        )
     print("\n=== Cost ===")
     print(f"  estimated before: ${record.estimated_usd} ({record.estimated_credits} credits)")
-    print(f"  billed after:     {_money(record.billed_usd)} ({record.billed_credits} credits)"
-          f"   [task {record.task_id}]")
+    print(
+        f"  billed after:     {_money(record.billed_usd)} ({record.billed_credits} credits)"
+        f"   [task {record.task_id}]"
+    )
 
 
 def _print_campaign(manifest: CampaignManifest, manifest_uri: str) -> None:
@@ -106,9 +116,11 @@ def _print_campaign(manifest: CampaignManifest, manifest_uri: str) -> None:
     print("\n=== Cost ===")
     for stage, amount in sorted(totals.by_stage.items()):
         print(f"  {stage:<7} ${amount}")
-    print(f"  total   ${totals.billed_usd} billed ({totals.billed_credits} credits); estimate was "
-          f"${manifest.pre_flight_estimate_usd}; budget ${manifest.budget_usd}, "
-          f"${manifest.budget_left_usd} left")
+    print(
+        f"  total   ${totals.billed_usd} billed ({totals.billed_credits} credits); estimate was "
+        f"${manifest.pre_flight_estimate_usd}; budget ${manifest.budget_usd}, "
+        f"${manifest.budget_left_usd} left"
+    )
     print(f"  the same finals as k high-quality variants: ${manifest.high_quality_variants_usd}")
     print(f"\nManifest: {manifest_uri}")
     key = manifest.campaign
@@ -120,17 +132,31 @@ def _run(args: argparse.Namespace) -> int:
         from flows.generate import generate_image
 
         try:
-            request = parse_request({"prompt": args.prompt, "size": args.size, "quality": args.quality,
-                                     "n": args.n, **({"resolution": args.resolution} if args.resolution else {})})
+            request = parse_request(
+                {
+                    "prompt": args.prompt,
+                    "size": args.size,
+                    "quality": args.quality,
+                    "n": args.n,
+                    **({"resolution": args.resolution} if args.resolution else {}),
+                }
+            )
         except InvalidRequestError as error:
             print(error, file=sys.stderr)
             return 2
         cost = estimate(request)
-        print(f"Request: {request.size} {request.resolution or ''} {request.quality}, n={request.n} "
-              f"→ {cost.width}x{cost.height}, estimated ${cost.usd} ({cost.credits} credits)")
-        record = asyncio.run(generate_image(request, job_name=args.job_name,
-                                            credentials_block=args.credentials_block,
-                                            storage_block=args.storage_block))
+        print(
+            f"Request: {request.size} {request.resolution or ''} {request.quality}, n={request.n} "
+            f"→ {cost.width}x{cost.height}, estimated ${cost.usd} ({cost.credits} credits)"
+        )
+        record = asyncio.run(
+            generate_image(
+                request,
+                job_name=args.job_name,
+                credentials_block=args.credentials_block,
+                storage_block=args.storage_block,
+            )
+        )
         _print_job(record)
         return 0
 
@@ -138,16 +164,18 @@ def _run(args: argparse.Namespace) -> int:
     from flows.campaign import DEFAULT_SELECTOR, manifest_key, run_campaign
 
     brief = EXAMPLE_BRIEF if args.command == "demo" else args.brief
-    selection = "auto" if args.command == "demo" else args.selection
+    selection: Literal["auto", "approval"] = "auto" if args.command == "demo" else args.selection
     print(f"Campaign brief: {brief} (selection: {selection})")
-    manifest = asyncio.run(run_campaign(
-        str(brief),
-        selection=selection,
-        selector=getattr(args, "selector", None) or DEFAULT_SELECTOR,
-        credentials_block=args.credentials_block,
-        storage_block=args.storage_block,
-        approval_timeout_seconds=getattr(args, "approval_timeout", 24 * 3600),
-    ))
+    manifest = asyncio.run(
+        run_campaign(
+            str(brief),
+            selection=selection,
+            selector=getattr(args, "selector", None) or DEFAULT_SELECTOR,
+            credentials_block=args.credentials_block,
+            storage_block=args.storage_block,
+            approval_timeout_seconds=getattr(args, "approval_timeout", 24 * 3600),
+        )
+    )
     storage = load_storage(args.storage_block)
     _print_campaign(manifest, storage.uri(manifest_key(manifest.campaign)))
     return 0
@@ -159,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.credentials_block is None and not os.environ.get(ENV_API_KEY):
             _start_simulator(stack)
         else:
-            print(f"Using the real EvoLink API at {os.environ.get(ENV_BASE_URL) or 'https://api.evolink.ai'}")
+            print(
+                f"Using the real EvoLink API at {os.environ.get(ENV_BASE_URL) or 'https://api.evolink.ai'}"
+            )
         if args.storage_block is None:
             os.environ.setdefault(ENV_ASSETS_DIR, str(Path(args.assets_dir).resolve()))
         code = _run(args)

@@ -76,7 +76,8 @@ async def run_and_report(
     await publish_job_report(record, key_prefix=artifact_prefix)
     get_run_logger().info(
         "Done: %d image(s), estimated $%s, billed %s",
-        len(record.images), record.estimated_usd,
+        len(record.images),
+        record.estimated_usd,
         f"${record.billed_usd}" if record.billed_usd is not None else "unknown",
     )
     return record

@@ -56,21 +56,30 @@ def _thumbnail(storage: AssetStorage, image: StoredImage) -> str | None:
 
 
 async def publish_review_sheet(
-    campaign: str, plans: list[AssetPlan], outcomes: dict[str, AssetOutcome], storage: AssetStorage,
+    campaign: str,
+    plans: list[AssetPlan],
+    outcomes: dict[str, AssetOutcome],
+    storage: AssetStorage,
     suggested: dict[str, int | None],
 ) -> None:
     """What the reviewer sees before choosing: every asset's drafts and its final's estimate."""
-    lines = [f"# Review drafts — {campaign}", "",
-             "Pick one draft per asset (or reject it) in the form of the paused run.", ""]
+    lines = [
+        f"# Review drafts — {campaign}",
+        "",
+        "Pick one draft per asset (or reject it) in the form of the paused run.",
+        "",
+    ]
     for plan in plans:
         outcome = outcomes[plan.asset.id]
         lines.append(f"## {plan.asset.id}")
         if outcome.drafts is None:
             lines += [f"_no drafts: {outcome.status.value} {outcome.detail}_", ""]
             continue
-        lines.append(f"Final would cost about **{usd(plan.final_estimate.usd)}** "
-                     f"({plan.final_quality}, {plan.final_estimate.width}x{plan.final_estimate.height}); "
-                     f"suggested: image-{suggested.get(plan.asset.id)}")
+        lines.append(
+            f"Final would cost about **{usd(plan.final_estimate.usd)}** "
+            f"({plan.final_quality}, {plan.final_estimate.width}x{plan.final_estimate.height}); "
+            f"suggested: image-{suggested.get(plan.asset.id)}"
+        )
         lines.append("")
         for image in outcome.drafts.images:
             uri = await asyncio.to_thread(_thumbnail, storage, image)
@@ -121,17 +130,29 @@ async def publish_campaign_report(manifest: CampaignManifest) -> None:
         for row in manifest.jobs
     ]
     failures = [
-        {"asset": o.asset, "stage": "-", "quality": "-", "pixels": "-", "images": 0,
-         "output_tokens": 0, "image_input_tokens": 0, "text_input_tokens": 0,
-         "estimated_usd": "-", "billed_usd": "$0", "billed_credits": "0",
-         "task_id": "-", "duration_s": 0, "stored_at": f"{o.status.value}: {o.detail}"}
+        {
+            "asset": o.asset,
+            "stage": "-",
+            "quality": "-",
+            "pixels": "-",
+            "images": 0,
+            "output_tokens": 0,
+            "image_input_tokens": 0,
+            "text_input_tokens": 0,
+            "estimated_usd": "-",
+            "billed_usd": "$0",
+            "billed_credits": "0",
+            "task_id": "-",
+            "duration_s": 0,
+            "stored_at": f"{o.status.value}: {o.detail}",
+        }
         for o in manifest.assets
         if o.status is not AssetStatus.FINAL
     ]
     await acreate_table_artifact(
         key=artifact_key(manifest.campaign, "cost"),
         table=table + failures,
-        description=f"Every paid job of campaign {manifest.campaign}: estimated before, billed after",
+        description=f"Every paid job of {manifest.campaign}: estimated before, billed after",
     )
     await acreate_markdown_artifact(
         key=artifact_key(manifest.campaign, "summary"),
@@ -158,10 +179,14 @@ def summary_markdown(manifest: CampaignManifest) -> str:
         "",
     ]
     if variants > 0:
-        lines.append(f"Draft-first cost **{spent / variants:.2f}×** of generating every variant at "
-                     "final quality.")
+        lines.append(
+            f"Draft-first cost **{spent / variants:.2f}×** of generating every variant at "
+            "final quality."
+        )
     if totals.unknown_bills:
-        lines.append(f"\n{totals.unknown_bills} job(s) reported no bill; counted at their estimate.")
+        lines.append(
+            f"\n{totals.unknown_bills} job(s) reported no bill; counted at their estimate."
+        )
     lines += ["", "| asset | outcome | chosen draft | detail |", "|---|---|---|---|"]
     lines += [
         f"| {o.asset} | {o.status.value} | "

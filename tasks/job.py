@@ -47,8 +47,11 @@ async def run_image_job(
         key = job_key(namespace, request, attempt=attempt, identity=identity)
         finished = await asyncio.to_thread(storage.get_json, job_record_key(key))
         if finished is not None:
-            logger.info("Job %s already finished (task %s); reusing its record", namespace,
-                        finished["task_id"])
+            logger.info(
+                "Job %s already finished (task %s); reusing its record",
+                namespace,
+                finished["task_id"],
+            )
             return JobRecord.model_validate(finished)
 
         # One provider slot from just before submit until the poll ends (tasks/limits.py).
@@ -65,7 +68,9 @@ async def run_image_job(
                 raise
 
         if not final.results:
-            raise InvalidImageError(f"task {final.id} completed without any result link", task_id=final.id)
+            raise InvalidImageError(
+                f"task {final.id} completed without any result link", task_id=final.id
+            )
         prefix = f"{dest_prefix}/{key[:12]}"
         metadata = {
             "namespace": namespace,
@@ -92,6 +97,8 @@ async def run_image_job(
             )
         )
         record = JobRecord.build(submit, cost, final.billed, list(images), completed_at=utcnow())
-        await asyncio.to_thread(storage.put_json, job_record_key(key), record.model_dump(mode="json"))
+        await asyncio.to_thread(
+            storage.put_json, job_record_key(key), record.model_dump(mode="json")
+        )
         return record
     raise AssertionError("unreachable: the last attempt returns or raises")

@@ -79,7 +79,12 @@ async def persist_image(
     await asyncio.to_thread(storage.put_json, sidecar_key(f"{dest_prefix}/image-{index}"), sidecar)
     logger.info(
         "Stored image %d of task %s: %s (%d bytes, %sx%s, sha256 %s…)",
-        index, task_id, stored.uri, download.size_bytes, image.width, image.height,
+        index,
+        task_id,
+        stored.uri,
+        download.size_bytes,
+        image.width,
+        image.height,
         download.sha256[:12],
     )
     return image

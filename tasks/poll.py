@@ -34,8 +34,13 @@ async def poll_job(
         nonlocal last
         if (snapshot.status.value, snapshot.progress) != last:
             last = (snapshot.status.value, snapshot.progress)
-            logger.info("Task %s %s %d%% after %.1fs", snapshot.id, snapshot.status.value,
-                        snapshot.progress, elapsed)
+            logger.info(
+                "Task %s %s %d%% after %.1fs",
+                snapshot.id,
+                snapshot.status.value,
+                snapshot.progress,
+                elapsed,
+            )
 
     async with credentials.get_client() as client:
         return await client.wait_for_task(submit.task_id, schedule=schedule, on_update=report)

@@ -55,7 +55,9 @@ def _presign(storage: AssetStorage, key: str, spec: str) -> str:
     return url
 
 
-def _resolve_one(spec: str, brief: CampaignBrief, base_dir: Path, storage: AssetStorage) -> ResolvedReference:
+def _resolve_one(
+    spec: str, brief: CampaignBrief, base_dir: Path, storage: AssetStorage
+) -> ResolvedReference:
     if spec.startswith(("https://", "http://")):
         return ResolvedReference(spec, spec)
     if spec.startswith("storage:"):
@@ -73,7 +75,9 @@ def _resolve_one(spec: str, brief: CampaignBrief, base_dir: Path, storage: Asset
         return ResolvedReference(url, spec)
     path = (base_dir / spec).resolve()
     if not path.is_file():
-        raise ValueError(f"{spec!r}: not an https URL, s3:// or storage: object, nor a file at {path}")
+        raise ValueError(
+            f"{spec!r}: not an https URL, s3:// or storage: object, nor a file at {path}"
+        )
     if not isinstance(storage, S3AssetStorage):
         raise ValueError(
             f"local file {spec!r} must be uploaded to S3 storage before EvoLink can fetch it, "
@@ -87,7 +91,9 @@ def _resolve_one(spec: str, brief: CampaignBrief, base_dir: Path, storage: Asset
     return ResolvedReference(_presign(storage, key, spec), f"sha256:{digest}")
 
 
-def _resolve_all(brief: CampaignBrief, base_dir: Path, storage: AssetStorage) -> dict[str, AssetReferences]:
+def _resolve_all(
+    brief: CampaignBrief, base_dir: Path, storage: AssetStorage
+) -> dict[str, AssetReferences]:
     resolved: dict[str, AssetReferences] = {}
     problems: list[str] = []
     for asset in brief.assets:

@@ -26,7 +26,9 @@ def usd(value: str | Decimal | None) -> str:
 def job_rows(record: JobRecord) -> list[dict[str, Any]]:
     """One row per stored image; the job's cost is split evenly over its `n` images."""
     count = max(1, len(record.images))
-    share = lambda value: None if value is None else Decimal(value) / count  # noqa: E731
+
+    def share(value: str | None) -> Decimal | None:
+        return None if value is None else Decimal(value) / count
     return [
         {
             "job": record.namespace,

@@ -21,7 +21,13 @@ TASK_RETRY_DELAYS: Final[list[float]] = [
 
 # S3 answers that will not change on a retry (bad bucket, no permission).
 _PERMANENT_S3_CODES: Final = frozenset(
-    {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+    {
+        "NoSuchBucket",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AllAccessDisabled",
+    }
 )
 
 
@@ -31,9 +37,7 @@ def is_retryable(error: BaseException) -> bool:
         return error.retryable
     if isinstance(error, ClientError):
         return error.response.get("Error", {}).get("Code") not in _PERMANENT_S3_CODES
-    if isinstance(error, (BotoCoreError, ConnectionError, TimeoutError)):
-        return True
-    return False
+    return isinstance(error, (BotoCoreError, ConnectionError, TimeoutError))
 
 
 def failure_of(state: Any) -> BaseException | None:

@@ -53,20 +53,31 @@ async def submit_job(
     existing = await asyncio.to_thread(storage.get_json, record_key)
     if existing is not None:
         record = SubmitRecord.model_validate(existing)
-        logger.info("Reattaching to task %s (submitted %s); nothing new is paid", record.task_id,
-                    record.submitted_at.isoformat())
+        logger.info(
+            "Reattaching to task %s (submitted %s); nothing new is paid",
+            record.task_id,
+            record.submitted_at.isoformat(),
+        )
         return record
 
     intent = await asyncio.to_thread(storage.get_json, intent_record_key(key))
     if intent is not None:
-        request = ImageRequest.model_validate(intent)  # resend exactly what may have reached EvoLink
+        request = ImageRequest.model_validate(
+            intent
+        )  # resend exactly what may have reached EvoLink
     else:
         await asyncio.to_thread(storage.put_json, intent_record_key(key), request.to_payload())
 
     cost = estimate(request)
     logger.info(
         "Submitting %s: %dx%d %s, n=%d, estimated $%s (%s credits)",
-        namespace, cost.width, cost.height, cost.quality, cost.n, cost.usd, cost.credits,
+        namespace,
+        cost.width,
+        cost.height,
+        cost.quality,
+        cost.n,
+        cost.usd,
+        cost.credits,
     )
     async with credentials.get_client() as client:
         created = await client.create_task(request, idempotency_key=idempotency_key(key))
@@ -82,7 +93,8 @@ async def submit_job(
     )
     await asyncio.to_thread(storage.put_json, record_key, record.model_dump(mode="json"))
     logger.info(
-        "Task %s %s", record.task_id,
+        "Task %s %s",
+        record.task_id,
         "was already created earlier (idempotent replay)" if created.replayed else "created",
     )
     return record

@@ -4,30 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 
+from blocks.storage import S3AssetStorage
 from evolink.brief import BriefError, check_plans, load_brief, parse_brief
 from evolink.budget import BudgetExceededError
 from evolink.campaign import AssetStatus, CampaignManifest
-from evolink.simulator import EvoLinkSimulator, Fault
+from evolink.simulator import EvoLinkSimulator, Fault, render_png
 from flows.campaign import CampaignIncompleteError, manifest_key, run_campaign
-import httpx
-
-from blocks.storage import S3AssetStorage
-from evolink.simulator import render_png
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -46,12 +48,16 @@ def small_brief(tmp_path: Path, **changes: Any) -> Path:
 
 
 def campaign(brief: Path, **kwargs: Any) -> CampaignManifest:
-    return asyncio.run(run_campaign(str(brief), approval_poll_seconds=1, poll_deadline_seconds=30, **kwargs))
+    return asyncio.run(
+        run_campaign(str(brief), approval_poll_seconds=1, poll_deadline_seconds=30, **kwargs)
+    )
 
 
 async def artifacts_with_prefix(prefix: str) -> dict[str, Any]:
     async with get_client() as client:
-        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix)))
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix))
+        )
     latest: dict[str, Any] = {}
     for artifact in sorted(found, key=lambda a: a.created):
         latest[artifact.key] = artifact
@@ -60,9 +66,11 @@ async def artifacts_with_prefix(prefix: str) -> dict[str, Any]:
 
 # --- brief validation ------------------------------------------------------------------------
 
+
 def test_brief_errors_name_the_asset_and_the_field(tmp_path: Path) -> None:
     data = {
-        "campaign": "c", "budget_usd": 5,
+        "campaign": "c",
+        "budget_usd": 5,
         "assets": [
             {"id": "ok-one", "prompt": "p"},
             {"id": "Bad Id", "prompt": "p"},
@@ -76,8 +84,13 @@ def test_brief_errors_name_the_asset_and_the_field(tmp_path: Path) -> None:
     assert "asset 'banner' (#3): drafts: Input should be less than or equal to 10" in text
     assert "asset 'banner' (#3): colour: Extra inputs are not permitted" in text
 
-    brief = parse_brief({"campaign": "c", "budget_usd": 5,
-                         "assets": [{"id": "tall", "prompt": "p", "size": "1024x4096"}]})
+    brief = parse_brief(
+        {
+            "campaign": "c",
+            "budget_usd": 5,
+            "assets": [{"id": "tall", "prompt": "p", "size": "1024x4096"}],
+        }
+    )
     with pytest.raises(BriefError, match="asset 'tall': size: explicit size"):
         check_plans(brief, {})
     with pytest.raises(BriefError, match="budget_usd"):
@@ -88,7 +101,12 @@ def test_brief_errors_name_the_asset_and_the_field(tmp_path: Path) -> None:
 
 def test_example_brief_is_valid_and_draft_first_is_cheaper() -> None:
     brief = load_brief(EXAMPLE)
-    assert [a.id for a in brief.assets] == ["launch-banner", "social-square", "story-vertical", "product-shot"]
+    assert [a.id for a in brief.assets] == [
+        "launch-banner",
+        "social-square",
+        "story-vertical",
+        "product-shot",
+    ]
     plans = check_plans(brief, {"product-shot": (brief.assets[3].reference_images, None)})
     ours = sum((p.draft_estimate.usd + p.final_estimate.usd for p in plans), Decimal(0))
     variants = sum((p.high_variants_estimate.usd for p in plans), Decimal(0))
@@ -99,8 +117,13 @@ def test_local_reference_file_is_refused_with_local_storage(
     evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "case.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    brief = small_brief(tmp_path, assets=[{"id": "shot", "prompt": "p", "reference_images": ["case.png"]}])
-    with pytest.raises(BriefError, match="asset 'shot': reference_images.0: local file 'case.png' must be uploaded to S3"):
+    brief = small_brief(
+        tmp_path, assets=[{"id": "shot", "prompt": "p", "reference_images": ["case.png"]}]
+    )
+    with pytest.raises(
+        BriefError,
+        match=r"asset 'shot': reference_images\.0: local file 'case\.png' must be uploaded to S3",
+    ):
         campaign(brief)
     assert evolink_env.request_counts.get("create", 0) == 0
 
@@ -109,24 +132,41 @@ def test_references_and_drafts_travel_as_presigned_s3_urls(
     evolink_env: EvoLinkSimulator, s3_server: str, tmp_path: Path
 ) -> None:
     storage = S3AssetStorage(
-        bucket="campaign-refs", prefix="mkt", endpoint_url=s3_server, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing", addressing_style="path",
+        bucket="campaign-refs",
+        prefix="mkt",
+        endpoint_url=s3_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        addressing_style="path",
     )
     storage.get_client().create_bucket(Bucket="campaign-refs")
     storage.save("campaign-test-s3", overwrite=True)
     photo = tmp_path / "case-photo.png"
     photo.write_bytes(render_png(64, 64, "case-photo"))
-    brief = small_brief(tmp_path, budget_usd=1, assets=[
-        {"id": "shot", "prompt": "studio product shot", "size": "1:1", "drafts": 1,
-         "reference_images": ["case-photo.png"]},
-    ])
+    brief = small_brief(
+        tmp_path,
+        budget_usd=1,
+        assets=[
+            {
+                "id": "shot",
+                "prompt": "studio product shot",
+                "size": "1:1",
+                "drafts": 1,
+                "reference_images": ["case-photo.png"],
+            },
+        ],
+    )
     manifest = campaign(brief, storage_block="evolink-s3-asset-storage/campaign-test-s3")
 
     draft_entry, final_entry = evolink_env.ledger()
     [uploaded] = [k for k in storage.list_keys() if "/references/" in k]
     assert storage.get_bytes(uploaded) == photo.read_bytes()
     reference = draft_entry.request["image_urls"][0]
-    assert reference.startswith(f"{s3_server}/campaign-refs/mkt/{uploaded}?") and "Signature" in reference
+    assert (
+        reference.startswith(f"{s3_server}/campaign-refs/mkt/{uploaded}?")
+        and "Signature" in reference
+    )
     assert httpx.get(reference).content == photo.read_bytes()  # EvoLink could fetch it
     chosen = final_entry.request["image_urls"][0]
     [outcome] = manifest.assets
@@ -138,6 +178,7 @@ def test_references_and_drafts_travel_as_presigned_s3_urls(
 
 # --- end to end ----------------------------------------------------------------------------
 
+
 def test_example_campaign_end_to_end(
     evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -147,7 +188,11 @@ def test_example_campaign_end_to_end(
     assert len(ledger) == 8 and all(e.status == "completed" for e in ledger)
 
     for outcome in manifest.assets:
-        assert outcome.drafts is not None and outcome.final is not None and outcome.chosen_draft is not None
+        assert (
+            outcome.drafts is not None
+            and outcome.final is not None
+            and outcome.chosen_draft is not None
+        )
         assert len(outcome.drafts.images) == 2 and len(outcome.final.images) == 1
         for image in outcome.drafts.images + outcome.final.images:
             assert Path(image.uri.removeprefix("file://")).is_file()
@@ -162,7 +207,9 @@ def test_example_campaign_end_to_end(
 
     billed = sum((Decimal(str(e.billed_usd)) for e in ledger), Decimal(0))
     assert Decimal(manifest.totals.billed_usd) == billed
-    assert Decimal(manifest.totals.billed_credits) == sum((Decimal(str(e.billed_credits)) for e in ledger), Decimal(0))
+    assert Decimal(manifest.totals.billed_credits) == sum(
+        (Decimal(str(e.billed_credits)) for e in ledger), Decimal(0)
+    )
     text = (assets_dir / manifest_key("aurora-spring-launch")).read_text()
     assert json.loads(text)["totals"] == manifest.model_dump(mode="json")["totals"]
     assert "sig=" not in text and "expires=" not in text  # no signed link outlives its run here
@@ -171,54 +218,78 @@ def test_example_campaign_end_to_end(
     monkeypatch.setenv("EVOLINK_ALLOW_PRIVATE_URLS", "true")
 
     artifacts = asyncio.run(artifacts_with_prefix("aurora-spring-launch-%"))
-    assert {"aurora-spring-launch-cost", "aurora-spring-launch-summary", "aurora-spring-launch-progress",
-            "aurora-spring-launch-launch-banner-final"} <= set(artifacts)
+    assert {
+        "aurora-spring-launch-cost",
+        "aurora-spring-launch-summary",
+        "aurora-spring-launch-progress",
+        "aurora-spring-launch-launch-banner-final",
+    } <= set(artifacts)
     rows = json.loads(artifacts["aurora-spring-launch-cost"].data)
     assert len(rows) == 8 and {r["stage"] for r in rows} == {"draft", "final"}
     assert {r["task_id"] for r in rows} == {e.task_id for e in ledger}
     assert artifacts["aurora-spring-launch-progress"].data == 100.0
     assert "total billed" in artifacts["aurora-spring-launch-summary"].data
-    assert artifacts["aurora-spring-launch-launch-banner-final"].data.startswith("data:image/jpeg;base64,")
+    assert artifacts["aurora-spring-launch-launch-banner-final"].data.startswith(
+        "data:image/jpeg;base64,"
+    )
 
     # a rerun pays for nothing new
     again = campaign(small_brief(tmp_path))
     assert len(evolink_env.ledger()) == 8
-    assert [o.final.task_id for o in again.assets if o.final] == [o.final.task_id for o in manifest.assets if o.final]
+    assert [o.final.task_id for o in again.assets if o.final] == [
+        o.final.task_id for o in manifest.assets if o.final
+    ]
 
 
 def test_one_asset_failing_does_not_stop_the_others(
     evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
 ) -> None:
-    evolink_env.add_fault(Fault(kind="fail_task", error_code="content_policy_violation", match_prompt="jogging"))
+    evolink_env.add_fault(
+        Fault(kind="fail_task", error_code="content_policy_violation", match_prompt="jogging")
+    )
     with pytest.raises(CampaignIncompleteError, match="social-square"):
         campaign(small_brief(tmp_path))
-    manifest = CampaignManifest.model_validate_json((assets_dir / manifest_key("aurora-spring-launch")).read_text())
+    manifest = CampaignManifest.model_validate_json(
+        (assets_dir / manifest_key("aurora-spring-launch")).read_text()
+    )
     statuses = {o.asset: o.status for o in manifest.assets}
     assert statuses.pop("social-square") is AssetStatus.FAILED
     assert set(statuses.values()) == {AssetStatus.FINAL}
     assert len(evolink_env.ledger()) == 1 + 3 * 2  # no resubmission of the policy failure
     artifacts = asyncio.run(artifacts_with_prefix("aurora-spring-launch-%"))
     assert "content_policy_violation" in artifacts["aurora-spring-launch-summary"].data
-    assert any("content_policy_violation" in r["stored_at"] for r in json.loads(artifacts["aurora-spring-launch-cost"].data))
+    assert any(
+        "content_policy_violation" in r["stored_at"]
+        for r in json.loads(artifacts["aurora-spring-launch-cost"].data)
+    )
 
 
 # --- budget --------------------------------------------------------------------------------
 
-def test_estimate_over_budget_sends_nothing(evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path) -> None:
+
+def test_estimate_over_budget_sends_nothing(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
+) -> None:
     with pytest.raises(BudgetExceededError) as info:
         campaign(small_brief(tmp_path, budget_usd=0.2))
     assert "launch-banner: drafts $" in str(info.value) and "product-shot" in str(info.value)
     assert evolink_env.request_counts.get("create", 0) == 0
 
 
-def test_budget_reached_mid_run_stops_finals(evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path) -> None:
+def test_budget_reached_mid_run_stops_finals(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
+) -> None:
     """The estimate fits, but every job bills 50 % over its estimate (a pricier reality)."""
     brief_path = small_brief(tmp_path, budget_usd=0.85)
-    plans = check_plans(load_brief(brief_path), {"product-shot": (["https://x.example/a.png"], None)})
+    plans = check_plans(
+        load_brief(brief_path), {"product-shot": (["https://x.example/a.png"], None)}
+    )
     evolink_env.bill_multiplier = 1.5
     with pytest.raises(CampaignIncompleteError, match="budget_stopped"):
         campaign(brief_path)
-    manifest = CampaignManifest.model_validate_json((assets_dir / manifest_key("aurora-spring-launch")).read_text())
+    manifest = CampaignManifest.model_validate_json(
+        (assets_dir / manifest_key("aurora-spring-launch")).read_text()
+    )
     finals = [e for e in evolink_env.ledger() if e.request["quality"] == "high"]
     stopped = [o for o in manifest.assets if o.status is AssetStatus.BUDGET_STOPPED]
     assert stopped and len(finals) + len(stopped) == 4
@@ -226,10 +297,13 @@ def test_budget_reached_mid_run_stops_finals(evolink_env: EvoLinkSimulator, asse
     assert Decimal(manifest.totals.billed_usd) <= Decimal("0.85") + worst
     # calibrated reservations keep even a 50 %-over reality inside the budget itself here
     assert Decimal(manifest.totals.billed_usd) <= Decimal("0.85")
-    assert Decimal(manifest.totals.billed_usd) == sum((Decimal(str(e.billed_usd)) for e in evolink_env.ledger()), Decimal(0))
+    assert Decimal(manifest.totals.billed_usd) == sum(
+        (Decimal(str(e.billed_usd)) for e in evolink_env.ledger()), Decimal(0)
+    )
 
 
 # --- approval ------------------------------------------------------------------------------
+
 
 def two_asset_brief(tmp_path: Path) -> Path:
     data = yaml.safe_load(EXAMPLE.read_text())
@@ -242,7 +316,7 @@ def start_in_thread(brief: Path, **kwargs: Any) -> tuple[threading.Thread, dict[
     def target() -> None:
         try:
             outcome["manifest"] = campaign(brief, selection="approval", **kwargs)
-        except BaseException as error:  # noqa: BLE001 — handed to the test thread
+        except BaseException as error:
             outcome["error"] = error
 
     thread = threading.Thread(target=target, daemon=True)
@@ -253,8 +327,11 @@ def start_in_thread(brief: Path, **kwargs: Any) -> tuple[threading.Thread, dict[
 def wait_for_paused_run(timeout: float = 90) -> Any:
     async def paused() -> list[Any]:
         async with get_client() as client:
-            return await client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+            return await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                )
+            )
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -271,7 +348,9 @@ def test_approval_resumed_from_code_with_a_choice_and_a_rejection(
     thread, outcome = start_in_thread(two_asset_brief(tmp_path), approval_timeout_seconds=120)
     run = wait_for_paused_run()
     assert len(evolink_env.ledger()) == 2  # drafts only, while waiting
-    review = asyncio.run(artifacts_with_prefix("aurora-spring-launch-review"))["aurora-spring-launch-review"]
+    review = asyncio.run(artifacts_with_prefix("aurora-spring-launch-review"))[
+        "aurora-spring-launch-review"
+    ]
     assert "launch-banner" in review.data and "data:image/jpeg;base64," in review.data
     resume_flow_run(run.id, run_input={"launch_banner": "image-1", "social_square": "reject"})
     thread.join(120)

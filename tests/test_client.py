@@ -49,7 +49,9 @@ class RecordingSleep:
         await asyncio.sleep(min(seconds, 0.05))
 
 
-def client_for(sim: EvoLinkSimulator, sleep: RecordingSleep | None = None, **kwargs: Any) -> EvoLinkClient:
+def client_for(
+    sim: EvoLinkSimulator, sleep: RecordingSleep | None = None, **kwargs: Any
+) -> EvoLinkClient:
     return EvoLinkClient(
         sim.api_key,
         base_url=sim.base_url,
@@ -68,7 +70,9 @@ def run(sim: EvoLinkSimulator, body: Callable[[EvoLinkClient], Awaitable[T]], **
     return asyncio.run(main())
 
 
-def test_create_wait_download_matches_what_the_simulator_served(simulator: EvoLinkSimulator) -> None:
+def test_create_wait_download_matches_what_the_simulator_served(
+    simulator: EvoLinkSimulator,
+) -> None:
     sink = io.BytesIO()
 
     async def job(client: EvoLinkClient) -> Any:
@@ -81,7 +85,11 @@ def test_create_wait_download_matches_what_the_simulator_served(simulator: EvoLi
     served = httpx.get(done.results[0]).content
     assert sink.getvalue() == served
     assert download.sha256 == hashlib.sha256(served).hexdigest()
-    assert (download.image.content_type, download.image.width, download.image.height) == ("image/png", 1360, 768)
+    assert (download.image.content_type, download.image.width, download.image.height) == (
+        "image/png",
+        1360,
+        768,
+    )
     assert done.billed.known and done.billed.usd is not None and done.billed.usd > 0
     assert len(simulator.billed_tasks()) == 1
 
@@ -113,7 +121,9 @@ def test_429_without_retry_after_uses_the_fallback_suggestion(simulator: EvoLink
     assert sleep.delays == [7.0]
 
 
-def test_rate_limit_gives_up_after_max_attempts_with_a_typed_error(simulator: EvoLinkSimulator) -> None:
+def test_rate_limit_gives_up_after_max_attempts_with_a_typed_error(
+    simulator: EvoLinkSimulator,
+) -> None:
     simulator.add_fault(Fault(kind="rate_limit", route="create", retry_after=1, times=None))
     with pytest.raises(RateLimitError) as info:
         run(simulator, lambda c: c.create_task(REQUEST, idempotency_key=KEY))
@@ -158,14 +168,18 @@ def test_lost_create_response_is_replayed_not_paid_twice(simulator: EvoLinkSimul
     assert [e.task_id for e in simulator.billed_tasks()] == [created.task.id]
 
 
-def test_lost_create_response_without_key_raises_and_does_not_guess(simulator: EvoLinkSimulator) -> None:
+def test_lost_create_response_without_key_raises_and_does_not_guess(
+    simulator: EvoLinkSimulator,
+) -> None:
     simulator.add_fault(Fault(kind="lose_create_response"))
     with pytest.raises(APIConnectionError):
         run(simulator, lambda c: c.create_task(REQUEST))
     assert simulator.request_counts["create"] == 1
 
 
-def test_idempotency_key_reused_for_another_body_is_a_bad_request(simulator: EvoLinkSimulator) -> None:
+def test_idempotency_key_reused_for_another_body_is_a_bad_request(
+    simulator: EvoLinkSimulator,
+) -> None:
     async def job(client: EvoLinkClient) -> Any:
         await client.create_task(REQUEST, idempotency_key=KEY)
         await client.create_task({**REQUEST, "prompt": "something else"}, idempotency_key=KEY)
@@ -176,8 +190,13 @@ def test_idempotency_key_reused_for_another_body_is_a_bad_request(simulator: Evo
 
 @pytest.mark.parametrize(
     ("code", "may_help"),
-    [("content_policy_violation", False), ("invalid_parameters", False), ("generation_timeout", True),
-     ("service_error", True), ("something_new", True)],
+    [
+        ("content_policy_violation", False),
+        ("invalid_parameters", False),
+        ("generation_timeout", True),
+        ("service_error", True),
+        ("something_new", True),
+    ],
 )
 def test_failed_task_is_typed_with_its_resubmit_verdict(
     simulator: EvoLinkSimulator, code: str, may_help: bool
@@ -246,7 +265,9 @@ def test_wrong_key_is_an_authentication_error_without_the_key(simulator: EvoLink
     assert wrong not in str(info.value) and wrong not in repr(info.value)
 
 
-def test_the_key_is_in_no_repr_log_or_error(simulator: EvoLinkSimulator, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_key_is_in_no_repr_log_or_error(
+    simulator: EvoLinkSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     simulator.add_fault(Fault(kind="server_error", route="any", status=502, times=2))
     simulator.add_fault(Fault(kind="fail_task", error_code="content_policy_violation"))

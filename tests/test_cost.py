@@ -65,14 +65,34 @@ def test_product_page_most_expensive_image() -> None:
 
 def test_estimate_of_a_request_scales_with_n_and_counts_text_and_references() -> None:
     one = estimate(parse_request({"prompt": "x" * 400, "size": "1:1", "quality": "low"}))
-    assert (one.width, one.height, one.output_tokens, one.text_input_tokens) == (1024, 1024, 196, 100)
-    four = estimate(parse_request({"prompt": "x" * 400, "size": "1:1", "quality": "low", "n": 4,
-                                   "image_urls": ["https://a.example/r.png"]}))
+    assert (one.width, one.height, one.output_tokens, one.text_input_tokens) == (
+        1024,
+        1024,
+        196,
+        100,
+    )
+    four = estimate(
+        parse_request(
+            {
+                "prompt": "x" * 400,
+                "size": "1:1",
+                "quality": "low",
+                "n": 4,
+                "image_urls": ["https://a.example/r.png"],
+            }
+        )
+    )
     assert four.output_tokens == 4 * 196
     assert four.text_input_tokens == 4 * 100
     assert four.image_input_tokens == 4 * 1536
-    assert four.usd == ((Decimal(4 * 196) * Decimal("0.027") + Decimal(400) * Decimal("0.0045")
-                        + Decimal(4 * 1536) * Decimal("0.0072")) / 1000).quantize(Decimal("0.000001"))
+    assert four.usd == (
+        (
+            Decimal(4 * 196) * Decimal("0.027")
+            + Decimal(400) * Decimal("0.0045")
+            + Decimal(4 * 1536) * Decimal("0.0072")
+        )
+        / 1000
+    ).quantize(Decimal("0.000001"))
     assert text_tokens("") == 0
 
 
@@ -83,9 +103,16 @@ def test_auto_is_priced_as_2048_square() -> None:
 
 # --- billed cost: every form the API may use ------------------------------------------------
 
+
 def test_billed_from_usage_cost_object() -> None:
-    bill = billed_cost({"status": "completed", "usage": {"cost": {"credits": 0.5, "usd": 0.007353}}})
-    assert (bill.usd, bill.credits, bill.source) == (Decimal("0.007353"), Decimal("0.5"), "usage.cost")
+    bill = billed_cost(
+        {"status": "completed", "usage": {"cost": {"credits": 0.5, "usd": 0.007353}}}
+    )
+    assert (bill.usd, bill.credits, bill.source) == (
+        Decimal("0.007353"),
+        Decimal("0.5"),
+        "usage.cost",
+    )
 
 
 def test_billed_from_usage_cost_with_credits_only() -> None:
@@ -95,27 +122,60 @@ def test_billed_from_usage_cost_with_credits_only() -> None:
 
 def test_billed_from_credits_used() -> None:
     bill = billed_cost({"status": "completed", "usage": {"credits_used": 1.836}})
-    assert (bill.usd, bill.credits, bill.source) == (Decimal("0.027"), Decimal("1.836"), "usage.credits_used")
+    assert (bill.usd, bill.credits, bill.source) == (
+        Decimal("0.027"),
+        Decimal("1.836"),
+        "usage.credits_used",
+    )
 
 
 def test_billed_from_billing_object() -> None:
-    bill = billed_cost({"status": "completed", "billing": {
-        "charge_status": "charged", "reserved_credits": 3, "charged_credits": 1.36, "refunded_credits": 1.64}})
-    assert (bill.usd, bill.credits, bill.source) == (Decimal("0.02"), Decimal("1.36"), "billing.charged_credits")
+    bill = billed_cost(
+        {
+            "status": "completed",
+            "billing": {
+                "charge_status": "charged",
+                "reserved_credits": 3,
+                "charged_credits": 1.36,
+                "refunded_credits": 1.64,
+            },
+        }
+    )
+    assert (bill.usd, bill.credits, bill.source) == (
+        Decimal("0.02"),
+        Decimal("1.36"),
+        "billing.charged_credits",
+    )
 
 
 def test_billed_from_openai_style_tokens() -> None:
-    bill = billed_cost({"status": "completed", "usage": {
-        "input_tokens": 1636, "output_tokens": 196,
-        "input_tokens_details": {"image_tokens": 1536, "text_tokens": 100, "cached_tokens": 0}}})
-    expected = (Decimal(196) * Decimal("0.027") + Decimal(1536) * Decimal("0.0072")
-                + Decimal(100) * Decimal("0.0045")) / 1000
+    bill = billed_cost(
+        {
+            "status": "completed",
+            "usage": {
+                "input_tokens": 1636,
+                "output_tokens": 196,
+                "input_tokens_details": {
+                    "image_tokens": 1536,
+                    "text_tokens": 100,
+                    "cached_tokens": 0,
+                },
+            },
+        }
+    )
+    expected = (
+        Decimal(196) * Decimal("0.027")
+        + Decimal(1536) * Decimal("0.0072")
+        + Decimal(100) * Decimal("0.0045")
+    ) / 1000
     assert bill.usd == expected.quantize(Decimal("0.000001"))
     assert bill.source == "usage.tokens"
 
 
 def test_missing_billing_is_unknown_not_zero() -> None:
-    bill = billed_cost({"status": "completed", "usage": {"billing_rule": "per_token", "credits_reserved": 2.5}})
+    bill = billed_cost(
+        {"status": "completed", "usage": {"billing_rule": "per_token", "credits_reserved": 2.5}}
+    )
     assert bill.usd is None and bill.credits is None and not bill.known
     assert billed_cost({"status": "completed"}).source == "unknown"
 
@@ -126,5 +186,7 @@ def test_failed_task_without_billing_is_not_charged() -> None:
 
 
 def test_garbage_billing_values_are_unknown() -> None:
-    assert not billed_cost({"status": "completed", "usage": {"credits_used": "n/a", "cost": "x"}}).known
+    assert not billed_cost(
+        {"status": "completed", "usage": {"credits_used": "n/a", "cost": "x"}}
+    ).known
     assert not billed_cost({"status": "completed", "usage": {"credits_used": True}}).known

@@ -28,7 +28,11 @@ from tests.conftest import TEST_API_KEY
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 REQUEST = parse_request(
-    {"prompt": "square social post: a ceramic mug of cocoa, soft daylight", "size": "1:1", "quality": "low"}
+    {
+        "prompt": "square social post: a ceramic mug of cocoa, soft daylight",
+        "size": "1:1",
+        "quality": "low",
+    }
 )
 
 
@@ -45,7 +49,9 @@ def test_one_job_is_stored_on_disk_with_metadata_and_its_bill(
     assert record.task_id == entry.task_id
     assert Decimal(record.billed_usd or "nan") == Decimal(entry.billed_usd)
     assert Decimal(record.billed_credits or "nan") == Decimal(entry.billed_credits)
-    assert Decimal(record.estimated_usd) == Decimal(record.billed_usd)  # simulator bills the estimate
+    assert Decimal(record.estimated_usd) == Decimal(
+        record.billed_usd
+    )  # simulator bills the estimate
 
     [image] = record.images
     path = Path(image.uri.removeprefix("file://"))
@@ -66,8 +72,13 @@ def test_one_job_is_stored_on_disk_with_metadata_and_its_bill(
 
 def test_one_job_is_stored_on_s3(evolink_env: EvoLinkSimulator, s3_server: str) -> None:
     storage = S3AssetStorage(
-        bucket="marketing-assets", prefix="evolink", endpoint_url=s3_server, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing", addressing_style="path",
+        bucket="marketing-assets",
+        prefix="evolink",
+        endpoint_url=s3_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        addressing_style="path",
     )
     storage.get_client().create_bucket(Bucket="marketing-assets")
     storage.save("flow-test-s3", overwrite=True)
@@ -76,8 +87,13 @@ def test_one_job_is_stored_on_s3(evolink_env: EvoLinkSimulator, s3_server: str) 
 
     [image] = record.images
     assert image.uri.startswith("s3://marketing-assets/evolink/adhoc/s3/")
-    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     key = image.uri.removeprefix("s3://marketing-assets/")
     obj = s3.get_object(Bucket="marketing-assets", Key=key)
     body = obj["Body"].read()
@@ -87,7 +103,9 @@ def test_one_job_is_stored_on_s3(evolink_env: EvoLinkSimulator, s3_server: str) 
     assert obj["ContentType"] == "image/png"
     assert obj["Metadata"]["task_id"] == entry.task_id
     assert obj["Metadata"]["sha256"] == image.sha256
-    sidecar = json.loads(s3.get_object(Bucket="marketing-assets", Key=key.replace(".png", ".json"))["Body"].read())
+    sidecar = json.loads(
+        s3.get_object(Bucket="marketing-assets", Key=key.replace(".png", ".json"))["Body"].read()
+    )
     assert sidecar["metadata"]["prompt"] == REQUEST.prompt
 
 
@@ -111,7 +129,9 @@ def test_crash_after_submit_reattaches_to_the_same_task(
     async def submit_then_crash() -> SubmitRecord:
         creds = EvoLinkCredentials.from_env()
         assert creds is not None
-        return await submit_job("adhoc/crash", REQUEST, creds, LocalAssetStorage(base_dir=str(assets_dir)))
+        return await submit_job(
+            "adhoc/crash", REQUEST, creds, LocalAssetStorage(base_dir=str(assets_dir))
+        )
 
     submitted = asyncio.run(submit_then_crash())
     assert LocalAssetStorage(base_dir=str(assets_dir)).exists(
@@ -136,14 +156,16 @@ def test_crash_before_the_submit_record_is_written_is_replayed_by_idempotency_ke
 def test_faults_on_every_route_still_give_one_paid_task(
     evolink_env: EvoLinkSimulator, assets_dir: Path
 ) -> None:
-    evolink_env.add_faults([
-        Fault(kind="rate_limit", route="create", retry_after=0.1),
-        Fault(kind="server_error", route="create", status=502),
-        Fault(kind="server_error", route="get", status=503, times=2),
-        Fault(kind="drop_connection", route="get"),
-        Fault(kind="server_error", route="download", status=500),
-        Fault(kind="drop_connection", route="download"),
-    ])
+    evolink_env.add_faults(
+        [
+            Fault(kind="rate_limit", route="create", retry_after=0.1),
+            Fault(kind="server_error", route="create", status=502),
+            Fault(kind="server_error", route="get", status=503, times=2),
+            Fault(kind="drop_connection", route="get"),
+            Fault(kind="server_error", route="download", status=500),
+            Fault(kind="drop_connection", route="download"),
+        ]
+    )
     record = generate(job_name="stormy")
     assert len(record.images) == 1
     assert len(evolink_env.ledger()) == 1
@@ -199,7 +221,7 @@ def test_api_key_is_in_no_log_record_or_result(
         evolink_env.add_fault(Fault(kind="server_error", route="any", status=503, times=2))
         record = generate(job_name="secret-check")
     finally:
-        for lg, level in zip(loggers, old_levels):
+        for lg, level in zip(loggers, old_levels, strict=True):
             lg.removeHandler(handler)
             lg.setLevel(level)
     assert any("Submitting adhoc/secret-check" in line for line in lines)
@@ -214,16 +236,20 @@ def test_task_retries_only_retryable_errors_with_a_saved_credentials_block(
 ) -> None:
     """With the client's own retries off, Prefect's task retries must take over — for 5xx only."""
     EvoLinkCredentials(
-        api_key=simulator.api_key, base_url=simulator.base_url, max_attempts=1,
-        poll_min_interval=0.05, poll_max_interval=0.2,
+        api_key=simulator.api_key,
+        base_url=simulator.base_url,
+        max_attempts=1,
+        poll_min_interval=0.05,
+        poll_max_interval=0.2,
     ).save("flow-test-one-attempt", overwrite=True)
     simulator.add_fault(Fault(kind="server_error", route="create", status=503, times=2))
     record = generate(job_name="task-retry", credentials_block="flow-test-one-attempt")
     assert simulator.request_counts["create"] == 3 and len(simulator.ledger()) == 1
     assert record.task_id == simulator.ledger()[0].task_id
 
-    EvoLinkCredentials(api_key="sk-wrong-key-0000000000000000", base_url=simulator.base_url,
-                       max_attempts=1).save("flow-test-wrong-key", overwrite=True)
+    EvoLinkCredentials(
+        api_key="sk-wrong-key-0000000000000000", base_url=simulator.base_url, max_attempts=1
+    ).save("flow-test-wrong-key", overwrite=True)
     from evolink.errors import AuthenticationError
 
     with pytest.raises(AuthenticationError):

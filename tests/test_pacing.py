@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import struct
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from evolink.errors import RateLimitError, ServerError, TaskFailedError
 from evolink.images import sniff_image
@@ -16,15 +16,21 @@ from evolink.retry import RetryPolicy, parse_retry_after, seconds_from_suggestio
 
 
 def rate_limited(retry_after: float | None, suggestion: str | None = None) -> RateLimitError:
-    return RateLimitError("slow down", retry_after=retry_after, status_code=429,
-                          fallback_suggestion=suggestion)
+    return RateLimitError(
+        "slow down", retry_after=retry_after, status_code=429, fallback_suggestion=suggestion
+    )
 
 
 def test_retry_after_header_forms() -> None:
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     assert parse_retry_after("12") == 12.0
     assert parse_retry_after("1.5") == 1.5
-    assert parse_retry_after((now + timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S GMT"), now=now) == 30
+    assert (
+        parse_retry_after(
+            (now + timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S GMT"), now=now
+        )
+        == 30
+    )
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
     assert parse_retry_after("-5") == 0.0
 
@@ -104,9 +110,22 @@ def test_sniff_png_jpeg_webp_and_refuse_the_rest() -> None:
     png = sniff_image(_png(1360, 768))
     assert png is not None and (png.content_type, png.width, png.height) == ("image/png", 1360, 768)
     sof = b"\xff\xc0" + struct.pack(">HBHH", 17, 8, 480, 640) + b"\x03" + b"\x00" * 9
-    jpeg = sniff_image(b"\xff\xd8\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + b"\x00" * 9 + sof)
-    assert jpeg is not None and (jpeg.content_type, jpeg.width, jpeg.height) == ("image/jpeg", 640, 480)
-    vp8x = b"RIFF" + b"\x00" * 4 + b"WEBPVP8X" + b"\x00" * 8 + (799).to_bytes(3, "little") + (599).to_bytes(3, "little")
+    jpeg = sniff_image(
+        b"\xff\xd8\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + b"\x00" * 9 + sof
+    )
+    assert jpeg is not None and (jpeg.content_type, jpeg.width, jpeg.height) == (
+        "image/jpeg",
+        640,
+        480,
+    )
+    vp8x = (
+        b"RIFF"
+        + b"\x00" * 4
+        + b"WEBPVP8X"
+        + b"\x00" * 8
+        + (799).to_bytes(3, "little")
+        + (599).to_bytes(3, "little")
+    )
     webp = sniff_image(vp8x)
     assert webp is not None and (webp.width, webp.height) == (800, 600)
     assert sniff_image(b"<html><body>Access denied</body></html>") is None

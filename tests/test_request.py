@@ -88,18 +88,30 @@ def test_quality_and_n() -> None:
 
 def test_reference_images() -> None:
     ok(image_urls=[IMG])
-    ok(image_urls=[f"https://cdn.example.com/{i}.{ext}" for i, ext in
-                   enumerate(["jpeg", "jpg", "png", "webp", "JPG"] * 3 + ["png"])])  # 16
+    ok(
+        image_urls=[
+            f"https://cdn.example.com/{i}.{ext}"
+            for i, ext in enumerate(["jpeg", "jpg", "png", "webp", "JPG"] * 3 + ["png"])
+        ]
+    )  # 16
     ok(image_urls=["https://bucket.s3.amazonaws.com/a/b.png?X-Amz-Signature=abc"])
     rejected("image_urls", "at least 1", image_urls=[])
     rejected("image_urls", "at most 16", image_urls=[IMG] * 17)
-    rejected("image_urls", "item 1 must point to a jpeg/jpg/png/webp", image_urls=[IMG, "https://x.io/a.gif"])
+    rejected(
+        "image_urls",
+        "item 1 must point to a jpeg/jpg/png/webp",
+        image_urls=[IMG, "https://x.io/a.gif"],
+    )
     rejected("image_urls", "absolute", image_urls=["ftp://x.io/a.png"])
 
 
 def test_mask_needs_references() -> None:
     ok(image_urls=[IMG], mask_url="https://cdn.example.com/mask.png")
-    rejected("mask_url", "only allowed together with image_urls", mask_url="https://cdn.example.com/m.png")
+    rejected(
+        "mask_url",
+        "only allowed together with image_urls",
+        mask_url="https://cdn.example.com/m.png",
+    )
     rejected("mask_url", "png", image_urls=[IMG], mask_url="https://cdn.example.com/m.jpg")
 
 
@@ -117,5 +129,9 @@ def test_unknown_fields_are_refused_not_ignored() -> None:
 def test_payload_omits_unset_fields() -> None:
     request = parse_request({"prompt": "p", "size": "1:1"})
     assert request.to_payload() == {
-        "model": "gpt-image-2", "prompt": "p", "size": "1:1", "quality": "medium", "n": 1,
+        "model": "gpt-image-2",
+        "prompt": "p",
+        "size": "1:1",
+        "quality": "medium",
+        "n": 1,
     }

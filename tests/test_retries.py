@@ -8,8 +8,14 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from prefect.states import Failed
 
 from evolink.errors import (
-    APIConnectionError, AuthenticationError, InsufficientCreditsError, PollDeadlineExceeded,
-    RateLimitError, ResultExpiredError, ServerError, TaskFailedError,
+    APIConnectionError,
+    AuthenticationError,
+    InsufficientCreditsError,
+    PollDeadlineExceeded,
+    RateLimitError,
+    ResultExpiredError,
+    ServerError,
+    TaskFailedError,
 )
 from tasks.retries import is_retryable, retry_if_retryable
 

@@ -37,6 +37,9 @@ PRIVATE_RULE = "must not point to a private, loopback or link-local address"
 INTERNAL_RULE = "must not point to a local or internal host name"
 
 
+Switch = Callable[[bool], None]
+
+
 @pytest.fixture
 def private_urls(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
     """Switch the local/testing setting explicitly (the suite default is on)."""
@@ -261,8 +264,18 @@ def test_error_echo_drops_query_strings(private_urls: Switch) -> None:
 
 @pytest.mark.parametrize(
     ("value", "allowed"),
-    [("true", True), ("TRUE", True), (" yes ", True), ("1", True),
-     ("false", False), ("0", False), ("no", False), ("", False), ("on", False), ("2", False)],
+    [
+        ("true", True),
+        ("TRUE", True),
+        (" yes ", True),
+        ("1", True),
+        ("false", False),
+        ("0", False),
+        ("no", False),
+        ("", False),
+        ("on", False),
+        ("2", False),
+    ],
 )
 def test_setting_values(value: str, allowed: bool) -> None:
     assert private_urls_allowed({ENV_ALLOW_PRIVATE_URLS: value}) is allowed
@@ -323,7 +336,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     hits: Counter[str]
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output clean
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _send(self, status: int, body: bytes, content_type: str, *, length: bool = True) -> None:
@@ -340,7 +353,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.hits[self.path] += 1
         port = self.server.server_address[1]
         routes: dict[str, Callable[[], None]] = {

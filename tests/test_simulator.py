@@ -165,7 +165,10 @@ def test_task_moves_pending_processing_completed_with_rising_progress(
     assert suffix == suffix.lower()
     assert task["object"] == "image.generation.task"
     assert (task["status"], task["progress"], task["type"], task["model"]) == (
-        "pending", 0, "image", "gpt-image-2",
+        "pending",
+        0,
+        "image",
+        "gpt-image-2",
     )
     assert task["task_info"] == {"can_cancel": True, "estimated_time": 1}
     assert task["usage"]["billing_rule"] == "per_token"
@@ -255,7 +258,9 @@ def test_billing_equals_the_cost_estimate(sim: EvoLinkSimulator, client: httpx.C
     (entry,) = sim.billed_tasks()
     assert (entry.billed_usd, entry.billed_credits) == (expected.usd, expected.credits)
     assert (entry.output_tokens, entry.image_input_tokens, entry.text_input_tokens) == (
-        expected.output_tokens, expected.image_input_tokens, expected.text_input_tokens,
+        expected.output_tokens,
+        expected.image_input_tokens,
+        expected.text_input_tokens,
     )
     assert entry.request == ImageRequest.model_validate(body).to_payload()
     assert sim.request_counts["create"] == 1 and sim.request_counts["get"] >= 1
@@ -271,8 +276,9 @@ def test_idempotency_replay_returns_the_original_task(
     first = create(client, {"prompt": "a", "n": 1}, key=key)
     assert first.status_code == 200 and "idempotency-replayed" not in first.headers
     replay = client.post(
-        CREATE, content=b'{ "n": 1,  "prompt": "a" }', headers={"Idempotency-Key": key,
-                                                               "Content-Type": "application/json"}
+        CREATE,
+        content=b'{ "n": 1,  "prompt": "a" }',
+        headers={"Idempotency-Key": key, "Content-Type": "application/json"},
     )
     assert replay.status_code == 200
     assert replay.headers["idempotency-replayed"] == "true"
@@ -290,8 +296,9 @@ def test_concurrent_creates_with_one_key_make_one_task(sim: EvoLinkSimulator) ->
     key = "concurrent-key-000001"
 
     def submit(_: int) -> str:
-        with httpx.Client(base_url=sim.base_url, verify=TLS,
-                          headers={"Authorization": f"Bearer {sim.api_key}"}) as http:
+        with httpx.Client(
+            base_url=sim.base_url, verify=TLS, headers={"Authorization": f"Bearer {sim.api_key}"}
+        ) as http:
             return create(http, {"prompt": "same job"}, key=key).json()["id"]
 
     with ThreadPoolExecutor(8) as pool:
@@ -538,11 +545,21 @@ def _entry(
     task_id: str, start: float, end: float | None, created: float | None = None
 ) -> LedgerEntry:
     return LedgerEntry(
-        task_id=task_id, idempotency_key=None, request={},
+        task_id=task_id,
+        idempotency_key=None,
+        request={},
         created_at=start - 1 if created is None else created,
-        started_at=start, finished_at=end, expected_finish_at=end or 99.0, status="completed",
-        output_tokens=0, image_input_tokens=0, text_input_tokens=0, reserved_credits=Decimal(0),
-        billed_usd=Decimal(0), billed_credits=Decimal(0), error_code=None,
+        started_at=start,
+        finished_at=end,
+        expected_finish_at=end or 99.0,
+        status="completed",
+        output_tokens=0,
+        image_input_tokens=0,
+        text_input_tokens=0,
+        reserved_credits=Decimal(0),
+        billed_usd=Decimal(0),
+        billed_credits=Decimal(0),
+        error_code=None,
     )
 
 
@@ -571,8 +588,17 @@ def test_max_concurrent_from_the_simulator(sim: EvoLinkSimulator, client: httpx.
 def test_command_line_runs_until_sigterm() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [
-        sys.executable, "-m", "evolink.simulator", "--port", "0", "--api-key", "sk-cli-test-key",
-        "--generation-seconds", "0.1", "--seed", "1",
+        sys.executable,
+        "-m",
+        "evolink.simulator",
+        "--port",
+        "0",
+        "--api-key",
+        "sk-cli-test-key",
+        "--generation-seconds",
+        "0.1",
+        "--seed",
+        "1",
     ]
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT
@@ -583,8 +609,11 @@ def test_command_line_runs_until_sigterm() -> None:
             assert base_url.startswith("http://127.0.0.1:")
             with httpx.Client(base_url=base_url, verify=TLS) as http:
                 assert http.get("/_sim/health").json()["status"] == "ok"
-                response = http.post(CREATE, json={"prompt": "x"},
-                                     headers={"Authorization": "Bearer sk-cli-test-key"})
+                response = http.post(
+                    CREATE,
+                    json={"prompt": "x"},
+                    headers={"Authorization": "Bearer sk-cli-test-key"},
+                )
             assert response.status_code == 200
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=5) == 0

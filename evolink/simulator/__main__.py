@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
 from evolink.simulator.faults import Fault
@@ -30,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--result-ttl-seconds", type=float, default=86400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--faults", default=None,
+        "--faults",
+        default=None,
         help="JSON list of fault specs to arm at start (or @FILE to read them from a file)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
@@ -38,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _load_faults(spec: str) -> list[Fault]:
-    text = open(spec[1:], encoding="utf-8").read() if spec.startswith("@") else spec
+    text = Path(spec[1:]).read_text(encoding="utf-8") if spec.startswith("@") else spec
     data = json.loads(text)
     return [Fault.from_dict(item) for item in (data if isinstance(data, list) else [data])]
 

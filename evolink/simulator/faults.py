@@ -135,7 +135,8 @@ class FaultBook:
 
     def __init__(self, seed: int = 0) -> None:
         self._seed = seed
-        self._rng = random.Random(seed)
+        # Reproducible fault draws, not secrets.
+        self._rng = random.Random(seed)  # nosec B311
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self.fired_counts: dict[str, int] = {}
@@ -160,7 +161,7 @@ class FaultBook:
         """Disarm everything and restart the RNG, so a reset run replays like a fresh one."""
         with self._lock:
             self._faults.clear()
-            self._rng = random.Random(self._seed)
+            self._rng = random.Random(self._seed)  # nosec B311
             self.fired_counts = {}
 
     def _fire(self, fault: Fault) -> bool:

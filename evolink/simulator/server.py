@@ -7,6 +7,7 @@ ThreadingHTTPServer is enough (tests make tens of requests, not thousands) and a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -45,10 +46,8 @@ class _Server(ThreadingHTTPServer):
         with self.connections_lock:
             connections = list(self.open_connections)
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -75,7 +74,7 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.connections_lock:
                 self.server.open_connections.discard(self.connection)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s - %s", self.address_string(), format % args)
 
     def _handle(self) -> None:
@@ -124,12 +123,12 @@ class _Handler(BaseHTTPRequestHandler):
 class EvoLinkSimulator:
     """A local EvoLink API on 127.0.0.1 with scriptable faults and a ledger of every task.
 
-        with EvoLinkSimulator(generation_seconds=0.3) as sim:
-            client = httpx.Client(base_url=sim.base_url,
-                                  headers={"Authorization": f"Bearer {sim.api_key}"})
-            sim.add_fault(Fault(kind="rate_limit", retry_after=1))
-            ...
-            assert len(sim.ledger()) == 1
+    with EvoLinkSimulator(generation_seconds=0.3) as sim:
+        client = httpx.Client(base_url=sim.base_url,
+                              headers={"Authorization": f"Bearer {sim.api_key}"})
+        sim.add_fault(Fault(kind="rate_limit", retry_after=1))
+        ...
+        assert len(sim.ledger()) == 1
     """
 
     def __init__(
@@ -165,8 +164,10 @@ class EvoLinkSimulator:
         self._server = server
         self.service.base_url = self.base_url
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05},
-            name=f"evolink-simulator:{self.port}", daemon=True,
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"evolink-simulator:{self.port}",
+            daemon=True,
         )
         self._thread.start()
         log.info("EvoLink simulator listening on %s", self.base_url)
@@ -208,7 +209,8 @@ class EvoLinkSimulator:
     @property
     def base_url(self) -> str:
         """e.g. http://127.0.0.1:54321 (a wildcard bind address is shown as 127.0.0.1)."""
-        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        # Only the displayed address: a wildcard bind is reachable on loopback.
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host  # nosec B104
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"

@@ -91,7 +91,8 @@ class SimulatorService:
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._ids = random.Random(f"task-ids-{self.seed}")  # apart from the fault RNG on purpose
+        # Task ids, drawn apart from the fault RNG on purpose; not secrets.
+        self._ids = random.Random(f"task-ids-{self.seed}")  # nosec B311
         self._tasks: dict[str, SimTask] = {}
         self._order: list[str] = []
         self._idempotency: dict[str, str] = {}  # key → task id

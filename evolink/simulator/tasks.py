@@ -139,8 +139,7 @@ class SimTask:
                 "charged_credits": reserved,
                 "refunded_credits": 0,
             }
-        elif status == "failed":
-            assert self.failure is not None
+        elif status == "failed" and self.failure is not None:
             code, message = self.failure
             task["error"] = {"code": code, "message": message}
             usage.update(credits_used=0, cost={"credits": 0, "usd": 0})
