@@ -32,6 +32,7 @@ from evolink.errors import (
     ResultExpiredError,
     ServerError,
     TaskFailedError,
+    UnsafeResultLinkError,
     error_for_status,
     redact_url,
 )
@@ -52,17 +53,6 @@ EXPIRED_LINK_STATUSES: Final = frozenset({401, 403, 404, 410})
 USER_AGENT: Final = "prefect-evolink/0.1"
 
 logger = logging.getLogger("evolink.client")
-
-
-class UnsafeResultLinkError(InvalidImageError):
-    """A result link (or a redirect it led to) we refuse to fetch: not http(s), or a private,
-    loopback or link-local host while `EVOLINK_ALLOW_PRIVATE_URLS` is off.
-
-    An `InvalidImageError`, so callers that handle "no usable image" handle this too; but not
-    retryable: the same link would be refused again, and asking again only repeats the probe.
-    """
-
-    retryable = False
 
 
 @dataclass(frozen=True, slots=True)

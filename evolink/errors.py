@@ -156,6 +156,17 @@ class InvalidImageError(EvoLinkError):
     retryable = True  # a truncated transfer may well succeed the next time
 
 
+class UnsafeResultLinkError(InvalidImageError):
+    """A result link (or a redirect it led to) we refuse to fetch: not http(s), or a private,
+    loopback or link-local host while `EVOLINK_ALLOW_PRIVATE_URLS` is off.
+
+    An `InvalidImageError`, so callers that handle "no usable image" handle this too; but not
+    retryable: the same link would be refused again, and asking again only repeats the probe.
+    """
+
+    retryable = False
+
+
 def redact_url(url: str) -> str:
     """A URL without its query string: presigned signatures are credentials too."""
     return url.split("?", 1)[0]

@@ -25,8 +25,8 @@ import pytest
 
 import evolink.urls as urls_module
 from blocks.storage import LocalAssetStorage, S3AssetStorage, check_key, safe_key
-from evolink.client import Download, EvoLinkClient, UnsafeResultLinkError
-from evolink.errors import InvalidImageError
+from evolink.client import Download, EvoLinkClient
+from evolink.errors import InvalidImageError, UnsafeResultLinkError
 from evolink.models import InvalidRequestError, parse_request
 from evolink.retry import RetryPolicy
 from evolink.simulator.png import render_png
