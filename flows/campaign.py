@@ -290,7 +290,9 @@ class CampaignRun:
         return True
 
     def manifest(self, selection: str, started_at: Any) -> CampaignManifest:
-        ours, variants = draft_first_saving(self.plans)
+        ours, _ = draft_first_saving(self.plans)
+        delivered = [p for p in self.plans if self.outcomes[p.asset.id].status is AssetStatus.FINAL]
+        _, variants = draft_first_saving(delivered)  # what the finals we have would have cost
         order = {p.asset.id: i for i, p in enumerate(self.plans)}
         rows = sorted(self.rows, key=lambda r: (order[r.asset], r.stage != "draft"))
         return CampaignManifest(

@@ -345,7 +345,8 @@ def wait_for_paused_run(timeout: float = 90) -> Any:
 def test_approval_resumed_from_code_with_a_choice_and_a_rejection(
     evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
 ) -> None:
-    thread, outcome = start_in_thread(two_asset_brief(tmp_path), approval_timeout_seconds=120)
+    brief = two_asset_brief(tmp_path)
+    thread, outcome = start_in_thread(brief, approval_timeout_seconds=120)
     run = wait_for_paused_run()
     assert len(evolink_env.ledger()) == 2  # drafts only, while waiting
     review = asyncio.run(artifacts_with_prefix("aurora-spring-launch-review"))[
@@ -363,6 +364,9 @@ def test_approval_resumed_from_code_with_a_choice_and_a_rejection(
     assert len(finals) == 1
     draft_task = evolink_env.task(banner.drafts.task_id)  # type: ignore[union-attr]
     assert draft_task is not None and finals[0].request["image_urls"][0] == draft_task["results"][1]
+    # the saving is stated for the finals actually made, not for the rejected asset
+    banner_plan = check_plans(load_brief(brief), {})[0]
+    assert Decimal(manifest.high_quality_variants_usd) == banner_plan.high_variants_estimate.usd
 
 
 def test_approval_timeout_spends_nothing_on_finals(
