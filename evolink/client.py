@@ -99,6 +99,13 @@ class _Attempts:
     last_error: EvoLinkError | None = field(default=None)
 
 
+def _transport_error(error: httpx.TransportError, what: str, task_id: str | None) -> EvoLinkError:
+    """No usable response. Only the exception's type is kept: its text may quote the request."""
+    if isinstance(error, httpx.TimeoutException):
+        return APITimeoutError(f"{what} timed out ({type(error).__name__})", task_id=task_id)
+    return APIConnectionError(f"{what} failed: {type(error).__name__}", task_id=task_id)
+
+
 class EvoLinkClient:
     """One EvoLink account. Use as `async with EvoLinkClient(key) as client: ...`."""
 
@@ -348,14 +355,8 @@ class EvoLinkClient:
                         f"result of task {task_id} was cut short ({size} of {declared} bytes)",
                         task_id=task_id,
                     )
-        except httpx.TimeoutException as error:
-            raise APITimeoutError(
-                f"download of task {task_id} timed out ({type(error).__name__})", task_id=task_id
-            ) from None
         except httpx.TransportError as error:
-            raise APIConnectionError(
-                f"download of task {task_id} failed: {type(error).__name__}", task_id=task_id
-            ) from None
+            raise _transport_error(error, f"download of task {task_id}", task_id) from None
         if image is None:
             image = self._require_image(head, task_id)
         sink.flush()
@@ -406,14 +407,8 @@ class EvoLinkClient:
         all_headers.update(headers or {})
         try:
             response = await self._api.request(method, path, json=json, headers=all_headers)
-        except httpx.TimeoutException as error:
-            raise APITimeoutError(
-                f"{method} {path} timed out ({type(error).__name__})", task_id=task_id
-            ) from None
         except httpx.TransportError as error:
-            raise APIConnectionError(
-                f"{method} {path} failed: {type(error).__name__}", task_id=task_id
-            ) from None
+            raise _transport_error(error, f"{method} {path}", task_id) from None
         if response.is_success:
             return response
         try:

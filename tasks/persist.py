@@ -7,28 +7,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from blocks.credentials import EvoLinkCredentials
 from blocks.storage import AssetStorage
 from evolink.errors import redact_url
 from evolink.jobs import StoredImage
-from tasks.retries import TASK_RETRY_DELAYS, retry_if_retryable
+from tasks.retries import evolink_step
 
 
 def sidecar_key(image_key: str) -> str:
     return f"{image_key}.json"
 
 
-@task(
-    name="evolink-persist",
-    task_run_name="persist {task_id} image {index}",
-    cache_policy=NO_CACHE,
-    retries=len(TASK_RETRY_DELAYS),
-    retry_delay_seconds=TASK_RETRY_DELAYS,
-    retry_condition_fn=retry_if_retryable,
-)
+@evolink_step("evolink-persist", "persist {task_id} image {index}")
 async def persist_image(
     url: str,
     *,

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from blocks.credentials import EvoLinkCredentials
 from evolink.jobs import SubmitRecord
 from evolink.polling import PollSchedule
 from evolink.states import TaskSnapshot
-from tasks.retries import TASK_RETRY_DELAYS, retry_if_retryable
+from tasks.retries import evolink_step
 
 
-@task(
-    name="evolink-poll",
-    task_run_name="poll {submit.task_id}",
-    cache_policy=NO_CACHE,  # a status is only true when it is read
-    retries=len(TASK_RETRY_DELAYS),
-    retry_delay_seconds=TASK_RETRY_DELAYS,
-    retry_condition_fn=retry_if_retryable,
-)
+@evolink_step("evolink-poll", "poll {submit.task_id}")
 async def poll_job(
     submit: SubmitRecord, credentials: EvoLinkCredentials, schedule: PollSchedule | None = None
 ) -> TaskSnapshot:

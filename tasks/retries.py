@@ -11,6 +11,8 @@ import os
 from typing import Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from evolink.errors import EvoLinkError
 
@@ -57,3 +59,20 @@ def retry_if_retryable(task: Any, task_run: Any, state: Any) -> bool:
     """`retry_condition_fn` for Prefect tasks."""
     error = failure_of(state)
     return error is not None and is_retryable(error)
+
+
+def evolink_step(name: str, run_name: str) -> Any:
+    """The decorator of every pipeline step (submit, poll, persist).
+
+    No Prefect cache: the job records in storage are what remembers finished work, and a status
+    is only true when it is read. Retries, jittered, only for errors `is_retryable` accepts.
+    """
+    return task(
+        name=name,
+        task_run_name=run_name,
+        cache_policy=NO_CACHE,
+        retries=len(TASK_RETRY_DELAYS),
+        retry_delay_seconds=TASK_RETRY_DELAYS,
+        retry_jitter_factor=0.2,
+        retry_condition_fn=retry_if_retryable,
+    )

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from blocks.credentials import EvoLinkCredentials
 from blocks.storage import AssetStorage
@@ -20,18 +19,10 @@ from evolink.jobs import (
     submit_record_key,
 )
 from evolink.models import ImageRequest
-from tasks.retries import TASK_RETRY_DELAYS, retry_if_retryable
+from tasks.retries import evolink_step
 
 
-@task(
-    name="evolink-submit",
-    task_run_name="submit {namespace}",
-    cache_policy=NO_CACHE,
-    retries=len(TASK_RETRY_DELAYS),
-    retry_delay_seconds=TASK_RETRY_DELAYS,
-    retry_jitter_factor=0.2,
-    retry_condition_fn=retry_if_retryable,
-)
+@evolink_step("evolink-submit", "submit {namespace}")
 async def submit_job(
     namespace: str,
     request: ImageRequest,

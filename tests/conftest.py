@@ -9,7 +9,7 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Settings that must be in place before Prefect or our task modules are imported.
@@ -26,6 +26,7 @@ os.environ.pop("EVOLINK_BASE_URL", None)
 
 import pytest  # noqa: E402
 
+from blocks.storage import S3AssetStorage  # noqa: E402
 from evolink.simulator import EvoLinkSimulator  # noqa: E402
 
 TEST_API_KEY = "sk-test-NEVER-LOG-THIS-0123456789abcdef"
@@ -78,3 +79,24 @@ def s3_server() -> Iterator[str]:
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture
+def s3_storage(s3_server: str) -> Callable[[str, str], S3AssetStorage]:
+    """Make an S3 storage block on the loopback server: a fresh bucket, saved under `name`."""
+
+    def make(bucket: str, name: str, prefix: str = "evolink") -> S3AssetStorage:
+        storage = S3AssetStorage(
+            bucket=bucket,
+            prefix=prefix,
+            endpoint_url=s3_server,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            addressing_style="path",
+        )
+        storage.get_client().create_bucket(Bucket=bucket)
+        storage.save(name, overwrite=True)
+        return storage
+
+    return make

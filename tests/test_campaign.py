@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -129,19 +130,12 @@ def test_local_reference_file_is_refused_with_local_storage(
 
 
 def test_references_and_drafts_travel_as_presigned_s3_urls(
-    evolink_env: EvoLinkSimulator, s3_server: str, tmp_path: Path
+    evolink_env: EvoLinkSimulator,
+    s3_server: str,
+    s3_storage: Callable[..., S3AssetStorage],
+    tmp_path: Path,
 ) -> None:
-    storage = S3AssetStorage(
-        bucket="campaign-refs",
-        prefix="mkt",
-        endpoint_url=s3_server,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        addressing_style="path",
-    )
-    storage.get_client().create_bucket(Bucket="campaign-refs")
-    storage.save("campaign-test-s3", overwrite=True)
+    storage = s3_storage("campaign-refs", "campaign-test-s3", "mkt")
     photo = tmp_path / "case-photo.png"
     photo.write_bytes(render_png(64, 64, "case-photo"))
     brief = small_brief(

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -70,18 +71,10 @@ def test_one_job_is_stored_on_disk_with_metadata_and_its_bill(
     assert "sig=" not in json.dumps(sidecar)
 
 
-def test_one_job_is_stored_on_s3(evolink_env: EvoLinkSimulator, s3_server: str) -> None:
-    storage = S3AssetStorage(
-        bucket="marketing-assets",
-        prefix="evolink",
-        endpoint_url=s3_server,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        addressing_style="path",
-    )
-    storage.get_client().create_bucket(Bucket="marketing-assets")
-    storage.save("flow-test-s3", overwrite=True)
+def test_one_job_is_stored_on_s3(
+    evolink_env: EvoLinkSimulator, s3_server: str, s3_storage: Callable[..., S3AssetStorage]
+) -> None:
+    s3_storage("marketing-assets", "flow-test-s3", "evolink")
 
     record = generate(job_name="s3", storage_block="evolink-s3-asset-storage/flow-test-s3")
 
