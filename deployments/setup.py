@@ -6,7 +6,8 @@ Idempotent — run it after every change: a work pool or limit that exists is ke
 changed only in the values you pass), and `prefect deploy` updates deployments in place. The
 last step is exactly
 
-    EVOLINK_PROJECT_DIR=<repo> prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+    EVOLINK_PROJECT_DIR=<repo> prefect --no-prompt deploy --all \
+        --prefect-file deployments/prefect.yaml
 
 run from the repository root, because the entrypoints in prefect.yaml are relative to it and
 EVOLINK_PROJECT_DIR tells the flow-run processes where the code is (see prefect.yaml's pull step).
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
+import subprocess  # nosec B404
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any, Final
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import get_current_settings
 from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 
@@ -57,42 +58,72 @@ async def ensure_work_pool(name: str, pool_type: str = "process") -> str:
                     f"package (e.g. prefect-docker) or create the pool with "
                     f"`prefect work-pool create {name} --type {pool_type}`"
                 ) from None
-            await client.create_work_pool(
-                WorkPoolCreate(name=name, type=pool_type, base_job_template=template)
-            )
+            try:
+                await client.create_work_pool(
+                    WorkPoolCreate(name=name, type=pool_type, base_job_template=template)
+                )
+            except ObjectAlreadyExists:  # a worker or a second deploy created it meanwhile
+                return f"work pool {name!r}: exists"
             return f"work pool {name!r} ({pool_type}): created"
         note = "" if pool.type == pool_type else f" (kept its type; {pool_type!r} was asked for)"
         return f"work pool {name!r} ({pool.type}): exists{note}"
 
 
 def deploy_command(prefect_file: Path = PREFECT_FILE) -> list[str]:
-    return [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
-            "--prefect-file", str(prefect_file)]
+    return [
+        sys.executable,
+        "-m",
+        "prefect",
+        "--no-prompt",
+        "deploy",
+        "--all",
+        "--prefect-file",
+        str(prefect_file),
+    ]
 
 
 def run_deploy(prefect_file: Path = PREFECT_FILE) -> int:
     """`prefect deploy --all` from the repo root, telling the deployments where the code is."""
     env = dict(os.environ)
     env.setdefault(ENV_PROJECT_DIR, str(ROOT))  # a Docker/Kubernetes pool sets its own path
-    print(f"$ {ENV_PROJECT_DIR}={env[ENV_PROJECT_DIR]} {' '.join(deploy_command(prefect_file))}",
-          flush=True)
-    return subprocess.call(deploy_command(prefect_file), cwd=ROOT, env=env)
+    print(
+        f"$ {ENV_PROJECT_DIR}={env[ENV_PROJECT_DIR]} {' '.join(deploy_command(prefect_file))}",
+        flush=True,
+    )
+    # The prefect CLI with fixed arguments and no shell (bandit B603).
+    return subprocess.call(deploy_command(prefect_file), cwd=ROOT, env=env)  # nosec
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m deployments.setup", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--active-jobs", type=int, default=None,
-                        help="EvoLink jobs running at once, across all workers (default 4 when "
-                             "created; an existing limit is kept unless given)")
-    parser.add_argument("--submits-per-minute", type=float, default=None,
-                        help="sustained create calls per minute (default 30)")
-    parser.add_argument("--submit-burst", type=int, default=None,
-                        help="create calls allowed in a burst (default 5)")
-    parser.add_argument("--pool-type", default="process",
-                        help="type for a work pool that does not exist yet (default process)")
-    parser.add_argument("--skip-deploy", action="store_true",
-                        help="only the work pool and the limits")
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.setup",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--active-jobs",
+        type=int,
+        default=None,
+        help="EvoLink jobs running at once, across all workers (default 4 when "
+        "created; an existing limit is kept unless given)",
+    )
+    parser.add_argument(
+        "--submits-per-minute",
+        type=float,
+        default=None,
+        help="sustained create calls per minute (default 30)",
+    )
+    parser.add_argument(
+        "--submit-burst", type=int, default=None, help="create calls allowed in a burst (default 5)"
+    )
+    parser.add_argument(
+        "--pool-type",
+        default="process",
+        help="type for a work pool that does not exist yet (default process)",
+    )
+    parser.add_argument(
+        "--skip-deploy", action="store_true", help="only the work pool and the limits"
+    )
     return parser.parse_args(argv)
 
 
@@ -112,9 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
     api_url = get_current_settings().api.url
     if not api_url:
-        print("PREFECT_API_URL is not set: start a server (`python3 dev.py run prefect server "
-              "start`) and export PREFECT_API_URL=http://127.0.0.1:4200/api, or log in to "
-              "Prefect Cloud — deployments on a temporary API would vanish.", file=sys.stderr)
+        print(
+            "PREFECT_API_URL is not set: start a server (`python3 dev.py run prefect server "
+            "start`) and export PREFECT_API_URL=http://127.0.0.1:4200/api, or log in to "
+            "Prefect Cloud — deployments on a temporary API would vanish.",
+            file=sys.stderr,
+        )
         return 2
     print(f"Deploying to {api_url}", flush=True)
     asyncio.run(prepare(args))
@@ -122,8 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     code = run_deploy()
     if code == 0:
-        print(f"Done. Deployed runs use the provider limits strictly ({ENV_STRICT}=true). Start a "
-              f"worker: prefect worker start --pool {' / '.join(work_pool_names())}", flush=True)
+        print(
+            f"Done. Deployed runs use the provider limits strictly ({ENV_STRICT}=true). Start a "
+            f"worker: prefect worker start --pool {' / '.join(work_pool_names())}",
+            flush=True,
+        )
     return code
 
 

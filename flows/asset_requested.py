@@ -83,7 +83,11 @@ async def generate_product_asset(
     """
     namespace = product_namespace(product_id)
     request = build_request(
-        prompt=prompt, size=size, resolution=resolution, quality=quality, n=n,
+        prompt=prompt,
+        size=size,
+        resolution=resolution,
+        quality=quality,
+        n=n,
         reference_image_url=reference_image_url,
     )
     identity = None

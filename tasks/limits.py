@@ -34,10 +34,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Final, Literal
 
+import httpx
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+)
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency, rate_limit
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import MissingContextError, ObjectNotFound
 from prefect.logging.loggers import get_run_logger
 from prefect.settings import get_current_settings
 
@@ -129,7 +133,7 @@ async def ensure_limits(
         ),
         submit_burst=DEFAULT_SUBMIT_BURST if submit_burst is None else submit_burst,
     )
-    explicit = {
+    explicit: dict[str, dict[str, float | None]] = {
         ACTIVE_JOBS_LIMIT: {"limit": active_jobs},
         SUBMIT_RATE_LIMIT: {
             "limit": submit_burst,
@@ -146,7 +150,8 @@ async def ensure_limits(
             except ObjectNotFound:
                 await client.create_global_concurrency_limit(
                     GlobalConcurrencyLimitCreate(
-                        name=spec.name, limit=spec.limit,
+                        name=spec.name,
+                        limit=spec.limit,
                         slot_decay_per_second=spec.slot_decay_per_second,
                     )
                 )
@@ -159,7 +164,7 @@ async def ensure_limits(
             }
             if update:
                 await client.update_global_concurrency_limit(
-                    spec.name, GlobalConcurrencyLimitUpdate(**update)
+                    spec.name, GlobalConcurrencyLimitUpdate.model_validate(update)
                 )
             changes[spec.name] = "updated" if update else "unchanged"
     return changes
@@ -183,7 +188,7 @@ async def missing_limits(names: tuple[str, ...] = LIMIT_NAMES) -> list[str]:
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     try:
         return get_run_logger()
-    except Exception:  # outside a flow or task run
+    except MissingContextError:  # outside a flow or task run
         return logger
 
 
@@ -198,7 +203,7 @@ async def _warn_once_if_missing() -> None:
     _checked_apis.add(api)
     try:
         missing = await missing_limits()
-    except Exception as error:  # a look-up failure must not stop a non-strict run
+    except httpx.HTTPError as error:  # a look-up failure must not stop a non-strict run
         _logger().debug("Could not check the provider limits: %s", error)
         return
     if missing:
@@ -206,7 +211,8 @@ async def _warn_once_if_missing() -> None:
             "Provider limits %s do not exist or are inactive on this Prefect API, so EvoLink jobs "
             "run without them. Create them with `python3 dev.py run python -m deployments.setup`"
             " (or `prefect gcl create`), and set %s=true to make this an error.",
-            ", ".join(missing), ENV_STRICT,
+            ", ".join(missing),
+            ENV_STRICT,
         )
 
 
@@ -238,8 +244,9 @@ async def provider_capacity(
                     raise_on_lease_renewal_failure=False,
                 )
             )
-            await rate_limit(SUBMIT_RATE_LIMIT, occupy=1, timeout_seconds=timeout_seconds,
-                             strict=strict)
+            await rate_limit(
+                SUBMIT_RATE_LIMIT, occupy=1, timeout_seconds=timeout_seconds, strict=strict
+            )
         except ConcurrencySlotAcquisitionError as error:
             raise ProviderLimitsError(
                 f"{error} — create the provider limits with "
@@ -247,6 +254,10 @@ async def provider_capacity(
             ) from error
         waited = time.monotonic() - started
         if waited >= _REPORT_WAIT_SECONDS:
-            _logger().info("Waited %.1fs for provider capacity (%s, %s)", waited,
-                           ACTIVE_JOBS_LIMIT, SUBMIT_RATE_LIMIT)
+            _logger().info(
+                "Waited %.1fs for provider capacity (%s, %s)",
+                waited,
+                ACTIVE_JOBS_LIMIT,
+                SUBMIT_RATE_LIMIT,
+            )
         yield

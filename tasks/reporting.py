@@ -29,6 +29,7 @@ def job_rows(record: JobRecord) -> list[dict[str, Any]]:
 
     def share(value: str | None) -> Decimal | None:
         return None if value is None else Decimal(value) / count
+
     return [
         {
             "job": record.namespace,

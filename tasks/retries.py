@@ -8,6 +8,7 @@ repeated create reattaches to the original task).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -61,13 +62,13 @@ def retry_if_retryable(task: Any, task_run: Any, state: Any) -> bool:
     return error is not None and is_retryable(error)
 
 
-def evolink_step(name: str, run_name: str) -> Any:
+def evolink_step(name: str, run_name: str) -> Callable[[Callable[..., Any]], Any]:
     """The decorator of every pipeline step (submit, poll, persist).
 
     No Prefect cache: the job records in storage are what remembers finished work, and a status
     is only true when it is read. Retries, jittered, only for errors `is_retryable` accepts.
     """
-    return task(
+    decorator: Callable[[Callable[..., Any]], Any] = task(
         name=name,
         task_run_name=run_name,
         cache_policy=NO_CACHE,
@@ -76,3 +77,4 @@ def evolink_step(name: str, run_name: str) -> Any:
         retry_jitter_factor=0.2,
         retry_condition_fn=retry_if_retryable,
     )
+    return decorator

@@ -18,21 +18,33 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def request_for(product_id: str, **payload: Any) -> JobRecord:
-    return asyncio.run(generate_product_asset(
-        product_id=product_id, **{"prompt": "a ceramic mug", "quality": "low",
-                                  "poll_deadline_seconds": 30, **payload}
-    ))
+    return asyncio.run(
+        generate_product_asset(
+            product_id=product_id,
+            **{"prompt": "a ceramic mug", "quality": "low", "poll_deadline_seconds": 30, **payload},
+        )
+    )
 
 
-@pytest.mark.parametrize(("payload", "field"), [
-    ({"quality": "ultra"}, "quality"),
-    ({"size": "17:9"}, "size"),
-    ({"reference_image_url": "https://cdn.example.com/ref.gif"}, "reference_image_url"),
-    ({"prompt": ""}, "prompt"),
-])
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"quality": "ultra"}, "quality"),
+        ({"size": "17:9"}, "size"),
+        ({"reference_image_url": "https://cdn.example.com/ref.gif"}, "reference_image_url"),
+        ({"prompt": ""}, "prompt"),
+    ],
+)
 def test_a_bad_payload_names_the_field_it_came_in(payload: dict[str, Any], field: str) -> None:
-    arguments = {"prompt": "a mug", "size": "1:1", "resolution": None, "quality": "high", "n": 1,
-                 "reference_image_url": None, **payload}
+    arguments = {
+        "prompt": "a mug",
+        "size": "1:1",
+        "resolution": None,
+        "quality": "high",
+        "n": 1,
+        "reference_image_url": None,
+        **payload,
+    }
     with pytest.raises(InvalidRequestError, match=rf"{field}: ") as caught:
         build_request(**arguments)
     assert [name for name, _ in caught.value.problems] == [field]

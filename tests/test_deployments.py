@@ -5,17 +5,20 @@ The fast tests check deployments/prefect.yaml itself (trigger templates against 
 defaults, rendered by Prefect's own template code). The slow ones start, all on 127.0.0.1:
 `prefect server start` (temporary PREFECT_HOME, SQLite), the EvoLink simulator and a moto S3
 server in this process, `python3 dev.py run python -m deployments.setup`, and
-`prefect worker start`. Every process is stopped at the end, also when a test fails.
+`prefect worker start`. Every process is stopped at the end, also when a test fails. Set
+EVOLINK_E2E_LOGS=DIR to keep the server, setup and worker logs (flow-run output is in worker.log).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import inspect
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,8 +27,9 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -85,9 +89,17 @@ def test_trigger_defaults_are_the_flows_defaults() -> None:
 
 
 def test_trigger_passes_payload_values_with_their_types() -> None:
-    payload = {"product_id": "p1", "prompt": "a mug", "size": "16:9", "resolution": "2K",
-               "quality": "low", "n": 2, "reference_image_url": "https://cdn.example.com/r.png",
-               "reference_image_key": "sha256:abc", "unrelated": "ignored"}
+    payload = {
+        "product_id": "p1",
+        "prompt": "a mug",
+        "size": "16:9",
+        "resolution": "2K",
+        "quality": "low",
+        "n": 2,
+        "reference_image_url": "https://cdn.example.com/r.png",
+        "reference_image_key": "sha256:abc",
+        "unrelated": "ignored",
+    }
     rendered = _render_trigger(payload)
     assert rendered == {k: v for k, v in payload.items() if k != "unrelated"}
 
@@ -121,8 +133,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for(check: Callable[[], T | None], *, timeout: float, what: str,
-              interval: float = 0.25) -> T:
+def _wait_for(
+    check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.25
+) -> T:
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -161,12 +174,18 @@ class Stack:
             return asyncio.run(run())
 
     def s3(self) -> Any:
-        return boto3.client("s3", endpoint_url=self.s3_url, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def run_cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(list(args), cwd=ROOT, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+        done = subprocess.run(
+            list(args), cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
         return done
 
@@ -179,11 +198,18 @@ class Processes:
         self.marker = marker
         self.started: list[tuple[subprocess.Popen[bytes], int]] = []
 
-    def start(self, args: list[str], *, env: dict[str, str], log: Path,
-              stop_signal: int = signal.SIGTERM) -> subprocess.Popen[bytes]:
+    def start(
+        self, args: list[str], *, env: dict[str, str], log: Path, stop_signal: int = signal.SIGTERM
+    ) -> subprocess.Popen[bytes]:
         with log.open("wb") as sink:
-            process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=sink,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                args,
+                cwd=ROOT,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.started.append((process, stop_signal))
         return process
 
@@ -191,10 +217,8 @@ class Processes:
         for process, stop_signal in reversed(self.started):  # worker before server
             if process.poll() is None:
                 process.send_signal(stop_signal)  # the worker ignores SIGTERM: SIGINT
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    pass
             self._kill_group(process.pid)
             if process.poll() is None:
                 process.wait(timeout=10)
@@ -202,10 +226,8 @@ class Processes:
 
     @staticmethod
     def _kill_group(pid: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def _kill_marked(self) -> None:
         """Flow-run processes may start sessions of their own; find them by the marker."""
@@ -224,8 +246,11 @@ class Processes:
 
 
 def _base_env(marker: str, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "EVOLINK_API_KEY", "EVOLINK_BASE_URL"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "EVOLINK_API_KEY", "EVOLINK_BASE_URL"))
+    }
     env.update(
         EVOLINK_E2E_MARKER=marker,
         PREFECT_HOME=str(home),
@@ -249,9 +274,19 @@ def _start_server(processes: Processes, env: dict[str, str], logs: Path) -> str:
         "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": "0.5",
     }
     server = processes.start(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env=server_env, log=logs / "server.log",
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=server_env,
+        log=logs / "server.log",
     )
     api_url = f"http://127.0.0.1:{port}/api"
 
@@ -275,14 +310,21 @@ def _save_blocks(stack: Stack) -> None:
     from blocks.storage import S3AssetStorage
 
     storage = S3AssetStorage(
-        bucket=BUCKET, prefix="evolink", endpoint_url=stack.s3_url, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing", addressing_style="path",
+        bucket=BUCKET,
+        prefix="evolink",
+        endpoint_url=stack.s3_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        addressing_style="path",
     )
     storage.get_client().create_bucket(Bucket=BUCKET)
     with temporary_settings({PREFECT_API_URL: stack.api_url}):
         EvoLinkCredentials(
-            api_key=stack.simulator.api_key, base_url=stack.simulator.base_url,
-            poll_min_interval=0.1, poll_max_interval=0.3,
+            api_key=stack.simulator.api_key,
+            base_url=stack.simulator.base_url,
+            poll_min_interval=0.1,
+            poll_max_interval=0.3,
         ).save("evolink", overwrite=True)
         storage.save("evolink-assets", overwrite=True)
 
@@ -291,9 +333,18 @@ def _deploy_and_start_worker(stack: Stack, processes: Processes) -> None:
     """The documented deploy command; the worker starts as soon as the pool exists, so its
     start-up overlaps `prefect deploy` (both cost seconds of CPU)."""
     setup = processes.start(
-        [sys.executable, "dev.py", "run", "python", "-m", "deployments.setup",
-         "--active-jobs", str(ACTIVE_JOBS)],  # the limit the concurrency test proves
-        env=stack.env, log=stack.logs / "setup.log",
+        [
+            sys.executable,
+            "dev.py",
+            "run",
+            "python",
+            "-m",
+            "deployments.setup",
+            "--active-jobs",
+            str(ACTIVE_JOBS),
+        ],  # the limit the concurrency test proves
+        env=stack.env,
+        log=stack.logs / "setup.log",
     )
     _save_blocks(stack)  # while setup starts up; the flow runs are the first to need them
 
@@ -303,12 +354,26 @@ def _deploy_and_start_worker(stack: Stack, processes: Processes) -> None:
         return httpx.get(f"{stack.api_url}/work_pools/{POOL}", timeout=5).status_code == 200
 
     _wait_for(pool_exists, timeout=60, what="the work pool")
-    worker_env = {**stack.env, "PREFECT_WORKER_QUERY_SECONDS": "1",
-                  "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
+    worker_env = {
+        **stack.env,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+    }
     processes.start(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,
-         "--name", f"e2e-{processes.marker[:8]}"],
-        env=worker_env, log=stack.logs / "worker.log", stop_signal=signal.SIGINT,
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            POOL,
+            "--name",
+            f"e2e-{processes.marker[:8]}",
+        ],
+        env=worker_env,
+        log=stack.logs / "worker.log",
+        stop_signal=signal.SIGINT,
     )
     code = setup.wait(timeout=120)
     assert code == 0, f"deployments.setup failed:\n{_tail(stack.logs / 'setup.log')}"
@@ -320,30 +385,30 @@ def stack() -> Iterator[Stack]:
 
     marker = uuid.uuid4().hex
     processes = Processes(marker)
-    with tempfile.TemporaryDirectory(prefix="evolink-e2e-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="evolink-e2e-") as tmp, ExitStack() as cleanup:
         home, logs = Path(tmp) / "prefect-home", Path(tmp) / "logs"
         home.mkdir()
         logs.mkdir()
-        env = _base_env(marker, home)
+        if keep := os.environ.get("EVOLINK_E2E_LOGS"):  # for debugging: keep the logs
+            cleanup.callback(shutil.copytree, logs, keep, dirs_exist_ok=True)
         s3_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        simulator = EvoLinkSimulator(generation_seconds=GENERATION_SECONDS, seed=11)
+        s3_server.start()
+        cleanup.callback(s3_server.stop)
+        simulator = cleanup.enter_context(
+            EvoLinkSimulator(generation_seconds=GENERATION_SECONDS, seed=11)
+        )
+        cleanup.callback(processes.stop_all)  # runs first: worker, then server, then leftovers
+        env = _base_env(marker, home)
         try:
-            api_url = _start_server(processes, env, logs)
-            env["PREFECT_API_URL"] = api_url
-            s3_server.start()
-            simulator.start()
+            env["PREFECT_API_URL"] = api_url = _start_server(processes, env, logs)
             host, port = s3_server.get_host_and_port()
             stack = Stack(api_url, env, simulator, f"http://{host}:{port}", logs)
             _deploy_and_start_worker(stack, processes)
-            yield stack
         except BaseException:
             for name in ("server.log", "setup.log", "worker.log"):
                 print(f"--- {name} ---\n{_tail(logs / name, 80)}", file=sys.stderr)
             raise
-        finally:
-            processes.stop_all()
-            simulator.stop()
-            s3_server.stop()
+        yield stack
 
 
 def _flow_runs(stack: Stack, deployment: str) -> list[Any]:
@@ -383,16 +448,24 @@ def _artifacts(stack: Stack, flow_run_id: Any) -> dict[str, Any]:
     return {artifact.key: artifact for artifact in stack.call(read)}
 
 
-FIRST = {"product_id": "aurora-earbuds", "prompt": "Aurora earbuds case on wet slate, studio light",
-         "quality": "low"}
+FIRST = {
+    "product_id": "aurora-earbuds",
+    "prompt": "Aurora earbuds case on wet slate, studio light",
+    "quality": "low",
+}
 
 
 def _emit_rest(stack: Stack, payloads: list[dict[str, Any]]) -> None:
     """The webhook-style option: POST a batch of events to the API's /events endpoint."""
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     events = [
-        {"id": str(uuid.uuid4()), "occurred": now, "event": EVENT_NAME, "payload": payload,
-         "resource": {"prefect.resource.id": f"{RESOURCE_PREFIX}{payload['product_id']}"}}
+        {
+            "id": str(uuid.uuid4()),
+            "occurred": now,
+            "event": EVENT_NAME,
+            "payload": payload,
+            "resource": {"prefect.resource.id": f"{RESOURCE_PREFIX}{payload['product_id']}"},
+        }
         for payload in payloads
     ]
     response = httpx.post(f"{stack.api_url}/events", json=events, timeout=10)
@@ -402,9 +475,18 @@ def _emit_rest(stack: Stack, payloads: list[dict[str, Any]]) -> None:
 @pytest.mark.slow
 def test_event_runs_the_deployment_and_stores_the_image_in_s3(stack: Stack) -> None:
     # The CLI way another system (or a person) asks for an asset.
-    stack.run_cli(sys.executable, "-m", "prefect", "event", "emit", EVENT_NAME,
-                  "--resource-id", f"{RESOURCE_PREFIX}{FIRST['product_id']}",
-                  "--payload", json.dumps(FIRST))
+    stack.run_cli(
+        sys.executable,
+        "-m",
+        "prefect",
+        "event",
+        "emit",
+        EVENT_NAME,
+        "--resource-id",
+        f"{RESOURCE_PREFIX}{FIRST['product_id']}",
+        "--payload",
+        json.dumps(FIRST),
+    )
     [run] = _wait_for_final_runs(stack, 1, timeout=90)
     assert run.state.is_completed(), f"{run.state.type}: {run.state.message}"
     assert run.parameters["product_id"] == FIRST["product_id"]
@@ -422,7 +504,9 @@ def test_event_runs_the_deployment_and_stores_the_image_in_s3(stack: Stack) -> N
 
     uri = row["stored_at"]
     assert uri.startswith(f"s3://{BUCKET}/evolink/products/aurora-earbuds/")
-    body = stack.s3().get_object(Bucket=BUCKET, Key=uri.removeprefix(f"s3://{BUCKET}/"))["Body"].read()
+    body = (
+        stack.s3().get_object(Bucket=BUCKET, Key=uri.removeprefix(f"s3://{BUCKET}/"))["Body"].read()
+    )
     served = httpx.get(stack.simulator.task(entry.task_id)["results"][0]).content  # type: ignore[index]
     assert body == served and hashlib.sha256(body).hexdigest().startswith(row["sha256"])
 
@@ -441,17 +525,72 @@ def test_the_campaign_deployment_runs_mondays_at_seven_in_berlin(stack: Stack) -
     assert deployment.work_pool_name == POOL
 
 
+class Gate:
+    """Holds every `evolink-active-jobs` slot from this process (as another worker would), so the
+    runs pile up at the limit and are let go at the same instant: the burst that would overlap
+    at EvoLink without the limit is then certain, not a matter of process start-up timing."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.lease_id: Any = None
+
+    def close(self) -> None:
+        from tasks.limits import ACTIVE_JOBS_LIMIT
+
+        async def hold(client: Any) -> Any:
+            response = await client.increment_concurrency_slots_with_lease(
+                names=[ACTIVE_JOBS_LIMIT],
+                slots=ACTIVE_JOBS,
+                mode="concurrency",
+                lease_duration=120,
+            )
+            return response.json()["lease_id"]
+
+        self.lease_id = self.stack.call(hold)
+
+    def open(self) -> None:
+        if self.lease_id is not None:
+            lease_id, self.lease_id = self.lease_id, None
+            self.stack.call(lambda client: client.release_concurrency_slots_with_lease(lease_id))
+
+
 @pytest.mark.slow
 def test_provider_limit_bounds_concurrent_jobs_across_runs(stack: Stack) -> None:
     """Four new jobs at once (plus a repeat of the first event) under a limit of two."""
     before = len(stack.simulator.ledger())
+    stack.simulator.generation_seconds = 3.0  # two jobs let through together surely overlap
     started = time.time()
     payloads = [
-        {"product_id": f"mug-{i}", "prompt": f"ceramic mug number {i}, soft daylight",
-         "quality": "low", "size": "1:1"}
+        {
+            "product_id": f"mug-{i}",
+            "prompt": f"ceramic mug number {i}, soft daylight",
+            "quality": "low",
+            "size": "1:1",
+        }
         for i in range(4)
     ]
-    _emit_rest(stack, [*payloads, FIRST])
+    gate = Gate(stack)
+    gate.close()
+    try:
+        _emit_rest(stack, [*payloads, FIRST])
+
+        new_products = {payload["product_id"] for payload in payloads}
+
+        def all_running() -> bool:  # the repeat needs no slot: it is not waited for
+            runs = [
+                run
+                for run in _flow_runs(stack, EVENT_DEPLOYMENT)
+                if run.parameters.get("product_id") in new_products
+            ]
+            return len(runs) == len(payloads) and all(
+                run.state.is_running() or run.state.is_final() for run in runs
+            )
+
+        _wait_for(all_running, timeout=120, what="the runs to start", interval=0.5)
+        time.sleep(1.5)  # from Running to waiting at the limit: blocks and storage loaded
+        assert len(stack.simulator.ledger()) == before  # nobody got past the limit meanwhile
+    finally:
+        gate.open()
     runs = _wait_for_final_runs(stack, 1 + len(payloads) + 1, timeout=120)
     assert all(run.state.is_completed() for run in runs), [
         (run.name, run.state.type, run.state.message) for run in runs
@@ -469,7 +608,7 @@ def test_provider_limit_bounds_concurrent_jobs_across_runs(stack: Stack) -> None
     assert peak_processing == ACTIVE_JOBS  # more than one ran: the limit, not chance, bounded it
 
     # ...while more flow runs than that were running at the same time.
-    recent = [run for run in runs if run.start_time and run.start_time.timestamp() >= started]
+    recent = [run for run in runs if run.created.timestamp() >= started]
     spans = [(run.start_time.timestamp(), run.end_time.timestamp()) for run in recent]
     overlapping = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
     assert overlapping > ACTIVE_JOBS

@@ -4,6 +4,7 @@ without strict, idempotent creation, and a slot that really bounds concurrency."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterator
 
@@ -30,10 +31,8 @@ async def _delete_limits() -> None:
 
     async with get_client() as client:
         for name in LIMIT_NAMES:
-            try:
+            with contextlib.suppress(ObjectNotFound):
                 await client.delete_global_concurrency_limit_by_name(name)
-            except ObjectNotFound:
-                pass
 
 
 @pytest.fixture
@@ -47,8 +46,10 @@ def no_limits(prefect_harness: None) -> Iterator[None]:
         asyncio.run(_delete_limits())
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("", False), ("false", False), ("0", False),
-                                               ("true", True), ("1", True), (" YES ", True)])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("", False), ("false", False), ("0", False), ("true", True), ("1", True), (" YES ", True)],
+)
 def test_strict_comes_from_the_environment(
     raw: str, expected: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -104,12 +105,18 @@ def test_strict_and_missing_fails_before_the_body(
 def test_ensure_limits_is_idempotent_and_keeps_tuned_values(no_limits: None) -> None:
     from prefect.client.orchestration import get_client
 
-    assert asyncio.run(ensure_limits()) == {ACTIVE_JOBS_LIMIT: "created",
-                                            SUBMIT_RATE_LIMIT: "created"}
-    assert asyncio.run(ensure_limits()) == {ACTIVE_JOBS_LIMIT: "unchanged",
-                                            SUBMIT_RATE_LIMIT: "unchanged"}
+    assert asyncio.run(ensure_limits()) == {
+        ACTIVE_JOBS_LIMIT: "created",
+        SUBMIT_RATE_LIMIT: "created",
+    }
+    assert asyncio.run(ensure_limits()) == {
+        ACTIVE_JOBS_LIMIT: "unchanged",
+        SUBMIT_RATE_LIMIT: "unchanged",
+    }
     assert asyncio.run(ensure_limits(active_jobs=3, submits_per_minute=6)) == {
-        ACTIVE_JOBS_LIMIT: "updated", SUBMIT_RATE_LIMIT: "updated"}
+        ACTIVE_JOBS_LIMIT: "updated",
+        SUBMIT_RATE_LIMIT: "updated",
+    }
     assert asyncio.run(missing_limits()) == []
 
     async def read() -> tuple[int, int, float]:
