@@ -9,22 +9,13 @@ Variants, run in this process, alternating within every repetition (order rotate
   `max_concurrent_assets=N`) on a temporary Prefect API (`prefect_test_harness`, heartbeat off,
   logging to the API on — Prefect's default), credentials from the environment;
 - ``ours-nolog`` (with ``--variants``): the same with `PREFECT_LOGGING_TO_API_ENABLED=false`;
-- ``ours-sslfix``: ours with httpx's TLS context built once and shared (a bench-only patch of
-  `httpx._transports.default.create_ssl_context`), i.e. the fix proposed for `EvoLinkClient`,
-  which today loads the CA bundle twice per client (two `httpx.AsyncClient`s) and gets a new
-  client for every submit, poll and persist;
-- ``ours-nolimits``: ours with `tasks.job.provider_capacity` replaced by a no-op (a bench-only
-  patch), i.e. the fix proposed for non-strict mode once the limits are known to be missing:
-  today every job still makes two acquisition calls, serialized per limit by Prefect, which on
-  a SQLite Prefect API often meet "database is locked" → 503 → a ~2 s client back-off;
-- ``ours-fixed``: both patches;
 - ``bare-paced``: one asyncio + httpx script, no Prefect, no project code on the hot path, that
   makes the same requests with the same concurrency and the same two phases (every asset's
   drafts, then selection, then every asset's final) and polls with the same `PollSchedule`
-  pacing as ours: the fair "practical limit";
+  pacing as ours, starting from the create response as ours does: the fair "practical limit";
 - ``bare-ideal``: the same script polling every 50 ms (completion seen almost at once).
 
-Per asset: POST drafts (n=k) → GET immediately, then paced → download every draft to disk →
+Per asset: POST drafts (n=k) → GETs paced from the create response → download every draft →
 (after all drafts) pick the largest draft → POST the final with that draft's result URL as the
 first reference → poll → download. The simulator (`python -m evolink.simulator`) runs in its own
 process with a fixed generation time and is reset before every run; the ledger and request counts
@@ -44,7 +35,7 @@ import resource
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,15 +57,7 @@ from common import (
 
 EXAMPLE_BRIEF = Path(__file__).resolve().parents[1] / "briefs" / "spring-launch.yaml"
 IDEAL_POLL_SECONDS = 0.05
-VARIANTS = (
-    "ours",
-    "ours-nolog",
-    "ours-sslfix",
-    "ours-nolimits",
-    "ours-fixed",
-    "bare-paced",
-    "bare-ideal",
-)
+VARIANTS = ("ours", "ours-nolog", "bare-paced", "bare-ideal")
 
 
 def make_brief(path: Path, *, campaign: str, assets: int, drafts: int) -> Path:
@@ -150,20 +133,20 @@ async def bare_campaign(
         async def job(payload: dict[str, Any], dest: Path) -> list[tuple[str, int]]:
             created = await api.post("/v1/images/generations", json=payload)
             created.raise_for_status()
-            task_id = created.json()["id"]
+            task = created.json()  # the first reading, as ours uses it
             started = time.monotonic()
             while True:
-                reply = await api.get(f"/v1/tasks/{task_id}")
-                reply.raise_for_status()
-                task = reply.json()
                 if task["status"] == "completed":
                     break
                 if task["status"] in ("failed", "cancelled"):
-                    raise RuntimeError(f"task {task_id} {task['status']}")
+                    raise RuntimeError(f"task {task['id']} {task['status']}")
                 estimated = (task.get("task_info") or {}).get("estimated_time")
                 await asyncio.sleep(
                     next_delay(time.monotonic() - started, task["progress"], estimated)
                 )
+                reply = await api.get(f"/v1/tasks/{task['id']}")
+                reply.raise_for_status()
+                task = reply.json()
             dest.mkdir(parents=True, exist_ok=True)
             urls: list[str] = task["results"]
             sizes = await asyncio.gather(
@@ -185,47 +168,6 @@ async def bare_campaign(
 
         await asyncio.gather(*(drafts(i, item) for i, item in enumerate(jobs)))
         await asyncio.gather(*(final(i, item) for i, item in enumerate(jobs)))
-
-
-@contextlib.contextmanager
-def no_provider_limits() -> Iterator[None]:
-    """Bench-only stand-in for the proposed fix: skip the (missing) provider limits."""
-    import tasks.job
-
-    @contextlib.asynccontextmanager
-    async def nothing(**_: Any) -> AsyncIterator[None]:
-        yield
-
-    original = tasks.job.provider_capacity
-    tasks.job.provider_capacity = nothing  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        tasks.job.provider_capacity = original
-
-
-@contextlib.contextmanager
-def shared_tls_context() -> Iterator[None]:
-    """Bench-only stand-in for the proposed fix: every default-verify httpx client of this
-    process shares one SSLContext instead of parsing certifi's CA bundle (~40-60 ms CPU)."""
-    from httpx._transports import default
-
-    original = default.create_ssl_context
-    cache: dict[tuple[Any, ...], Any] = {}
-
-    def cached(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
-        if verify is not True or cert is not None:
-            return original(verify=verify, cert=cert, trust_env=trust_env)
-        key = (trust_env,)
-        if key not in cache:
-            cache[key] = original(verify=verify, cert=cert, trust_env=trust_env)
-        return cache[key]
-
-    default.create_ssl_context = cached
-    try:
-        yield
-    finally:
-        default.create_ssl_context = original
 
 
 # --- one measured run -----------------------------------------------------------------------
@@ -283,14 +225,7 @@ def run_once(
     started = time.perf_counter()
     if variant.startswith("ours"):
         settings = {PREFECT_LOGGING_TO_API_ENABLED: variant != "ours-nolog"}
-        tls = variant in ("ours-sslfix", "ours-fixed")
-        limits = variant in ("ours-nolimits", "ours-fixed")
-        with (
-            temporary_settings(settings),
-            shared_tls_context() if tls else contextlib.nullcontext(),
-            no_provider_limits() if limits else contextlib.nullcontext(),
-            PrefectRetryCounter() as prefect_retries,
-        ):
+        with temporary_settings(settings), PrefectRetryCounter() as prefect_retries:
             if profile is not None:
                 profile.enable()
             try:
@@ -364,7 +299,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
         "--variants",
-        default="ours,ours-fixed,bare-paced,bare-ideal",
+        default="ours,bare-paced,bare-ideal",
         help="comma list of: " + ", ".join(VARIANTS),
     )
     parser.add_argument(

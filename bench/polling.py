@@ -11,15 +11,16 @@ every phase of its grid instead of one lucky or unlucky phase.
 
 Each (policy, T) group has its own in-process `EvoLinkSimulator`, so its `request_counts["get"]`
 divided by the number of jobs is exactly the GETs per job (the create is not counted). The
-client is the project's `EvoLinkClient.wait_for_task`, called as `tasks/poll.py` calls it (no
-`first` snapshot, so it starts with one GET):
+client is the project's `EvoLinkClient.wait_for_task`:
 
-- ``ours``: `PollSchedule()` defaults (min 1 s, max 15 s, half of the predicted remaining time);
+- ``ours``: `PollSchedule()` defaults, called as `tasks/poll.py` calls it right after submit:
+  the create response is the first reading (no GET at t = 0); the next query goes at half the
+  predicted remaining time, or just past the predicted end once the progress rate and the
+  `estimated_time` agree (see `evolink/polling.py`);
 - ``fixed-3s``: `PollSchedule(min_interval=3, max_interval=3)` — a query every 3 s, as
-  EvoLink's own tools poll images;
-- ``aim`` (a bench-only sketch of a possible change, not project behaviour): the create
-  response passed as `first` (no GET at t=0) and, once progress is reported, the next query
-  aimed just past the predicted completion instead of at half the remaining time.
+  EvoLink's own tools poll images (no create reading: it asks at t = 0 too);
+- ``previous``: the pacing shipped before the aim existed, for comparison — halving only
+  (`agreement=-1` never agrees) and a GET at t = 0.
 
 Lag = when `wait_for_task` returned (time.time()) − the task's `finished_at` in the ledger.
 """
@@ -35,38 +36,16 @@ from typing import Any
 from common import load_average, machine_line, median, print_table
 
 from evolink.client import EvoLinkClient
-from evolink.polling import DEFAULT_DEADLINE_SECONDS, PollSchedule
+from evolink.polling import PollSchedule
 from evolink.simulator import EvoLinkSimulator
 
 REQUEST = {"prompt": "polling benchmark", "size": "1:1", "quality": "low", "n": 1}
 
 
-@dataclass(frozen=True)
-class AimAtCompletion:
-    """Bench-only sketch: query just after the predicted completion once progress is known."""
-
-    min_interval: float = 1.0
-    max_interval: float = 15.0
-    margin: float = 0.25
-    deadline_seconds: float = DEFAULT_DEADLINE_SECONDS
-
-    def next_delay(self, elapsed: float, progress: int, estimated_time: float | None) -> float:
-        base = PollSchedule(self.min_interval, self.max_interval, 0.5, self.deadline_seconds)
-        remaining = base.predicted_remaining(elapsed, progress, estimated_time)
-        if remaining is None:
-            delay = self.max_interval
-        elif 0 < progress < 100:
-            delay = remaining + self.margin  # a linear extrapolation; see the README's caveat
-        else:
-            delay = remaining * 0.5  # only the create-time estimate: stay conservative
-        delay = min(self.max_interval, max(self.min_interval, delay))
-        return max(0.0, min(delay, self.deadline_seconds - elapsed))
-
-
 POLICIES: dict[str, Any] = {
     "ours": PollSchedule(),
     "fixed-3s": PollSchedule(min_interval=3.0, max_interval=3.0),
-    "aim": AimAtCompletion(),
+    "previous": PollSchedule(agreement=-1.0),
 }
 
 
@@ -102,7 +81,7 @@ async def run_group(
                 created.append(await client.create_task(REQUEST))
 
             async def wait(result: Any) -> float:
-                first = result.task if policy == "aim" else None
+                first = result.task if policy == "ours" else None
                 await client.wait_for_task(result.task.id, schedule=schedule, first=first)
                 return time.time()
 

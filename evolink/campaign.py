@@ -49,6 +49,9 @@ class JobRow(BaseModel):
     task_id: str
     duration_s: float
     stored_at: list[str]
+    failed: str | None = Field(
+        default=None, description="why this paid job's images were not all stored (else None)"
+    )
 
 
 class AssetOutcome(BaseModel):
@@ -97,7 +100,9 @@ class CampaignManifest(BaseModel):
         return [outcome for outcome in self.assets if outcome.status in FAILING_STATUSES]
 
 
-def job_row(asset: str, stage: str, record: JobRecord, plan_estimate: Any) -> JobRow:
+def job_row(
+    asset: str, stage: str, record: JobRecord, plan_estimate: Any, failed: str | None = None
+) -> JobRow:
     width, height = plan_estimate.width, plan_estimate.height
     if record.images and record.images[0].width:
         width, height = record.images[0].width, record.images[0].height
@@ -116,6 +121,7 @@ def job_row(asset: str, stage: str, record: JobRecord, plan_estimate: Any) -> Jo
         task_id=record.task_id,
         duration_s=round((record.completed_at - record.submitted_at).total_seconds(), 2),
         stored_at=[image.uri for image in record.images],
+        failed=failed,
     )
 
 

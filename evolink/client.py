@@ -203,17 +203,21 @@ class EvoLinkClient:
         schedule: PollSchedule | None = None,
         first: TaskSnapshot | None = None,
         on_update: ProgressCallback | None = None,
+        elapsed_before: float = 0.0,
     ) -> TaskSnapshot:
         """Poll until the task finishes; raise `TaskFailedError` or `PollDeadlineExceeded`.
 
         `first` is a reading we already have (e.g. the create response), so the loop does not
-        spend a query to learn what it was just told.
+        spend a query to learn what it was just told. `elapsed_before`: how long ago the task
+        was submitted — the pacing predicts from the task's age, while the deadline counts
+        from now (a rerun resuming an old task still gets its full wait).
         """
         schedule = schedule or PollSchedule()
         started = time.monotonic()
         snapshot = first or await self.get_task(task_id)
         while True:
-            elapsed = time.monotonic() - started
+            waited = time.monotonic() - started
+            elapsed = elapsed_before + waited
             if on_update is not None:
                 on_update(snapshot, elapsed)
             if snapshot.status is TaskStatus.COMPLETED:
@@ -225,12 +229,14 @@ class EvoLinkClient:
                     error.code if error else snapshot.status.value,
                     error.message if error else None,
                 )
-            if elapsed >= schedule.deadline_seconds:
+            if waited >= schedule.deadline_seconds:
                 raise PollDeadlineExceeded(
-                    task_id, elapsed, snapshot.status.value, snapshot.progress
+                    task_id, waited, snapshot.status.value, snapshot.progress
                 )
             await self._sleep(
-                schedule.next_delay(elapsed, snapshot.progress, snapshot.estimated_time)
+                schedule.next_delay(
+                    elapsed, snapshot.progress, snapshot.estimated_time, waited=waited
+                )
             )
             snapshot = await self.get_task(task_id)
 

@@ -36,7 +36,7 @@ from evolink.campaign import (
     totals,
 )
 from evolink.errors import TaskFailedError
-from evolink.jobs import JobRecord, StoredImage, utcnow
+from evolink.jobs import JobRecord, PaidJobNotStoredError, StoredImage, utcnow
 from evolink.polling import DEFAULT_DEADLINE_SECONDS, PollSchedule
 from tasks.campaign_report import (
     Progress,
@@ -183,6 +183,11 @@ class CampaignRun:
             self.update(asset, status=AssetStatus.FAILED, detail=f"{stage}: {error.code}")
             self.logger.error("Asset %s: %s", asset, error)
             return None
+        except PaidJobNotStoredError as error:  # paid for: the bill goes in the cost rows
+            await self.book(asset, stage, error.record, amount, estimate, failed=str(error))
+            self.update(asset, status=AssetStatus.FAILED, detail=f"{stage}: {error}")
+            self.logger.error("Asset %s %s failed after it was paid: %s", asset, stage, error)
+            return None
         except Exception as error:  # noqa: BLE001 — one asset must not stop the others
             await self.budget.settle(amount, estimate.usd, None)  # may have been charged
             self.update(
@@ -193,10 +198,22 @@ class CampaignRun:
         finally:
             if self.progress is not None:
                 await self.progress.advance()
-        billed = None if record.billed_usd is None else Decimal(record.billed_usd)
-        await self.budget.settle(amount, estimate.usd, billed)
-        self.rows.append(job_row(asset, stage, record, estimate))
+        await self.book(asset, stage, record, amount, estimate)
         return record
+
+    async def book(
+        self,
+        asset: str,
+        stage: str,
+        record: JobRecord,
+        reserved: Decimal,
+        estimate: Any,
+        failed: str | None = None,
+    ) -> None:
+        """A paid job into the budget and the cost rows — whether or not its images made it."""
+        billed = None if record.billed_usd is None else Decimal(record.billed_usd)
+        await self.budget.settle(reserved, estimate.usd, billed)
+        self.rows.append(job_row(asset, stage, record, estimate, failed=failed))
 
     async def drafts(self, plan: AssetPlan) -> None:
         identity = {

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 
 from blocks.credentials import resolve_credentials
 from blocks.storage import load_storage, safe_key
-from evolink.jobs import JobRecord
+from evolink.jobs import JobRecord, PaidJobNotStoredError
 from evolink.models import ImageRequest
 from evolink.polling import DEFAULT_DEADLINE_SECONDS
 from tasks.job import run_image_job
@@ -63,16 +63,20 @@ async def run_and_report(
     """
     credentials = await resolve_credentials(credentials_block)
     storage = load_storage(storage_block)
-    record = await run_image_job(
-        request,
-        namespace=namespace,
-        dest_prefix=dest_prefix,
-        credentials=credentials,
-        storage=storage,
-        schedule=credentials.poll_schedule(poll_deadline_seconds),
-        resubmits=resubmits,
-        identity=identity,
-    )
+    try:
+        record = await run_image_job(
+            request,
+            namespace=namespace,
+            dest_prefix=dest_prefix,
+            credentials=credentials,
+            storage=storage,
+            schedule=credentials.poll_schedule(poll_deadline_seconds),
+            resubmits=resubmits,
+            identity=identity,
+        )
+    except PaidJobNotStoredError as error:  # the run fails, but its bill is still shown
+        await publish_job_report(error.record, key_prefix=artifact_prefix, failed=str(error))
+        raise
     await publish_job_report(record, key_prefix=artifact_prefix)
     get_run_logger().info(
         "Done: %d image(s), estimated $%s, billed %s",

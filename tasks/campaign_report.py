@@ -125,7 +125,11 @@ async def publish_campaign_report(manifest: CampaignManifest) -> None:
             "billed_credits": row.billed_credits or "unknown",
             "task_id": row.task_id,
             "duration_s": row.duration_s,
-            "stored_at": row.stored_at[0].rsplit("/", 1)[0] if row.stored_at else "",
+            "stored_at": f"NOT STORED (paid): {row.failed}"
+            if row.failed
+            else row.stored_at[0].rsplit("/", 1)[0]
+            if row.stored_at
+            else "",
         }
         for row in manifest.jobs
     ]

@@ -15,7 +15,14 @@ from blocks.credentials import EvoLinkCredentials
 from blocks.storage import AssetStorage
 from evolink.cost import estimate
 from evolink.errors import InvalidImageError, TaskFailedError
-from evolink.jobs import JobRecord, job_key, job_record_key, utcnow
+from evolink.jobs import (
+    JobRecord,
+    PaidJobNotStoredError,
+    StoredImage,
+    job_key,
+    job_record_key,
+    utcnow,
+)
 from evolink.models import ImageRequest
 from evolink.polling import PollSchedule
 from tasks.limits import provider_capacity
@@ -39,7 +46,10 @@ async def run_image_job(
 
     A finished job (its record is in storage) costs nothing to run again. A task that failed with
     a code a new submission may fix is resubmitted up to `resubmits` times — each a deliberate,
-    separately keyed job; a policy failure is never resubmitted.
+    separately keyed job; a policy failure is never resubmitted. A task that completed (so was
+    billed) but whose images could not all be stored raises `PaidJobNotStoredError` carrying the
+    bill, so the cost is reported even though the job failed; a rerun stores what is still
+    behind the links without paying again.
     """
     logger = get_run_logger()
     cost = estimate(request)
@@ -68,9 +78,11 @@ async def run_image_job(
                 raise
 
         if not final.results:
-            raise InvalidImageError(
+            empty = InvalidImageError(
                 f"task {final.id} completed without any result link", task_id=final.id
             )
+            record = JobRecord.build(submit, cost, final.billed, [], completed_at=utcnow())
+            raise PaidJobNotStoredError(record, empty) from empty
         prefix = f"{dest_prefix}/{key[:12]}"
         metadata = {
             "namespace": namespace,
@@ -82,7 +94,7 @@ async def run_image_job(
             "estimated_usd": str(cost.usd),
             "billed_usd": str(final.billed.usd) if final.billed.known else "unknown",
         }
-        images = await asyncio.gather(
+        outcomes = await asyncio.gather(
             *(
                 persist_image(
                     url,
@@ -94,8 +106,16 @@ async def run_image_job(
                     storage=storage,
                 )
                 for index, url in enumerate(final.results)
-            )
+            ),
+            return_exceptions=True,  # every image gets its chance before the job is judged
         )
+        images = [image for image in outcomes if isinstance(image, StoredImage)]
+        failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if failure is not None:
+            if not isinstance(failure, Exception):
+                raise failure  # cancellation and the like pass through untouched
+            partial = JobRecord.build(submit, cost, final.billed, images, completed_at=utcnow())
+            raise PaidJobNotStoredError(partial, failure) from failure
         record = JobRecord.build(submit, cost, final.billed, list(images), completed_at=utcnow())
         await asyncio.to_thread(
             storage.put_json, job_record_key(key), record.model_dump(mode="json")

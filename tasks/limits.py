@@ -16,7 +16,8 @@ Both are created (idempotently) by `ensure_limits`, which `python -m deployments
 — a typo or a fresh workspace would then mean "no limit at all". `strict=True` makes a missing
 limit an error before anything is paid. It is read from `EVOLINK_LIMITS_STRICT` (`true`/`1`/`yes`)
 unless passed explicitly; the deployments in `deployments/prefect.yaml` set it, local demos and
-unit tests leave it off and get one warning per process instead.
+unit tests leave it off: then a missing limit costs one look-up per process and minute and one
+warning, and its calls are skipped (not made only for Prefect to skip them, slowly).
 
 **No deadlock.** A job holds at most one active-job slot and never waits for a second one while
 holding it; the submit token is taken while holding the slot, but a rate-limit token is not held
@@ -167,6 +168,7 @@ async def ensure_limits(
                     spec.name, GlobalConcurrencyLimitUpdate.model_validate(update)
                 )
             changes[spec.name] = "updated" if update else "unchanged"
+    forget_limit_lookups()  # this process applies them from its next job on
     return changes
 
 
@@ -192,28 +194,48 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return logger
 
 
-_checked_apis: set[str] = set()
+MISSING_TTL_SECONDS: Final = 60.0
+"""How long a non-strict process trusts "these limits do not exist" before looking again."""
+
+_missing_seen: dict[str, tuple[float, frozenset[str]]] = {}
+_warned: dict[str, frozenset[str]] = {}
 
 
-async def _warn_once_if_missing() -> None:
-    """One cheap look-up per process and API: say plainly that jobs run unlimited, and why."""
+async def _skippable_limits() -> frozenset[str]:
+    """Non-strict mode: the limits that do not exist, so their calls can be skipped.
+
+    Prefect would skip them anyway, but not for free: each `concurrency()` / `rate_limit()` on a
+    missing limit is a round trip that logs a WARNING, and concurrent ones on a SQLite-backed API
+    draw `SQLITE_BUSY` → 503 → a ~2 s client retry (bench 1 in the README: 111 s → 84 s for a
+    20-asset campaign). One look-up per process and API, refreshed every `MISSING_TTL_SECONDS`
+    so limits created meanwhile apply within a minute, and one warning per distinct finding.
+    """
     api = str(get_current_settings().api.url or "ephemeral")
-    if api in _checked_apis:
-        return
-    _checked_apis.add(api)
+    seen = _missing_seen.get(api)
+    if seen is not None and time.monotonic() - seen[0] < MISSING_TTL_SECONDS:
+        return seen[1]
     try:
-        missing = await missing_limits()
-    except httpx.HTTPError as error:  # a look-up failure must not stop a non-strict run
+        missing = frozenset(await missing_limits())
+    except httpx.HTTPError as error:  # unknown: leave it to Prefect (it skips missing ones)
         _logger().debug("Could not check the provider limits: %s", error)
-        return
-    if missing:
+        missing = frozenset()
+    _missing_seen[api] = (time.monotonic(), missing)
+    if missing and _warned.get(api) != missing:
+        _warned[api] = missing
         _logger().warning(
             "Provider limits %s do not exist or are inactive on this Prefect API, so EvoLink jobs "
             "run without them. Create them with `python3 dev.py run python -m deployments.setup`"
             " (or `prefect gcl create`), and set %s=true to make this an error.",
-            ", ".join(missing),
+            ", ".join(sorted(missing)),
             ENV_STRICT,
         )
+    return missing
+
+
+def forget_limit_lookups() -> None:
+    """Drop what this process remembers about missing limits (after creating or deleting them)."""
+    _missing_seen.clear()
+    _warned.clear()
 
 
 @asynccontextmanager
@@ -229,24 +251,25 @@ async def provider_capacity(
     """
     strict = strict_from_env() if strict is None else strict
     timeout_seconds = timeout_from_env() if timeout_seconds is None else timeout_seconds
-    if not strict:
-        await _warn_once_if_missing()
+    skip = frozenset() if strict else await _skippable_limits()
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         try:
-            await stack.enter_async_context(
-                concurrency(
-                    ACTIVE_JOBS_LIMIT,
-                    occupy=1,
-                    timeout_seconds=timeout_seconds,
-                    lease_duration=LEASE_SECONDS,
-                    strict=strict,
-                    raise_on_lease_renewal_failure=False,
+            if ACTIVE_JOBS_LIMIT not in skip:
+                await stack.enter_async_context(
+                    concurrency(
+                        ACTIVE_JOBS_LIMIT,
+                        occupy=1,
+                        timeout_seconds=timeout_seconds,
+                        lease_duration=LEASE_SECONDS,
+                        strict=strict,
+                        raise_on_lease_renewal_failure=False,
+                    )
                 )
-            )
-            await rate_limit(
-                SUBMIT_RATE_LIMIT, occupy=1, timeout_seconds=timeout_seconds, strict=strict
-            )
+            if SUBMIT_RATE_LIMIT not in skip:
+                await rate_limit(
+                    SUBMIT_RATE_LIMIT, occupy=1, timeout_seconds=timeout_seconds, strict=strict
+                )
         except ConcurrencySlotAcquisitionError as error:
             raise ProviderLimitsError(
                 f"{error} — create the provider limits with "

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 from blocks.credentials import EvoLinkCredentials
-from evolink.jobs import SubmitRecord
+from evolink.jobs import SubmitRecord, utcnow
 from evolink.polling import PollSchedule
-from evolink.states import TaskSnapshot
+from evolink.states import TaskSnapshot, TaskStatus
 from tasks.retries import evolink_step
 
 
@@ -34,5 +34,26 @@ async def poll_job(
                 elapsed,
             )
 
+    age = max(0.0, (utcnow() - submit.submitted_at).total_seconds())
     async with credentials.get_client() as client:
-        return await client.wait_for_task(submit.task_id, schedule=schedule, on_update=report)
+        return await client.wait_for_task(
+            submit.task_id,
+            schedule=schedule,
+            first=create_reading(submit, age, schedule or PollSchedule()),
+            on_update=report,
+            elapsed_before=age,
+        )
+
+
+def create_reading(submit: SubmitRecord, age: float, schedule: PollSchedule) -> TaskSnapshot | None:
+    """What the create response said, as the poll loop's first reading — while it is fresh.
+
+    Right after submit the task is pending with EvoLink's `estimated_time`; asking again at
+    once would spend a query to learn just that. A replayed create (the task may be older than
+    our record) or a record older than one poll interval (a retry, a rerun) gets a real query.
+    """
+    if submit.replayed or age >= schedule.min_interval:
+        return None
+    return TaskSnapshot(
+        id=submit.task_id, status=TaskStatus.PENDING, estimated_time=submit.estimated_time
+    )

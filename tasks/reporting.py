@@ -23,40 +23,54 @@ def usd(value: str | Decimal | None) -> str:
     return "unknown" if value is None else f"${Decimal(value):.6f}"
 
 
-def job_rows(record: JobRecord) -> list[dict[str, Any]]:
-    """One row per stored image; the job's cost is split evenly over its `n` images."""
-    count = max(1, len(record.images))
+def job_rows(record: JobRecord, failed: str | None = None) -> list[dict[str, Any]]:
+    """One row per stored image, the job's cost split evenly over its `n` images.
 
-    def share(value: str | None) -> Decimal | None:
-        return None if value is None else Decimal(value) / count
+    With `failed` (a paid job whose images were not all stored) the images that are missing get
+    one more row carrying their share, so the rows always add up to what the job cost.
+    """
+    count = max(1, record.request.n, len(record.images))
 
-    return [
-        {
+    def share(value: str | None, images: int = 1) -> Decimal | None:
+        return None if value is None else Decimal(value) * images / count
+
+    def row(images: int, pixels: str, stored_at: str, sha256: str) -> dict[str, Any]:
+        credits = share(record.billed_credits, images)
+        return {
             "job": record.namespace,
             "task_id": record.task_id,
             "quality": record.request.quality,
-            "pixels": f"{image.width}x{image.height}",
-            "estimated_usd": usd(share(record.estimated_usd)),
-            "billed_usd": usd(share(record.billed_usd)),
-            "billed_credits": "unknown"
-            if record.billed_credits is None
-            else f"{Decimal(record.billed_credits) / count:.5f}",
-            "stored_at": image.uri,
-            "sha256": image.sha256[:16],
+            "pixels": pixels,
+            "estimated_usd": usd(share(record.estimated_usd, images)),
+            "billed_usd": usd(share(record.billed_usd, images)),
+            "billed_credits": "unknown" if credits is None else f"{credits:.5f}",
+            "stored_at": stored_at,
+            "sha256": sha256,
         }
+
+    rows = [
+        row(1, f"{image.width}x{image.height}", image.uri, image.sha256[:16])
         for image in record.images
     ]
+    if failed is not None:
+        missing = count - len(record.images)
+        rows.append(row(missing, "-", f"NOT STORED (paid, {missing} image(s)): {failed}", "-"))
+    return rows
 
 
-async def publish_job_report(record: JobRecord, *, key_prefix: str) -> None:
+async def publish_job_report(
+    record: JobRecord, *, key_prefix: str, failed: str | None = None
+) -> None:
+    """The job's cost table and summary; `failed` says why a paid job's images are missing."""
     await acreate_table_artifact(
         key=artifact_key(key_prefix, "cost"),
-        table=job_rows(record),
+        table=job_rows(record, failed),
         description=f"Cost of job {record.namespace} (estimated before, billed after)",
     )
     lines = [
         f"# {record.namespace}",
         "",
+        *([f"**FAILED after it was paid:** {failed}", ""] if failed else []),
         f"- task: `{record.task_id}`",
         f"- estimated: **{usd(record.estimated_usd)}** ({record.estimated_credits} credits)",
         f"- billed: **{usd(record.billed_usd)}** "

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Final
 
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -40,7 +41,22 @@ def is_retryable(error: BaseException) -> bool:
         return error.retryable
     if isinstance(error, ClientError):
         return error.response.get("Error", {}).get("Code") not in _PERMANENT_S3_CODES
+    if isinstance(error, S3UploadFailedError):
+        return _upload_failure_is_retryable(error)
     return isinstance(error, (BotoCoreError, ConnectionError, TimeoutError))
+
+
+def _upload_failure_is_retryable(error: S3UploadFailedError) -> bool:
+    """`upload_file` (our `S3AssetStorage.put_file`) wraps the `ClientError` it got, after
+    botocore's own retries, in `S3UploadFailedError` — raised inside its `except`, so the
+    original is the `__context__`. Judge that; failing it, the code quoted in the message
+    ("An error occurred (AccessDenied) when calling …"). A busy or failing S3 is worth another
+    try: the image is still behind its 24 h link, and nothing is generated again."""
+    original = error.__cause__ or error.__context__
+    if original is not None:
+        return is_retryable(original)
+    message = str(error)
+    return not any(f"({code})" in message for code in _PERMANENT_S3_CODES)
 
 
 def failure_of(state: Any) -> BaseException | None:

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 # Settings that must be in place before Prefect or our task modules are imported.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="evolink-tests-prefect-")
@@ -100,3 +101,18 @@ def s3_storage(s3_server: str) -> Callable[[str, str], S3AssetStorage]:
         return storage
 
     return make
+
+
+async def artifacts_with_prefix(prefix: str) -> dict[str, Any]:
+    """The latest artifact of each key matching `prefix` (SQL LIKE), from the session's API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix))
+        )
+    latest: dict[str, Any] = {}
+    for artifact in sorted(found, key=lambda a: a.created):
+        latest[artifact.key] = artifact
+    return latest

@@ -16,8 +16,6 @@ import pytest
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterState,
     FlowRunFilterStateType,
@@ -31,6 +29,7 @@ from evolink.budget import BudgetExceededError
 from evolink.campaign import AssetStatus, CampaignManifest
 from evolink.simulator import EvoLinkSimulator, Fault, render_png
 from flows.campaign import CampaignIncompleteError, manifest_key, run_campaign
+from tests.conftest import artifacts_with_prefix
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -52,17 +51,6 @@ def campaign(brief: Path, **kwargs: Any) -> CampaignManifest:
     return asyncio.run(
         run_campaign(str(brief), approval_poll_seconds=1, poll_deadline_seconds=30, **kwargs)
     )
-
-
-async def artifacts_with_prefix(prefix: str) -> dict[str, Any]:
-    async with get_client() as client:
-        found = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix))
-        )
-    latest: dict[str, Any] = {}
-    for artifact in sorted(found, key=lambda a: a.created):
-        latest[artifact.key] = artifact
-    return latest
 
 
 # --- brief validation ------------------------------------------------------------------------

@@ -50,7 +50,7 @@ class RecordingSleep:
 
 
 def client_for(
-    sim: EvoLinkSimulator, sleep: RecordingSleep | None = None, **kwargs: Any
+    sim: EvoLinkSimulator, sleep: Callable[[float], Awaitable[None]] | None = None, **kwargs: Any
 ) -> EvoLinkClient:
     return EvoLinkClient(
         sim.api_key,
@@ -226,6 +226,35 @@ def test_poll_deadline_is_a_clear_error(simulator: EvoLinkSimulator) -> None:
         run(simulator, job)
     assert info.value.task_id in str(info.value) and "poll the same task id" in str(info.value)
     assert info.value.last_status in ("pending", "processing")
+
+
+def test_a_resumed_wait_gets_its_full_deadline_however_old_the_task(
+    simulator: EvoLinkSimulator,
+) -> None:
+    simulator.generation_seconds = 0.6
+    schedule = PollSchedule(min_interval=0.05, max_interval=0.1, deadline_seconds=5)
+
+    async def job(client: EvoLinkClient) -> Any:
+        created = await client.create_task(REQUEST, idempotency_key=KEY)
+        # a rerun an hour later: pacing knows the task is old, the deadline starts now
+        return await client.wait_for_task(created.task.id, schedule=schedule, elapsed_before=3600)
+
+    assert run(simulator, job, sleep=asyncio.sleep).status is TaskStatus.COMPLETED
+
+
+def test_an_aimed_poll_finds_the_task_done_in_one_query(simulator: EvoLinkSimulator) -> None:
+    """Progress and estimate agree on the simulator: after the create response, the poll
+    halfway through predicts the end, and the next query lands just past it."""
+    simulator.generation_seconds = 2.0
+    schedule = PollSchedule(min_interval=0.05, max_interval=5, aim_margin=0.1)
+
+    async def job(client: EvoLinkClient) -> Any:
+        created = await client.create_task(REQUEST, idempotency_key=KEY)
+        assert created.task.estimated_time == 2.0
+        return await client.wait_for_task(created.task.id, schedule=schedule, first=created.task)
+
+    assert run(simulator, job, sleep=asyncio.sleep).status is TaskStatus.COMPLETED
+    assert simulator.request_counts["get"] <= 3  # halfway, just past the end (+1 for rounding)
 
 
 def test_expired_link_names_the_task(simulator: EvoLinkSimulator) -> None:

@@ -19,12 +19,18 @@ from prefect import flow
 from blocks.credentials import EvoLinkCredentials
 from blocks.storage import LocalAssetStorage, S3AssetStorage
 from evolink.errors import PollDeadlineExceeded, TaskFailedError
-from evolink.jobs import JobRecord, SubmitRecord, job_key, submit_record_key
+from evolink.jobs import (
+    JobRecord,
+    PaidJobNotStoredError,
+    SubmitRecord,
+    job_key,
+    submit_record_key,
+)
 from evolink.models import ImageRequest, parse_request
 from evolink.simulator import EvoLinkSimulator, Fault
 from flows.generate import generate_image
 from tasks.submit import submit_job
-from tests.conftest import TEST_API_KEY
+from tests.conftest import TEST_API_KEY, artifacts_with_prefix
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -193,6 +199,29 @@ def test_poll_deadline_fails_clearly_and_a_rerun_reattaches(
         generate(job_name="slow", poll_deadline_seconds=0.5)
     record = generate(job_name="slow")
     assert len(evolink_env.ledger()) == 1 and record.task_id == evolink_env.ledger()[0].task_id
+
+
+def test_a_paid_job_whose_links_expired_fails_but_reports_its_bill(
+    evolink_env: EvoLinkSimulator, assets_dir: Path
+) -> None:
+    evolink_env.add_fault(Fault(kind="expire_links", ttl_seconds=0))
+    with pytest.raises(PaidJobNotStoredError, match="ResultExpiredError") as caught:
+        generate(job_name="expired")
+    [entry] = evolink_env.billed_tasks()
+    paid = caught.value.record
+    assert paid.task_id == entry.task_id and paid.images == []
+    assert Decimal(paid.billed_usd or "nan") == Decimal(entry.billed_usd)
+    assert entry.task_id in str(caught.value)
+
+    artifacts = asyncio.run(artifacts_with_prefix("evolink-expired-%"))
+    [row] = json.loads(artifacts["evolink-expired-cost"].data)
+    assert row["billed_usd"] == f"${Decimal(entry.billed_usd):.6f}"
+    assert row["stored_at"].startswith("NOT STORED (paid, 1 image(s)): ResultExpiredError")
+    assert "FAILED after it was paid" in artifacts["evolink-expired-summary"].data
+    # a rerun reattaches (the link is still dead) and pays nothing new
+    with pytest.raises(PaidJobNotStoredError):
+        generate(job_name="expired")
+    assert len(evolink_env.ledger()) == 1
 
 
 def test_api_key_is_in_no_log_record_or_result(

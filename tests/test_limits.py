@@ -39,7 +39,7 @@ async def _delete_limits() -> None:
 def no_limits(prefect_harness: None) -> Iterator[None]:
     """A clean slate before and after: other tests on this API must not be throttled."""
     asyncio.run(_delete_limits())
-    limits._checked_apis.clear()
+    limits.forget_limit_lookups()
     try:
         yield
     finally:
@@ -85,6 +85,32 @@ def test_without_limits_the_body_runs_and_one_warning_says_why(
     warnings = [r.getMessage() for r in caplog.records if r.name == "tasks.limits"]
     assert len(warnings) == 1
     assert ACTIVE_JOBS_LIMIT in warnings[0] and "deployments.setup" in warnings[0]
+    # the calls were skipped, not made for Prefect to skip them (it would warn each time)
+    assert not [r for r in caplog.records if "skipping acquisition" in r.getMessage()]
+
+
+def test_limits_created_by_this_process_apply_to_its_next_job(no_limits: None) -> None:
+    inside = peak = 0
+
+    async def job() -> None:
+        nonlocal inside, peak
+        async with provider_capacity(strict=False, timeout_seconds=30):
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.3)
+            inside -= 1
+
+    async def scenario() -> list[int]:
+        nonlocal peak
+        peaks = []
+        await asyncio.gather(job(), job())  # no limits yet: both at once
+        peaks.append(peak)
+        await ensure_limits(active_jobs=1, submits_per_minute=6000, submit_burst=10)
+        peak = 0
+        await asyncio.gather(job(), job())  # the same process sees the new limit at once
+        return [*peaks, peak]
+
+    assert asyncio.run(scenario()) == [2, 1]
 
 
 def test_strict_and_missing_fails_before_the_body(

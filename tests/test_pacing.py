@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 import struct
 import zlib
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from evolink.errors import RateLimitError, ServerError, TaskFailedError
 from evolink.images import sniff_image
@@ -69,25 +72,49 @@ def test_poll_pacing_thins_out_then_tightens() -> None:
     schedule = PollSchedule(min_interval=1, max_interval=15)
     assert schedule.next_delay(0, 0, 100) == 15  # far from done: the slowest pace
     assert schedule.next_delay(50, 50, 100) == 15
-    assert schedule.next_delay(90, 90, 100) == 5  # 10 s predicted left → poll in 5
-    assert schedule.next_delay(99, 99, 100) == 1  # never faster than min_interval
+    assert schedule.next_delay(90, 90, 200) == 5  # predictions disagree: half of 10 s left
+    assert schedule.next_delay(99, 99, 200) == 1  # never faster than min_interval
     assert schedule.next_delay(10, 0, None) == 15  # nothing known: slowest pace
+    assert schedule.next_delay(5, 0, 20) == 7.5  # only the estimate: half of 15 s left
+
+
+def test_when_progress_and_estimate_agree_the_next_poll_lands_just_past_the_end() -> None:
+    schedule = PollSchedule(min_interval=1, max_interval=15)
+    assert schedule.predictions_agree(90, 90, 100)
+    assert schedule.next_delay(90, 90, 100) == 10.25
+    assert schedule.predictions_agree(9, 50, 20)  # 18 s vs 20 s: within 10 %
+    assert not schedule.predictions_agree(8, 50, 20)  # 16 s vs 20 s
+    assert schedule.next_delay(50, 50, 100) == 15  # an aim is still capped by max_interval
 
 
 def test_poll_never_sleeps_past_the_deadline() -> None:
     schedule = PollSchedule(min_interval=1, max_interval=15, deadline_seconds=20)
     assert schedule.next_delay(18, 10, None) == 2
+    # a resumed wait: the task is 300 s old, this wait has run 18 s of its 20
+    assert schedule.next_delay(300, 10, None, waited=18) == 2
 
 
-def test_simulated_job_needs_far_fewer_polls_than_a_fixed_3s_poll() -> None:
-    """A 60 s job with linear progress: count polls and the lag after completion."""
-    schedule, job_time, t, polls = PollSchedule(), 60.0, 0.0, 0
-    while t < job_time:
-        progress = int(100 * t / job_time)
-        t += schedule.next_delay(t, progress, 100)
+def simulate(job_time: float, estimated_time: float, schedule: PollSchedule) -> tuple[int, float]:
+    """Polls and lag for a job with linear progress, starting from the create response."""
+    t, polls = 0.0, 0
+    progress = 0
+    while True:
+        t += schedule.next_delay(t, progress, estimated_time)
         polls += 1
-    assert polls <= (job_time / 3) / 2
-    assert t - job_time <= 0.1 * job_time
+        if t >= job_time:
+            return polls, t - job_time
+        progress = int(100 * t / job_time)
+
+
+@pytest.mark.parametrize("job_time", [20.0, 60.0, 100.0])
+def test_simulated_job_needs_at_most_half_the_polls_of_a_fixed_3s_poll(job_time: float) -> None:
+    for estimated_time in (job_time, job_time * 1.05, job_time * 2):  # accurate, close, far off
+        polls, lag = simulate(job_time, estimated_time, PollSchedule())
+        fixed_polls, _ = simulate(job_time, estimated_time, PollSchedule(3, 3))
+        assert fixed_polls == math.ceil(job_time / 3)
+        if estimated_time <= job_time * 1.1:
+            assert polls <= fixed_polls / 2, (estimated_time, polls)
+        assert lag <= 0.1 * job_time, (estimated_time, lag)
 
 
 def test_job_key_is_stable_and_depends_only_on_the_job() -> None:
@@ -148,3 +175,27 @@ def test_budget_reservations_calibrate_to_bills_above_estimates() -> None:
         return [budget.calibration, second, third, budget.left_usd]
 
     assert asyncio.run(scenario()) == [Decimal("1.5"), Decimal("0.600"), None, Decimal("0.100")]
+
+
+def test_the_create_response_is_the_first_reading_only_while_fresh() -> None:
+    from evolink.jobs import SentRequest, SubmitRecord
+    from evolink.states import TaskStatus
+    from tasks.poll import create_reading
+
+    request = parse_request({"prompt": "p", "size": "1:1"})
+    submit = SubmitRecord(
+        job_key="k",
+        namespace="n",
+        idempotency_key="evl-k",
+        task_id="task-1",
+        request=SentRequest.of(request),
+        estimate={},
+        estimated_time=100,
+    )
+    schedule = PollSchedule(min_interval=1)
+    reading = create_reading(submit, 0.2, schedule)
+    assert reading is not None and reading.status is TaskStatus.PENDING
+    assert (reading.id, reading.estimated_time) == ("task-1", 100)
+    assert create_reading(submit, 1.0, schedule) is None  # a retry or a rerun: ask
+    replayed = submit.model_copy(update={"replayed": True})
+    assert create_reading(replayed, 0.2, schedule) is None  # the task may be older than we know

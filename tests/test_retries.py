@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError, EndpointConnectionError
 from prefect.states import Failed
 
@@ -41,6 +42,29 @@ FINAL = [
 def test_verdicts() -> None:
     assert all(is_retryable(e) for e in RETRYABLE)
     assert not any(is_retryable(e) for e in FINAL)
+
+
+def upload_failed(code: str, *, chained: bool) -> S3UploadFailedError:
+    """What `S3Transfer.upload_file` raises once botocore gave up on `code`."""
+    cause = ClientError({"Error": {"Code": code, "Message": "m"}}, "PutObject")
+    message = f"Failed to upload /tmp/x to b/k: {cause}"
+    if not chained:
+        return S3UploadFailedError(message)
+    try:
+        try:
+            raise cause
+        except ClientError:
+            raise S3UploadFailedError(message)  # noqa: B904 — implicit chaining, as boto3 does
+    except S3UploadFailedError as error:
+        return error
+
+
+def test_an_upload_that_failed_past_botocores_retries_is_judged_by_its_cause() -> None:
+    for chained in (True, False):
+        assert is_retryable(upload_failed("SlowDown", chained=chained))
+        assert is_retryable(upload_failed("InternalError", chained=chained))
+        assert not is_retryable(upload_failed("AccessDenied", chained=chained))
+        assert not is_retryable(upload_failed("NoSuchBucket", chained=chained))
 
 
 def test_condition_reads_failed_states_in_sync_and_async_code() -> None:

@@ -620,3 +620,22 @@ def test_command_line_runs_until_sigterm() -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_a_client_hanging_up_is_one_debug_line_and_a_bug_is_a_traceback(
+    sim: EvoLinkSimulator, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = sim._server
+    assert server is not None
+    caplog.set_level("DEBUG", logger="evolink.simulator")
+    try:
+        raise ConnectionResetError(104, "Connection reset by peer")
+    except ConnectionResetError:
+        server.handle_error(None, ("127.0.0.1", 5))
+    assert "Traceback" not in capfd.readouterr().err
+    assert any("went away" in r.getMessage() for r in caplog.records)
+    try:
+        raise KeyError("a simulator bug")
+    except KeyError:
+        server.handle_error(None, ("127.0.0.1", 5))
+    assert "KeyError: 'a simulator bug'" in capfd.readouterr().err
