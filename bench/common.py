@@ -52,6 +52,8 @@ def configure_environment(*, logging_to_api: bool = True) -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "ERROR")
     os.environ["EVOLINK_ALLOW_PRIVATE_URLS"] = "true"  # simulator links are http://127.0.0.1
     os.environ.setdefault("EVOLINK_TASK_RETRY_DELAYS", "1,1")
+    # SQLITE_BUSY → 503 streaks on concurrent flow-run creation: see tests/conftest.py
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
     for name in ("EVOLINK_API_KEY", "EVOLINK_BASE_URL", "PREFECT_API_URL", "PREFECT_API_KEY"):
         os.environ.pop(name, None)
     # Loopback only: nothing in a benchmark may go through a proxy or leave the machine.

@@ -38,6 +38,8 @@ os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")  # r
 # Prefect task retries after the client's own retries: production waits 10 s then 60 s; the
 # matrix counts retries, it does not need to sit through them.
 os.environ.setdefault("EVOLINK_TASK_RETRY_DELAYS", "0.1,0.1")
+# SQLITE_BUSY → 503 streaks on concurrent flow-run creation: see tests/conftest.py
+os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
 os.environ["EVOLINK_ALLOW_PRIVATE_URLS"] = "true"  # the simulator's links are http://127.0.0.1
 for _name in (
     "EVOLINK_API_KEY",

@@ -116,7 +116,7 @@ async def run_image_job(
                 raise failure  # cancellation and the like pass through untouched
             partial = JobRecord.build(submit, cost, final.billed, images, completed_at=utcnow())
             raise PaidJobNotStoredError(partial, failure) from failure
-        record = JobRecord.build(submit, cost, final.billed, list(images), completed_at=utcnow())
+        record = JobRecord.build(submit, cost, final.billed, images, completed_at=utcnow())
         await asyncio.to_thread(
             storage.put_json, job_record_key(key), record.model_dump(mode="json")
         )

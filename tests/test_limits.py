@@ -89,26 +89,34 @@ def test_without_limits_the_body_runs_and_one_warning_says_why(
     assert not [r for r in caplog.records if "skipping acquisition" in r.getMessage()]
 
 
-def test_limits_created_by_this_process_apply_to_its_next_job(no_limits: None) -> None:
-    inside = peak = 0
+class Occupancy:
+    """Runs jobs that each hold provider capacity for a moment; records the most at once."""
 
-    async def job() -> None:
-        nonlocal inside, peak
-        async with provider_capacity(strict=False, timeout_seconds=30):
-            inside += 1
-            peak = max(peak, inside)
+    def __init__(self, *, strict: bool) -> None:
+        self.strict = strict
+        self.inside = self.peak = 0
+
+    async def job(self) -> None:
+        async with provider_capacity(strict=self.strict, timeout_seconds=30):
+            self.inside += 1
+            self.peak = max(self.peak, self.inside)
             await asyncio.sleep(0.3)
-            inside -= 1
+            self.inside -= 1
+
+    async def peak_of_two(self) -> int:
+        self.peak = 0
+        await asyncio.gather(self.job(), self.job())
+        assert self.inside == 0
+        return self.peak
+
+
+def test_limits_created_by_this_process_apply_to_its_next_job(no_limits: None) -> None:
+    jobs = Occupancy(strict=False)
 
     async def scenario() -> list[int]:
-        nonlocal peak
-        peaks = []
-        await asyncio.gather(job(), job())  # no limits yet: both at once
-        peaks.append(peak)
+        before = await jobs.peak_of_two()  # no limits yet: both at once
         await ensure_limits(active_jobs=1, submits_per_minute=6000, submit_burst=10)
-        peak = 0
-        await asyncio.gather(job(), job())  # the same process sees the new limit at once
-        return [*peaks, peak]
+        return [before, await jobs.peak_of_two()]  # the same process sees the new limit at once
 
     assert asyncio.run(scenario()) == [2, 1]
 
@@ -156,18 +164,4 @@ def test_ensure_limits_is_idempotent_and_keeps_tuned_values(no_limits: None) -> 
 
 def test_one_slot_means_one_job_at_a_time(no_limits: None) -> None:
     asyncio.run(ensure_limits(active_jobs=1, submits_per_minute=6000, submit_burst=10))
-    inside = peak = 0
-
-    async def job() -> None:
-        nonlocal inside, peak
-        async with provider_capacity(strict=True, timeout_seconds=30):
-            inside += 1
-            peak = max(peak, inside)
-            await asyncio.sleep(0.3)
-            inside -= 1
-
-    async def both() -> None:
-        await asyncio.gather(job(), job())
-
-    asyncio.run(both())
-    assert peak == 1 and inside == 0
+    assert asyncio.run(Occupancy(strict=True).peak_of_two()) == 1
