@@ -180,7 +180,6 @@ class PaidJobNotStoredError(RuntimeError):
 
     def __init__(self, record: JobRecord, cause: BaseException):
         self.record = record
-        self.cause = cause
         super().__init__(
             f"{type(cause).__name__}: {cause} (task {record.task_id} was billed "
             f"{'an unknown amount' if record.billed_usd is None else '$' + record.billed_usd}, "

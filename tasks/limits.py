@@ -206,9 +206,9 @@ async def _skippable_limits() -> frozenset[str]:
 
     Prefect would skip them anyway, but not for free: each `concurrency()` / `rate_limit()` on a
     missing limit is a round trip that logs a WARNING, and concurrent ones on a SQLite-backed API
-    draw `SQLITE_BUSY` → 503 → a ~2 s client retry (bench 1 in the README: 111 s → 84 s for a
-    20-asset campaign). One look-up per process and API, refreshed every `MISSING_TTL_SECONDS`
-    so limits created meanwhile apply within a minute, and one warning per distinct finding.
+    draw `SQLITE_BUSY` → 503 → a ~2 s client retry (README, Benchmarks, 1). One look-up per
+    process and API, refreshed every `MISSING_TTL_SECONDS` so limits created meanwhile apply
+    within a minute, and one warning per distinct finding.
     """
     api = str(get_current_settings().api.url or "ephemeral")
     seen = _missing_seen.get(api)

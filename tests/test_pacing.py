@@ -199,3 +199,42 @@ def test_the_create_response_is_the_first_reading_only_while_fresh() -> None:
     assert create_reading(submit, 1.0, schedule) is None  # a retry or a rerun: ask
     replayed = submit.model_copy(update={"replayed": True})
     assert create_reading(replayed, 0.2, schedule) is None  # the task may be older than we know
+
+
+def test_cost_rows_of_a_partly_stored_job_add_up_to_its_bill() -> None:
+    from datetime import UTC, datetime
+
+    from evolink.jobs import JobRecord, SentRequest, StoredImage
+    from tasks.reporting import job_rows
+
+    now = datetime.now(UTC)
+    image = StoredImage(
+        index=0,
+        key="k/image-0.png",
+        uri="file:///k/image-0.png",
+        sha256="ab" * 32,
+        size_bytes=10,
+        content_type="image/png",
+        width=1024,
+        height=1024,
+        source_url="https://cdn.example.com/0.png",
+    )
+    record = JobRecord(
+        job_key="k",
+        namespace="n",
+        task_id="task-1",
+        request=SentRequest.of(parse_request({"prompt": "p", "size": "1:1", "n": 4})),
+        estimated_usd="0.04",
+        estimated_credits="2.72",
+        billed_usd="0.04",
+        billed_credits="2.72",
+        billed_source="usage",
+        images=[image],
+        submitted_at=now,
+        completed_at=now,
+    )
+    rows = job_rows(record, failed="ResultExpiredError: gone")
+    assert [r["billed_usd"] for r in rows] == ["$0.010000", "$0.030000"]
+    assert [r["billed_credits"] for r in rows] == ["0.68000", "2.04000"]
+    assert rows[1]["stored_at"] == "NOT STORED (paid, 3 image(s)): ResultExpiredError: gone"
+    assert [r["billed_usd"] for r in job_rows(record)] == ["$0.010000"]  # a stored image's share
