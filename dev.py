@@ -7,9 +7,14 @@
     python3 dev.py simulator   # the local EvoLink simulator on 127.0.0.1:8787
     python3 dev.py run ARGS    # any command inside the environment, e.g. `run prefect server start`
 
+Every command but `test` and `run` is the installed `prefect-evolink` command
+(`prefect_evolink/cli.py`): `python3 dev.py demo --single` is `prefect-evolink demo --single`.
+
 Only the standard library is used here, so it runs on any Python 3.11+. The virtual environment
-lives in `.venv/` and is rebuilt whenever `requirements.lock` changes, so every machine runs
-exactly the versions the tests were run with.
+lives in `.venv/`: the pinned versions of `requirements.lock`, plus this project installed
+editable (`pip install -e .`), so `prefect_evolink` and `evolink` import from this source tree
+exactly as they would from a wheel. It is rebuilt whenever `requirements.lock` or
+`pyproject.toml` changes, so every machine runs exactly the versions the tests were run with.
 """
 
 from __future__ import annotations
@@ -25,20 +30,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 LOCK = ROOT / "requirements.lock"
+PYPROJECT = ROOT / "pyproject.toml"
 STAMP = VENV / ".lock-sha256"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 
 
 def _lock_digest() -> str:
-    return hashlib.sha256(LOCK.read_bytes()).hexdigest()
-
-
-def _site_packages() -> Path:
-    out = subprocess.check_output(
-        [str(PYTHON), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
-    )
-    return Path(out.strip())
+    digest = hashlib.sha256(LOCK.read_bytes())
+    digest.update(PYPROJECT.read_bytes())  # packages and entry points live there
+    return digest.hexdigest()
 
 
 def ensure_env() -> None:
@@ -53,9 +54,12 @@ def ensure_env() -> None:
     venv.EnvBuilder(with_pip=True, clear=VENV.exists()).create(VENV)
     pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "--no-input"]
     subprocess.check_call([*pip, "install", "--quiet", "--require-virtualenv", "-r", str(LOCK)])
-    # The project itself is put on the path with a .pth file (what an editable install does),
-    # so no build backend has to be fetched and the source tree is what runs.
-    (_site_packages() / "prefect_evolink_project.pth").write_text(str(ROOT) + "\n")
+    # The project itself, editable: its `prefect-evolink` command, its `prefect.collections`
+    # entry point, and `prefect_evolink.*` mapped onto this tree's folders. The build backend is
+    # the pinned setuptools just installed, so nothing unpinned is fetched.
+    subprocess.check_call(
+        [*pip, "install", "--quiet", "--no-deps", "--no-build-isolation", "-e", str(ROOT)]
+    )
     STAMP.write_text(_lock_digest() + "\n")
 
 
@@ -66,22 +70,22 @@ def run(argv: list[str]) -> int:
     return subprocess.call(argv, env=env, cwd=ROOT)
 
 
-COMMANDS = {
-    "demo": lambda rest: [str(PYTHON), "-m", "flows.cli", "demo", *rest],
-    "campaign": lambda rest: [str(PYTHON), "-m", "flows.cli", "campaign", *rest],
+CLI = BIN / ("prefect-evolink.exe" if os.name == "nt" else "prefect-evolink")
+OWN = {
     "test": lambda rest: [str(PYTHON), "-m", "pytest", *rest],
-    "simulator": lambda rest: [str(PYTHON), "-m", "evolink.simulator", *rest],
     "run": lambda rest: rest,
 }
 
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+    if len(sys.argv) < 2 or sys.argv[1] in {"-h", "--help", "help"}:
         print(__doc__)
         return 2
     ensure_env()
     command, rest = sys.argv[1], sys.argv[2:]
-    return run(COMMANDS[command](rest))
+    if command in OWN:
+        return run(OWN[command](rest))
+    return run([str(CLI), command, *rest])  # demo, campaign, simulator, … : the package's command
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def run_once(
 ) -> RunResult:
     from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
-    from flows.campaign import run_campaign
+    from prefect_evolink.flows.campaign import run_campaign
 
     campaign = f"bench-r{rep}-{variant}"
     run_dir = Path(tempfile.mkdtemp(prefix=f"{variant}-", dir=work))

@@ -30,7 +30,8 @@ from typing import Any
 from common import machine_line, prefect_api, print_table
 
 from evolink.brief import AssetPlan, CampaignBrief, check_plans, load_brief
-from evolink.cost import estimate
+from evolink.campaign import asset_estimate_usd, draft_first_saving
+from evolink.cost import estimate, usd
 from evolink.models import ImageRequest, parse_request
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "briefs" / "spring-launch.yaml"
@@ -63,15 +64,11 @@ def variants_request(plan: AssetPlan) -> ImageRequest:
     return request
 
 
-def usd(value: Decimal) -> str:
-    return f"${value:.6f}"
-
-
 def model_tables(brief: CampaignBrief) -> None:
     plans = plans_for(brief)
     rows = []
     for p in plans:
-        ours = p.draft_estimate.usd + p.final_estimate.usd
+        ours = asset_estimate_usd(p)
         alt = p.high_variants_estimate.usd
         rows.append(
             [
@@ -88,8 +85,7 @@ def model_tables(brief: CampaignBrief) -> None:
                 "yes" if ours / alt <= GOAL else "no",
             ]
         )
-    ours_total = sum((p.draft_estimate.usd + p.final_estimate.usd for p in plans), Decimal(0))
-    alt_total = sum((p.high_variants_estimate.usd for p in plans), Decimal(0))
+    ours_total, alt_total = draft_first_saving(plans)
     rows.append(
         [
             "**whole brief**",
@@ -122,9 +118,7 @@ def model_tables(brief: CampaignBrief) -> None:
     print("\nwhole example brief for other draft counts k (drafts low 1K, finals as briefed):")
     krows = []
     for k in (1, 2, 3, 4, 6, 8, 10):
-        ps = plans_for(brief, k)
-        ours = sum((p.draft_estimate.usd + p.final_estimate.usd for p in ps), Decimal(0))
-        alt = sum((p.high_variants_estimate.usd for p in ps), Decimal(0))
+        ours, alt = draft_first_saving(plans_for(brief, k))
         krows.append([k, usd(ours), usd(alt), f"{ours / alt:.3f}"])
     print_table(["k", "draft-first $", "k high variants $", "ratio"], krows)
 
@@ -134,7 +128,7 @@ def simulator_run(brief_path: Path) -> None:
     from evolink.client import EvoLinkClient
     from evolink.polling import PollSchedule
     from evolink.simulator import EvoLinkSimulator
-    from flows.campaign import run_campaign
+    from prefect_evolink.flows.campaign import run_campaign
 
     brief = load_brief(brief_path)
     plans = plans_for(brief)

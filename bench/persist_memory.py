@@ -108,9 +108,9 @@ def child(kind: str, files_url: str, images: int, s3_endpoint: str | None) -> di
     from prefect import flow
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from blocks.credentials import EvoLinkCredentials
-    from blocks.storage import AssetStorage, LocalAssetStorage, S3AssetStorage
-    from tasks.persist import persist_image
+    from prefect_evolink.blocks import AssetStorage, LocalAssetStorage, S3AssetStorage
+    from prefect_evolink.blocks.credentials import EvoLinkCredentials
+    from prefect_evolink.tasks.persist import persist_image
 
     credentials = EvoLinkCredentials(api_key="sk-bench-unused", base_url="http://127.0.0.1:9")
     base = Path(tempfile.mkdtemp(prefix="evolink-bench-persist-"))

@@ -1,22 +1,22 @@
 """Prefect blocks of this project: EvoLink credentials and asset storage (local disk or S3).
 
 Importing this package registers the block classes with Prefect, so `Block.load("<slug>/<name>")`
-and `prefect block register -m blocks` find them.
+and `prefect block register -m prefect_evolink.blocks` find them.
+
+Modules: `credentials` (EvoLinkCredentials), `keys` (safe_key, check_key), `storage` (the
+AssetStorage interface and StoredObject), `local` (LocalAssetStorage), `s3` (S3AssetStorage),
+`lookup` (default_storage, load_storage).
 """
 
-from blocks.credentials import EvoLinkCredentials
-from blocks.storage import (
-    AssetStorage,
-    LocalAssetStorage,
-    S3AssetStorage,
-    StoredObject,
-    check_key,
-    default_storage,
-    load_storage,
-    safe_key,
-)
+from prefect_evolink.blocks.credentials import EvoLinkCredentials
+from prefect_evolink.blocks.keys import check_key, safe_key
+from prefect_evolink.blocks.local import LocalAssetStorage
+from prefect_evolink.blocks.lookup import ENV_ASSETS_DIR, default_storage, load_storage
+from prefect_evolink.blocks.s3 import S3AssetStorage
+from prefect_evolink.blocks.storage import AssetStorage, StoredObject
 
 __all__ = [
+    "ENV_ASSETS_DIR",
     "AssetStorage",
     "EvoLinkCredentials",
     "LocalAssetStorage",

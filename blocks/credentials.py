@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from typing import ClassVar, Final
 
-from prefect.blocks.core import Block
+from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr
 
 from evolink.client import DEFAULT_BASE_URL, EvoLinkClient, Timeouts
+from evolink.errors import MissingCredentialsError
 from evolink.polling import DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL, PollSchedule
 from evolink.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy
+from prefect_evolink.blocks._meta import EVOLINK_DOCS_URL, logo_url
 
 ENV_API_KEY: Final = "EVOLINK_API_KEY"
 ENV_BASE_URL: Final = "EVOLINK_BASE_URL"
@@ -18,22 +20,39 @@ ENV_POLL_MIN_INTERVAL: Final = "EVOLINK_POLL_MIN_INTERVAL"
 ENV_POLL_MAX_INTERVAL: Final = "EVOLINK_POLL_MAX_INTERVAL"
 
 
-class EvoLinkCredentials(Block):
+class EvoLinkCredentials(CredentialsBlock):
     """Credentials and connection settings for EvoLink's GPT Image 2 API.
 
-    The API key is stored encrypted by Prefect and shown masked in the UI and in logs.
+    The API key is stored encrypted by Prefect and shown masked in the UI, in repr() and in
+    logs. `get_client()` returns the async `EvoLinkClient` (Prefect's `CredentialsBlock`
+    contract).
+
+    Args:
+        api_key: EvoLink API key, sent as a Bearer token to the API host only.
+        base_url: API base URL; change it only for a proxy or the local simulator.
+        connect_timeout: Seconds to open a connection.
+        read_timeout: Seconds to wait for an API response.
+        download_timeout: Seconds of silence allowed while downloading a result.
+        max_attempts: Tries per repeatable call.
+        poll_min_interval: Fewest seconds between two status queries of one task.
+        poll_max_interval: Most seconds between two status queries of one task.
 
     Example:
-        Save once (or create the block in the UI):
+        Load a saved block in a flow:
         ```python
-        from blocks import EvoLinkCredentials
-        EvoLinkCredentials(api_key="sk-...").save("evolink-prod")
+        from prefect_evolink.blocks import EvoLinkCredentials
+
+        credentials = EvoLinkCredentials.load("BLOCK_NAME")
         ```
-        Then use it from a flow:
+
+        Save one (or create it in the Prefect UI), then call the API from async code:
         ```python
-        from blocks import EvoLinkCredentials
-        creds = EvoLinkCredentials.load("evolink-prod")
-        async with creds.get_client() as client:
+        from prefect_evolink.blocks import EvoLinkCredentials
+
+        EvoLinkCredentials(api_key="sk-...").save("evolink-prod")
+
+        credentials = await EvoLinkCredentials.aload("evolink-prod")
+        async with credentials.get_client() as client:
             task = await client.get_task("task-unified-...")
         ```
     """
@@ -43,7 +62,8 @@ class EvoLinkCredentials(Block):
     _description: ClassVar[str] = (
         "API key (secret) and connection settings for EvoLink's asynchronous GPT Image 2 API."
     )
-    _documentation_url = "https://docs.evolink.ai"  # type: ignore[assignment]
+    _logo_url = logo_url("evolink-credentials")  # type: ignore[assignment]
+    _documentation_url = EVOLINK_DOCS_URL  # type: ignore[assignment]
 
     api_key: SecretStr = Field(
         description="EvoLink API key, sent as a Bearer token to the API host only.",
@@ -112,10 +132,6 @@ class EvoLinkCredentials(Block):
             timeouts=self.timeouts(),
             retry=retry or RetryPolicy(max_attempts=self.max_attempts),
         )
-
-
-class MissingCredentialsError(RuntimeError):
-    """No block named and no `EVOLINK_API_KEY` in the environment."""
 
 
 async def resolve_credentials(block_name: str | None) -> EvoLinkCredentials:

@@ -1,16 +1,19 @@
 """Deploy everything against the current Prefect API: work pool, provider limits, deployments.
 
-    python3 dev.py run python -m deployments.setup [--active-jobs N] [--submits-per-minute R]
+    prefect-evolink deploy [--active-jobs N] [--submits-per-minute R]     (or python3 dev.py deploy)
 
 Idempotent — run it after every change: a work pool or limit that exists is kept (a limit is
 changed only in the values you pass), and `prefect deploy` updates deployments in place. The
 last step is exactly
 
-    EVOLINK_PROJECT_DIR=<repo> prefect --no-prompt deploy --all \
-        --prefect-file deployments/prefect.yaml
+    EVOLINK_PROJECT_DIR=$PWD prefect --no-prompt deploy --all \
+        --prefect-file <site-packages>/prefect_evolink/deployments/prefect.yaml
 
-run from the repository root, because the entrypoints in prefect.yaml are relative to it and
-EVOLINK_PROJECT_DIR tells the flow-run processes where the code is (see prefect.yaml's pull step).
+run from the current directory: your project, where relative brief paths such as
+`briefs/spring-launch.yaml` are found. The entrypoints are module paths
+(`prefect_evolink.flows.campaign:run_campaign`), so the flows come from the installed package
+wherever the worker runs; EVOLINK_PROJECT_DIR only tells the flow-run processes where the briefs
+are (see prefect.yaml's pull step).
 """
 
 from __future__ import annotations
@@ -31,9 +34,8 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import get_current_settings
 from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 
-from tasks.limits import ENV_STRICT, ensure_limits
+from prefect_evolink.tasks.limits import ENV_STRICT, ensure_limits
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 PREFECT_FILE: Final = Path(__file__).resolve().parent / "prefect.yaml"
 ENV_PROJECT_DIR: Final = "EVOLINK_PROJECT_DIR"
 
@@ -83,20 +85,21 @@ def deploy_command(prefect_file: Path = PREFECT_FILE) -> list[str]:
 
 
 def run_deploy(prefect_file: Path = PREFECT_FILE) -> int:
-    """`prefect deploy --all` from the repo root, telling the deployments where the code is."""
+    """`prefect deploy --all` from the current directory, which the runs will work in."""
     env = dict(os.environ)
-    env.setdefault(ENV_PROJECT_DIR, str(ROOT))  # a Docker/Kubernetes pool sets its own path
+    project = Path.cwd()
+    env.setdefault(ENV_PROJECT_DIR, str(project))  # a Docker/Kubernetes pool sets its own path
     print(
         f"$ {ENV_PROJECT_DIR}={env[ENV_PROJECT_DIR]} {' '.join(deploy_command(prefect_file))}",
         flush=True,
     )
     # The prefect CLI with fixed arguments and no shell (bandit B603).
-    return subprocess.call(deploy_command(prefect_file), cwd=ROOT, env=env)  # nosec
+    return subprocess.call(deploy_command(prefect_file), cwd=project, env=env)  # nosec
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m deployments.setup",
+        prog="prefect-evolink deploy",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -144,9 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     api_url = get_current_settings().api.url
     if not api_url:
         print(
-            "PREFECT_API_URL is not set: start a server (`python3 dev.py run prefect server "
-            "start`) and export PREFECT_API_URL=http://127.0.0.1:4200/api, or log in to "
-            "Prefect Cloud — deployments on a temporary API would vanish.",
+            "PREFECT_API_URL is not set: start a server (`prefect server start`) and export "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api, or log in to Prefect Cloud — "
+            "deployments on a temporary API would vanish.",
             file=sys.stderr,
         )
         return 2

@@ -17,19 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evolink.cost import CostEstimate, Quality, estimate
-from evolink.models import MAX_REFERENCE_IMAGES, ImageRequest, InvalidRequestError, parse_request
+from evolink.errors import BriefError, InvalidRequestError
+from evolink.models import MAX_REFERENCE_IMAGES, ImageRequest, parse_request
 from evolink.sizes import Resolution
 
 ASSET_ID: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 PLACEHOLDER_DRAFT_URL: Final = "https://drafts.invalid/chosen-draft.png"  # estimates only
-
-
-class BriefError(ValueError):
-    """A brief broke a rule; each problem names the asset (when there is one) and the field."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid campaign brief:\n  - " + "\n  - ".join(problems))
 
 
 class CampaignDefaults(BaseModel):

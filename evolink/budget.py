@@ -14,10 +14,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 
-class BudgetExceededError(RuntimeError):
-    """The campaign's estimate does not fit its budget; nothing was sent."""
-
-
 @dataclass
 class Budget:
     limit_usd: Decimal

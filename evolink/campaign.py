@@ -1,6 +1,7 @@
-"""What a campaign run produced: per-asset outcomes, the cost rows, the manifest, the summary.
+"""What paid jobs and campaigns cost: the estimate sums, the cost rows, the manifest, outcomes.
 
-Prefect-free so the figures in the artifacts, the manifest and the tests come from one place.
+Prefect-free so the figures in the artifacts, the manifest, the logs and the tests come from one
+place. Money is formatted by `evolink.cost.usd` only.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from evolink.brief import AssetBrief, AssetPlan
+from evolink.brief import AssetBrief, AssetPlan, CampaignBrief
+from evolink.cost import CostEstimate, usd
 from evolink.jobs import JobRecord, StoredImage
 
 
@@ -101,16 +103,23 @@ class CampaignManifest(BaseModel):
 
 
 def job_row(
-    asset: str, stage: str, record: JobRecord, plan_estimate: Any, failed: str | None = None
+    asset: str,
+    stage: str,
+    record: JobRecord,
+    plan_estimate: CostEstimate,
+    failed: str | None = None,
 ) -> JobRow:
-    width, height = plan_estimate.width, plan_estimate.height
-    if record.images and record.images[0].width:
-        width, height = record.images[0].width, record.images[0].height
+    """A campaign's cost row: one paid job, its figures as billed, the tokens as planned."""
+    first = record.images[0] if record.images else None
+    if first is not None and first.width:
+        pixel_size = f"{first.width}x{first.height}"
+    else:
+        pixel_size = f"{plan_estimate.width}x{plan_estimate.height}"
     return JobRow(
         asset=asset,
         stage=stage,
         quality=record.request.quality,
-        pixel_size=f"{width}x{height}",
+        pixel_size=pixel_size,
         images=len(record.images),
         output_tokens=plan_estimate.output_tokens,
         image_input_tokens=plan_estimate.image_input_tokens,
@@ -123,6 +132,42 @@ def job_row(
         stored_at=[image.uri for image in record.images],
         failed=failed,
     )
+
+
+def image_cost_rows(record: JobRecord, failed: str | None = None) -> list[dict[str, Any]]:
+    """A single job's cost table: one row per stored image, the job's cost split evenly over
+    its `n` images.
+
+    With `failed` (a paid job whose images were not all stored) the images that are missing get
+    one more row carrying their share, so the rows always add up to what the job cost.
+    """
+    count = max(1, record.request.n, len(record.images))
+
+    def share(value: str | None, images: int) -> Decimal | None:
+        return None if value is None else Decimal(value) * images / count
+
+    def row(images: int, pixels: str, stored_at: str, sha256: str) -> dict[str, Any]:
+        credits = share(record.billed_credits, images)
+        return {
+            "job": record.namespace,
+            "task_id": record.task_id,
+            "quality": record.request.quality,
+            "pixels": pixels,
+            "estimated_usd": usd(share(record.estimated_usd, images)),
+            "billed_usd": usd(share(record.billed_usd, images)),
+            "billed_credits": "unknown" if credits is None else f"{credits:.5f}",
+            "stored_at": stored_at,
+            "sha256": sha256,
+        }
+
+    rows = [
+        row(1, f"{image.width}x{image.height}", image.uri, image.sha256[:16])
+        for image in record.images
+    ]
+    if failed is not None:
+        missing = count - len(record.images)
+        rows.append(row(missing, "-", f"NOT STORED (paid, {missing} image(s)): {failed}", "-"))
+    return rows
 
 
 def totals(rows: Sequence[JobRow]) -> CampaignTotals:
@@ -181,8 +226,38 @@ def load_selector(path: str) -> Selector:
     return selector  # type: ignore[no-any-return]
 
 
+# --- estimate sums ---------------------------------------------------------------------------
+
+
+def asset_estimate_usd(plan: AssetPlan) -> Decimal:
+    """What an asset's drafts and its final are estimated to cost together."""
+    return plan.draft_estimate.usd + plan.final_estimate.usd
+
+
+def campaign_estimate_usd(plans: Sequence[AssetPlan]) -> Decimal:
+    """The pre-flight estimate of a campaign: every asset's drafts and final."""
+    return sum((asset_estimate_usd(plan) for plan in plans), Decimal(0))
+
+
 def draft_first_saving(plans: Sequence[AssetPlan]) -> tuple[Decimal, Decimal]:
     """(draft-first estimate, k-high-variants estimate) over the whole campaign."""
-    ours = sum((p.draft_estimate.usd + p.final_estimate.usd for p in plans), Decimal(0))
-    variants = sum((p.high_variants_estimate.usd for p in plans), Decimal(0))
-    return ours, variants
+    variants = sum((plan.high_variants_estimate.usd for plan in plans), Decimal(0))
+    return campaign_estimate_usd(plans), variants
+
+
+def budget_refusal(brief: CampaignBrief, plans: Sequence[AssetPlan]) -> str | None:
+    """The refusal message when drafts + finals cannot fit the budget, else None."""
+    total = campaign_estimate_usd(plans)
+    if total <= brief.budget_usd:
+        return None
+    lines = [
+        f"campaign {brief.campaign!r} is estimated at {usd(total)}, over its budget of "
+        f"{usd(brief.budget_usd)}; nothing was sent. Estimate per asset:",
+        *(
+            f"  {p.asset.id}: drafts {usd(p.draft_estimate.usd)} ({p.draft.n}× {p.draft.quality}) "
+            f"+ final {usd(p.final_estimate.usd)} ({p.final_quality}) "
+            f"= {usd(asset_estimate_usd(p))}"
+            for p in plans
+        ),
+    ]
+    return "\n".join(lines)

@@ -49,6 +49,12 @@ def text_tokens(prompt: str) -> int:
     return math.ceil(len(prompt) / CHARS_PER_TEXT_TOKEN)
 
 
+def usd(value: str | Decimal | None) -> str:
+    """Money for people, in every log, artifact and printout: `$0.012345` (six places, as EvoLink
+    bills), and "unknown" for a bill that could not be read — never `$0`."""
+    return "unknown" if value is None else f"${Decimal(value):.6f}"
+
+
 def usd_to_credits(usd: Decimal) -> Decimal:
     return (usd * CREDITS_PER_USD).quantize(CREDIT_PLACES)
 

@@ -1,4 +1,31 @@
-"""A flat family of typed errors, each knowing whether trying again could help.
+"""Every error this project raises, in one family rooted at `EvoLinkError`.
+
+Import any of them from here, or from `prefect_evolink` (which re-exports the lot). The tree:
+
+    EvoLinkError
+    ├── APIStatusError             the API answered with an error status
+    │   ├── BadRequestError        400/409/413/422
+    │   ├── AuthenticationError    401
+    │   ├── InsufficientCreditsError 402
+    │   ├── PermissionDeniedError  403
+    │   ├── NotFoundError          404
+    │   ├── RateLimitError         429 (retryable, honours Retry-After)
+    │   └── ServerError            5xx (retryable)
+    ├── APIConnectionError         no usable response (retryable)
+    │   └── APITimeoutError
+    ├── TaskFailedError            the task ended failed/cancelled at EvoLink
+    ├── PollDeadlineExceeded       we stopped waiting; the task may still finish
+    ├── ResultExpiredError         a result link no longer serves the image
+    ├── InvalidImageError          a download was not a usable image (retryable)
+    │   └── UnsafeResultLinkError  a link we refuse to fetch
+    ├── PaidJobNotStoredError      billed, but its images could not all be stored
+    ├── BudgetExceededError        the campaign's estimate is over its budget; nothing sent
+    ├── ProviderLimitsError        strict mode and a provider limit is missing
+    ├── MissingCredentialsError    no credentials block and no EVOLINK_API_KEY
+    ├── CampaignIncompleteError    some assets of a campaign got no final
+    └── (also ValueError) validation errors, raised before any money is spent:
+        InvalidRequestError, BriefError, HostError
+
 
 `retryable` answers "may the *same* call be repeated?" (a GET, or a POST carrying an
 Idempotency-Key). `resubmit_may_help` on a failed task answers the different, costlier question
@@ -8,7 +35,12 @@ given the key, and response bodies are reduced to the documented error fields.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+from evolink.cost import usd
+
+if TYPE_CHECKING:
+    from evolink.jobs import JobRecord
 
 # Task failure codes that a fresh submission will not fix (EvoLink's own client's verdict).
 NOT_WORTH_RESUBMITTING: Final = frozenset(
@@ -165,6 +197,61 @@ class UnsafeResultLinkError(InvalidImageError):
     """
 
     retryable = False
+
+
+class PaidJobNotStoredError(EvoLinkError):
+    """The task completed — EvoLink billed it — but its images could not all be stored.
+
+    Carries the job's record (with the images that *were* stored, often none) so whoever reports
+    cost can count what was paid: a failure after the bill must not make the bill disappear. The
+    underlying error (expired link, storage failure, …) is the `__cause__` and leads the message.
+    """
+
+    def __init__(self, record: JobRecord, cause: BaseException):
+        self.record = record
+        billed = "an unknown amount" if record.billed_usd is None else usd(record.billed_usd)
+        super().__init__(
+            f"{type(cause).__name__}: {cause} (task {record.task_id} was billed {billed}, "
+            f"{len(record.images)} of its images stored)",
+            task_id=record.task_id,
+        )
+
+
+class BudgetExceededError(EvoLinkError):
+    """The campaign's estimate does not fit its budget; nothing was sent."""
+
+
+class ProviderLimitsError(EvoLinkError):
+    """Strict mode and a provider limit is missing (or could not be acquired)."""
+
+
+class MissingCredentialsError(EvoLinkError):
+    """No credentials block named and no `EVOLINK_API_KEY` in the environment."""
+
+
+class CampaignIncompleteError(EvoLinkError):
+    """Some assets failed or were stopped by the budget; the manifest says which and why."""
+
+
+class InvalidRequestError(EvoLinkError, ValueError):
+    """A request broke one or more rules; `problems` lists (field, rule) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        lines = "; ".join(f"{field}: {rule}" for field, rule in problems)
+        super().__init__(f"invalid image request — {lines}")
+
+
+class BriefError(EvoLinkError, ValueError):
+    """A brief broke a rule; each problem names the asset (when there is one) and the field."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid campaign brief:\n  - " + "\n  - ".join(problems))
+
+
+class HostError(EvoLinkError, ValueError):
+    """A host that is not even a valid address (e.g. `999.1.1.1`); refused whatever the setting."""
 
 
 def redact_url(url: str) -> str:

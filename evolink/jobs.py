@@ -168,20 +168,3 @@ class JobRecord(_Record):
             submitted_at=submit.submitted_at,
             completed_at=completed_at,
         )
-
-
-class PaidJobNotStoredError(RuntimeError):
-    """The task completed — EvoLink billed it — but its images could not all be stored.
-
-    Carries the job's record (with the images that *were* stored, often none) so whoever reports
-    cost can count what was paid: a failure after the bill must not make the bill disappear. The
-    underlying error (expired link, storage failure, …) is the `__cause__` and leads the message.
-    """
-
-    def __init__(self, record: JobRecord, cause: BaseException):
-        self.record = record
-        super().__init__(
-            f"{type(cause).__name__}: {cause} (task {record.task_id} was billed "
-            f"{'an unknown amount' if record.billed_usd is None else '$' + record.billed_usd}, "
-            f"{len(record.images)} of its images stored)"
-        )

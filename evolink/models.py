@@ -11,6 +11,7 @@ from typing import Annotated, Any, Final
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evolink.cost import Quality
+from evolink.errors import InvalidRequestError
 from evolink.sizes import (
     RATIOS,
     Resolution,
@@ -132,15 +133,6 @@ class ImageRequest(BaseModel):
     def to_payload(self) -> dict[str, Any]:
         """The JSON body: only what was set, so the API's own defaults apply to the rest."""
         return self.model_dump(exclude_none=True)
-
-
-class InvalidRequestError(ValueError):
-    """A request broke one or more rules; `problems` lists (field, rule) pairs."""
-
-    def __init__(self, problems: list[tuple[str, str]]):
-        self.problems = problems
-        lines = "; ".join(f"{field}: {rule}" for field, rule in problems)
-        super().__init__(f"invalid image request — {lines}")
 
 
 def validation_problems(error: ValidationError) -> list[tuple[str, str]]:

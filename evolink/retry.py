@@ -3,6 +3,9 @@
 Only calls that are safe to repeat get here: GETs, and the create POST when it carries an
 Idempotency-Key. The server's own hint (`Retry-After`, or the envelope's `fallback_suggestion`
 such as "retry after 60 seconds") beats our backoff, capped so a bad header cannot park a worker.
+
+This is the innermost of five retry layers; the table of all of them (Prefect task retries,
+resubmission, S3, the polling deadline) is the docstring of `prefect_evolink.tasks.steps`.
 """
 
 from __future__ import annotations

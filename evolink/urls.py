@@ -35,6 +35,8 @@ from pathlib import PurePosixPath
 from typing import Final
 from urllib.parse import SplitResult, urlsplit
 
+from evolink.errors import HostError
+
 ENV_ALLOW_PRIVATE_URLS: Final = "EVOLINK_ALLOW_PRIVATE_URLS"
 ALLOW_HINT: Final = f"set {ENV_ALLOW_PRIVATE_URLS}=true only for local testing"
 PRIVATE_RULE: Final = "must not point to a private, loopback or link-local address"
@@ -55,10 +57,6 @@ _OCTAL: Final = re.compile(r"0[0-7]+")
 _SHOWN_CHARS: Final = 80
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class HostError(ValueError):
-    """A host that is not even a valid address (e.g. `999.1.1.1`); refused whatever the setting."""
 
 
 def private_urls_allowed(environ: Mapping[str, str] | None = None) -> bool:

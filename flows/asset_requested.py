@@ -13,11 +13,17 @@ from typing import Any, Final
 
 from prefect import flow
 
-from blocks.storage import safe_key
+from evolink.errors import InvalidRequestError
 from evolink.jobs import JobRecord
-from evolink.models import ImageRequest, InvalidRequestError, parse_request
+from evolink.models import ImageRequest, parse_request
 from evolink.polling import DEFAULT_DEADLINE_SECONDS
-from flows.generate import run_and_report
+from prefect_evolink.blocks import (
+    EvoLinkCredentials,
+    LocalAssetStorage,
+    S3AssetStorage,
+    safe_key,
+)
+from prefect_evolink.flows.generate import run_and_report
 
 EVENT_NAME: Final = "marketing.asset.requested"
 """The event the deployment `product-asset-on-request` listens for."""
@@ -72,6 +78,8 @@ async def generate_product_asset(
     credentials_block: str | None = None,
     storage_block: str | None = None,
     poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+    credentials: EvoLinkCredentials | None = None,
+    storage: LocalAssetStorage | S3AssetStorage | None = None,
 ) -> JobRecord:
     """Generate and store the images one product asked for, with their cost as artifacts.
 
@@ -80,6 +88,60 @@ async def generate_product_asset(
     being refused somewhere in the automation. `reference_image_key` is an optional stable id
     of the reference image (its sha256 or a DAM id): give it when `reference_image_url` is a
     presigned URL, so a re-signed URL for the same image still reattaches to the paid job.
+
+    Blocks: a block object wins over a block name (`credentials` over `credentials_block`,
+    `storage` over `storage_block`); events can only carry names, a run started from the
+    deployment form can pick blocks.
+
+    Args:
+        product_id: The product the image is for (the event's `marketing.product.<id>`
+            resource). Names the job: the same product and request reuse the paid job.
+        prompt: What to draw, at most 32,000 characters.
+        size: 'auto', a ratio such as '1:1' or '16:9', or an explicit 'WxH' (multiples of 16).
+        resolution: Pixel budget of a ratio size: '1K', '2K' or '4K'; empty means 1K.
+        quality: 'low', 'medium' or 'high' (the price grows with it).
+        n: Number of images, 1-10; each one is billed.
+        reference_image_url: Optional https URL of a reference image (jpeg, png or webp) to
+            edit or to take as a model.
+        reference_image_key: Optional stable id of the reference image (its sha256 or a DAM
+            id); give it when `reference_image_url` is presigned, so a re-signed URL still
+            reattaches to the job already paid for.
+        credentials_block: Name of a saved EvoLink Credentials block. Ignored when
+            `credentials` is given; with neither, `EVOLINK_API_KEY` is used.
+        storage_block: Name of a saved storage block (`<name>` or `<block-type-slug>/<name>`).
+            Ignored when `storage` is given; with neither, images go to local `assets/`.
+        poll_deadline_seconds: Most seconds to wait for EvoLink to finish the job before the
+            run fails (a rerun reattaches to the same job and pays nothing new).
+        credentials: An EvoLink Credentials block (the form offers the saved ones). Wins over
+            `credentials_block`.
+        storage: A Local or S3 asset storage block (the form offers the saved ones). Wins over
+            `storage_block`.
+
+    Returns:
+        The job's record: task id, estimated and billed cost, and every stored image, stored
+        under `products/<product_id>/`.
+
+    Raises:
+        InvalidRequestError: A payload field is invalid; the message names the field as sent
+            (`quality`, `reference_image_url`, ...), and nothing is paid.
+        MissingCredentialsError: No credentials block and no `EVOLINK_API_KEY`.
+        TaskFailedError: EvoLink failed the task (failed tasks are not billed).
+        PollDeadlineExceeded: The job did not finish within `poll_deadline_seconds`.
+        PaidJobNotStoredError: The job was billed but not every image could be stored; the
+            cost artifacts still show the bill, and a rerun stores what is missing for free.
+
+    Example:
+        Another system asks for the image with an event; the trigger of the deployment
+        `product-asset-on-request` turns its payload into this flow's parameters:
+        ```python
+        from prefect.events import emit_event
+
+        emit_event(
+            event="marketing.asset.requested",
+            resource={"prefect.resource.id": "marketing.product.sku-42"},
+            payload={"product_id": "sku-42", "prompt": "a ceramic mug", "quality": "low"},
+        )
+        ```
     """
     namespace = product_namespace(product_id)
     request = build_request(
@@ -101,6 +163,8 @@ async def generate_product_asset(
         artifact_prefix=f"evolink-product-{safe_key(product)}",
         credentials_block=credentials_block,
         storage_block=storage_block,
+        credentials=credentials,
+        storage=storage,
         poll_deadline_seconds=poll_deadline_seconds,
         identity=identity,
     )

@@ -20,62 +20,53 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from pydantic import Field, create_model
 
-from blocks.credentials import EvoLinkCredentials, resolve_credentials
-from blocks.storage import AssetStorage, load_storage, safe_key
 from evolink.brief import AssetPlan, CampaignBrief, check_plans, load_brief
-from evolink.budget import Budget, BudgetExceededError
+from evolink.budget import Budget
 from evolink.campaign import (
     AssetOutcome,
     AssetStatus,
     CampaignManifest,
     JobRow,
     Selector,
+    budget_refusal,
+    campaign_estimate_usd,
     draft_first_saving,
     job_row,
     load_selector,
     totals,
 )
-from evolink.errors import TaskFailedError
-from evolink.jobs import JobRecord, PaidJobNotStoredError, StoredImage, utcnow
+from evolink.cost import usd
+from evolink.errors import (
+    BudgetExceededError,
+    CampaignIncompleteError,
+    PaidJobNotStoredError,
+    TaskFailedError,
+)
+from evolink.jobs import JobRecord, StoredImage, utcnow
 from evolink.polling import DEFAULT_DEADLINE_SECONDS, PollSchedule
-from tasks.campaign_report import (
+from prefect_evolink.blocks import (
+    AssetStorage,
+    EvoLinkCredentials,
+    LocalAssetStorage,
+    S3AssetStorage,
+    safe_key,
+)
+from prefect_evolink.flows.parameters import resolve_blocks
+from prefect_evolink.tasks.campaign_report import (
     Progress,
     publish_campaign_report,
     publish_final_previews,
     publish_review_sheet,
 )
-from tasks.job import run_image_job
-from tasks.references import PRESIGN_SECONDS, AssetReferences, resolve_references
-from tasks.reporting import usd
+from prefect_evolink.tasks.job import run_image_job
+from prefect_evolink.tasks.references import PRESIGN_SECONDS, AssetReferences, resolve_references
 
 DEFAULT_SELECTOR = "evolink.campaign:largest_file"
 T = TypeVar("T")
 
 
-class CampaignIncompleteError(RuntimeError):
-    """Some assets failed or were stopped by the budget; the manifest says which and why."""
-
-
 def manifest_key(campaign: str) -> str:
     return safe_key(campaign, "manifest.json")
-
-
-def budget_refusal(brief: CampaignBrief, plans: list[AssetPlan]) -> str | None:
-    """The refusal message when drafts + finals cannot fit the budget, else None."""
-    total = sum((p.draft_estimate.usd + p.final_estimate.usd for p in plans), Decimal(0))
-    if total <= brief.budget_usd:
-        return None
-    lines = [
-        f"campaign {brief.campaign!r} is estimated at {usd(total)}, over its budget of "
-        f"{usd(brief.budget_usd)}; nothing was sent. Estimate per asset:",
-        *(
-            f"  {p.asset.id}: drafts {usd(p.draft_estimate.usd)} ({p.draft.n}× {p.draft.quality}) "
-            f"+ final {usd(p.final_estimate.usd)} ({p.final_quality}) "
-            f"= {usd(p.draft_estimate.usd + p.final_estimate.usd)}"
-            for p in plans
-        ),
-    ]
-    return "\n".join(lines)
 
 
 def review_input(
@@ -226,7 +217,7 @@ class CampaignRun:
 
     async def draft_url(self, drafts: JobRecord, image: StoredImage) -> str:
         """A URL EvoLink can fetch the chosen draft from: presigned S3, else its result link."""
-        url = await asyncio.to_thread(self.storage.presigned_url, image.key, PRESIGN_SECONDS)
+        url = await self.storage.apresigned_url(image.key, PRESIGN_SECONDS)
         if url is not None:
             return url
         async with self.credentials.get_client() as client:
@@ -307,7 +298,7 @@ class CampaignRun:
         return True
 
     def manifest(self, selection: str, started_at: Any) -> CampaignManifest:
-        ours, _ = draft_first_saving(self.plans)
+        ours = campaign_estimate_usd(self.plans)
         delivered = [p for p in self.plans if self.outcomes[p.asset.id].status is AssetStatus.FINAL]
         _, variants = draft_first_saving(delivered)  # what the finals we have would have cost
         order = {p.asset.id: i for i, p in enumerate(self.plans)}
@@ -339,19 +330,87 @@ async def run_campaign(
     approval_timeout_seconds: int = 24 * 3600,
     approval_poll_seconds: int = 10,
     poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+    credentials: EvoLinkCredentials | None = None,
+    storage: LocalAssetStorage | S3AssetStorage | None = None,
 ) -> CampaignManifest:
     """Run a campaign brief: drafts for every asset, one chosen per asset, finals for those.
 
     Nothing is sent when the brief is invalid or its estimate is over budget. A rerun of the
     same brief reattaches to every job already submitted and pays only for what is missing.
+    Cheap drafts first, then one high-quality final per asset, costs a fraction of generating
+    every variant at final quality; the run's artifacts show the estimate, the bill and the
+    saving (`<campaign>-cost`, `-summary`, `-progress`, `-review`, `-<asset>-final`), and the
+    manifest `<campaign>/manifest.json` in storage records every job.
+
+    Blocks: a block object wins over a block name. Credentials come from `credentials`, else
+    the block named `credentials_block`, else `EVOLINK_API_KEY`; storage from `storage`, else
+    the block named `storage_block`, else the brief's `defaults.storage_block`, else the local
+    `assets/` directory.
+
+    Args:
+        brief_path: Path of the campaign brief (YAML), relative to the run's working directory
+            (a deployment's project directory). Local reference images are relative to it.
+        selection: 'auto' lets `selector` choose each asset's draft; 'approval' pauses the run
+            until a reviewer picks a draft (or rejects the asset) in the Prefect UI.
+        selector: The function that picks a draft, as 'package.module:function'; with
+            'approval' it only suggests the form's defaults.
+        credentials_block: Name of a saved EvoLink Credentials block. Ignored when
+            `credentials` is given; with neither, `EVOLINK_API_KEY` is used.
+        storage_block: Name of a saved storage block (`<name>` or `<block-type-slug>/<name>`).
+            Ignored when `storage` is given; with neither, the brief's `storage_block` is used.
+        max_concurrent_assets: Most assets worked on at once in this run (the provider limits
+            still bound jobs across all runs).
+        approval_timeout_seconds: How long an 'approval' run waits for the review; after it
+            no final is sent and the run completes without them.
+        approval_poll_seconds: Seconds between checks for the reviewer's answer.
+        poll_deadline_seconds: Most seconds to wait for EvoLink to finish one job before that
+            asset fails (a rerun reattaches to the job and pays nothing new).
+        credentials: An EvoLink Credentials block (the form offers the saved ones). Wins over
+            `credentials_block`.
+        storage: A Local or S3 asset storage block (the form offers the saved ones). Wins over
+            `storage_block` and the brief's `storage_block`; S3 is needed for local reference
+            images, which EvoLink fetches as presigned URLs.
+
+    Returns:
+        The campaign manifest: every asset's outcome, every paid job with its estimate and
+        bill, totals by stage, and the budget left.
+
+    Raises:
+        BriefError: The brief is invalid or a reference cannot be resolved; the message names
+            the asset and the field, and nothing is sent.
+        BudgetExceededError: The estimate of drafts and finals is over the brief's budget;
+            nothing is sent and the message lists the estimate per asset.
+        MissingCredentialsError: No credentials block and no `EVOLINK_API_KEY`.
+        CampaignIncompleteError: Some asset failed or its final was stopped by the budget;
+            raised after the manifest and every artifact were written.
+
+    Example:
+        ```python
+        import asyncio
+        from prefect_evolink import S3AssetStorage, run_campaign
+
+        manifest = asyncio.run(
+            run_campaign(
+                "briefs/spring-launch.yaml",
+                selection="approval",
+                credentials_block="evolink",
+                storage=S3AssetStorage.load("evolink-assets"),
+            )
+        )
+        print(manifest.totals.billed_usd)
+        ```
     """
     logger = get_run_logger()
     started_at = utcnow()
     brief = load_brief(brief_path)
     chosen_selector = load_selector(selector)
-    credentials = await resolve_credentials(credentials_block)
-    storage = load_storage(storage_block or brief.defaults.storage_block)
-    references = await resolve_references(brief, Path(brief_path).resolve().parent, storage)
+    credentials, asset_storage = await resolve_blocks(
+        credentials=credentials,
+        credentials_block=credentials_block,
+        storage=storage,
+        storage_block=storage_block or brief.defaults.storage_block,
+    )
+    references = await resolve_references(brief, Path(brief_path).resolve().parent, asset_storage)
     plans = check_plans(
         brief, {a: (r.urls, r.mask.url if r.mask else None) for a, r in references.items()}
     )
@@ -364,7 +423,7 @@ async def run_campaign(
         plans,
         references,
         credentials,
-        storage,
+        asset_storage,
         credentials.poll_schedule(poll_deadline_seconds),
         max_concurrent_assets,
     )
@@ -373,7 +432,7 @@ async def run_campaign(
         "Campaign %s: %d assets, estimate %s of budget %s",
         brief.campaign,
         len(plans),
-        usd(draft_first_saving(plans)[0]),
+        usd(campaign_estimate_usd(plans)),
         usd(brief.budget_usd),
     )
 
@@ -389,9 +448,9 @@ async def run_campaign(
         await run.each_asset(run.final)
 
     manifest = run.manifest(selection, started_at)
-    stored = await asyncio.to_thread(storage.put_json, manifest_key(brief.campaign), manifest)
+    stored = await asset_storage.aput_json(manifest_key(brief.campaign), manifest)
     await publish_campaign_report(manifest)
-    await publish_final_previews(manifest, storage)
+    await publish_final_previews(manifest, asset_storage)
     logger.info(
         "Manifest: %s — billed %s of budget %s",
         stored.uri,

@@ -6,13 +6,21 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from blocks.credentials import resolve_credentials
-from blocks.storage import load_storage, safe_key
-from evolink.jobs import JobRecord, PaidJobNotStoredError
+from evolink.cost import usd
+from evolink.errors import PaidJobNotStoredError
+from evolink.jobs import JobRecord
 from evolink.models import ImageRequest
 from evolink.polling import DEFAULT_DEADLINE_SECONDS
-from tasks.job import run_image_job
-from tasks.reporting import publish_job_report
+from prefect_evolink.blocks import (
+    AssetStorage,
+    EvoLinkCredentials,
+    LocalAssetStorage,
+    S3AssetStorage,
+    safe_key,
+)
+from prefect_evolink.flows.parameters import resolve_blocks
+from prefect_evolink.tasks.job import run_image_job
+from prefect_evolink.tasks.reporting import publish_job_report
 
 
 @flow(name="evolink-generate-image", log_prints=True)
@@ -23,13 +31,65 @@ async def generate_image(
     storage_block: str | None = None,
     poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
     resubmits: int = 1,
+    credentials: EvoLinkCredentials | None = None,
+    storage: LocalAssetStorage | S3AssetStorage | None = None,
 ) -> JobRecord:
-    """Generate the images of one request and store them.
+    """Generate the images of one GPT Image 2 request, store them, and report their cost.
 
     `job_name` names the logical job: running the same request under the same name again
-    returns the stored result instead of paying again; use a new name for new variants.
-    Credentials come from the named `EvoLinkCredentials` block, else `EVOLINK_API_KEY`;
-    storage from the named storage block, else the local `assets/` directory.
+    returns the stored result instead of paying again; use a new name for new variants. The
+    run publishes a cost table and a summary artifact (`evolink-<job_name>-cost`, `-summary`),
+    also when a paid job's images could not all be stored, so no bill goes unseen.
+
+    Blocks: a block object wins over a block name. Credentials come from `credentials`, else
+    the `EvoLinkCredentials` block named `credentials_block`, else `EVOLINK_API_KEY`; storage
+    from `storage`, else the storage block named `storage_block`, else the local `assets/`
+    directory (`EVOLINK_ASSETS_DIR`).
+
+    Args:
+        request: The GPT Image 2 request: prompt, size ('auto', a ratio such as '16:9', or
+            'WxH'), resolution, quality (low/medium/high), n images, optional reference images.
+        job_name: Names the logical job. The same request under the same name reuses the job
+            already paid for; use a new name for a new variant.
+        credentials_block: Name of a saved EvoLink Credentials block. Ignored when
+            `credentials` is given; with neither, `EVOLINK_API_KEY` is used.
+        storage_block: Name of a saved storage block (`<name>` or `<block-type-slug>/<name>`).
+            Ignored when `storage` is given; with neither, images go to local `assets/`.
+        poll_deadline_seconds: Most seconds to wait for EvoLink to finish the job before the
+            run fails (a rerun reattaches to the same job and pays nothing new).
+        resubmits: How many times a job that failed with a code a new submission may fix is
+            submitted again, each a separately keyed (and billed) job; 0 never resubmits.
+        credentials: An EvoLink Credentials block (the form offers the saved ones). Wins over
+            `credentials_block`.
+        storage: A Local or S3 asset storage block (the form offers the saved ones). Wins over
+            `storage_block`.
+
+    Returns:
+        The job's record: task id, estimated and billed cost, and every stored image (its
+        URI, sha256, size and dimensions).
+
+    Raises:
+        MissingCredentialsError: No credentials block and no `EVOLINK_API_KEY`.
+        TaskFailedError: EvoLink failed the task (failed tasks are not billed).
+        PollDeadlineExceeded: The job did not finish within `poll_deadline_seconds`.
+        PaidJobNotStoredError: The job was billed but not every image could be stored; the
+            cost artifacts still show the bill, and a rerun stores what is missing for free.
+
+    Example:
+        ```python
+        import asyncio
+        from prefect_evolink import EvoLinkCredentials, ImageRequest, generate_image
+
+        record = asyncio.run(
+            generate_image(
+                ImageRequest(prompt="a ceramic mug of cocoa", size="1:1", quality="low"),
+                job_name="mug-cocoa",
+                credentials=EvoLinkCredentials.load("evolink"),
+                storage_block="evolink-assets",
+            )
+        )
+        print(record.images[0].uri, record.billed_usd)
+        ```
     """
     return await run_and_report(
         request,
@@ -38,6 +98,8 @@ async def generate_image(
         artifact_prefix=f"evolink-{safe_key(job_name)}",
         credentials_block=credentials_block,
         storage_block=storage_block,
+        credentials=credentials,
+        storage=storage,
         poll_deadline_seconds=poll_deadline_seconds,
         resubmits=resubmits,
     )
@@ -51,6 +113,8 @@ async def run_and_report(
     artifact_prefix: str,
     credentials_block: str | None,
     storage_block: str | None,
+    credentials: EvoLinkCredentials | None = None,
+    storage: AssetStorage | None = None,
     poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
     resubmits: int = 1,
     identity: dict[str, Any] | None = None,
@@ -59,10 +123,15 @@ async def run_and_report(
 
     Kept outside any one flow so the ad-hoc flow and the event-triggered product flow differ
     only in how they name the job (its namespace decides when a rerun reattaches) and where
-    the images go; the pipeline itself cannot drift between them.
+    the images go; the pipeline itself cannot drift between them. Blocks are chosen by
+    `resolve_blocks`: a block object wins over a block name.
     """
-    credentials = await resolve_credentials(credentials_block)
-    storage = load_storage(storage_block)
+    credentials, storage = await resolve_blocks(
+        credentials=credentials,
+        credentials_block=credentials_block,
+        storage=storage,
+        storage_block=storage_block,
+    )
     try:
         record = await run_image_job(
             request,
@@ -79,9 +148,9 @@ async def run_and_report(
         raise
     await publish_job_report(record, key_prefix=artifact_prefix)
     get_run_logger().info(
-        "Done: %d image(s), estimated $%s, billed %s",
+        "Done: %d image(s), estimated %s, billed %s",
         len(record.images),
-        record.estimated_usd,
-        f"${record.billed_usd}" if record.billed_usd is not None else "unknown",
+        usd(record.estimated_usd),
+        usd(record.billed_usd),
     )
     return record

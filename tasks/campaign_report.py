@@ -18,12 +18,13 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 
-from blocks.storage import AssetStorage
 from evolink.brief import AssetPlan
 from evolink.campaign import AssetOutcome, AssetStatus, CampaignManifest
+from evolink.cost import usd
 from evolink.jobs import StoredImage
 from evolink.previews import thumbnail_data_uri
-from tasks.reporting import artifact_key, usd
+from prefect_evolink.blocks import AssetStorage
+from prefect_evolink.tasks.reporting import artifact_key
 
 
 class Progress:

@@ -11,13 +11,10 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from blocks.credentials import EvoLinkCredentials
-from blocks.storage import AssetStorage
 from evolink.cost import estimate
-from evolink.errors import InvalidImageError, TaskFailedError
+from evolink.errors import InvalidImageError, PaidJobNotStoredError, TaskFailedError
 from evolink.jobs import (
     JobRecord,
-    PaidJobNotStoredError,
     StoredImage,
     job_key,
     job_record_key,
@@ -25,10 +22,12 @@ from evolink.jobs import (
 )
 from evolink.models import ImageRequest
 from evolink.polling import PollSchedule
-from tasks.limits import provider_capacity
-from tasks.persist import persist_image
-from tasks.poll import poll_job
-from tasks.submit import submit_job
+from prefect_evolink.blocks import AssetStorage
+from prefect_evolink.blocks.credentials import EvoLinkCredentials
+from prefect_evolink.tasks.limits import provider_capacity
+from prefect_evolink.tasks.persist import persist_image
+from prefect_evolink.tasks.poll import poll_job
+from prefect_evolink.tasks.submit import submit_job
 
 
 async def run_image_job(
@@ -55,7 +54,7 @@ async def run_image_job(
     cost = estimate(request)
     for attempt in range(1, resubmits + 2):
         key = job_key(namespace, request, attempt=attempt, identity=identity)
-        finished = await asyncio.to_thread(storage.get_json, job_record_key(key))
+        finished = await storage.aget_json(job_record_key(key))
         if finished is not None:
             logger.info(
                 "Job %s already finished (task %s); reusing its record",
@@ -117,8 +116,6 @@ async def run_image_job(
             partial = JobRecord.build(submit, cost, final.billed, images, completed_at=utcnow())
             raise PaidJobNotStoredError(partial, failure) from failure
         record = JobRecord.build(submit, cost, final.billed, images, completed_at=utcnow())
-        await asyncio.to_thread(
-            storage.put_json, job_record_key(key), record.model_dump(mode="json")
-        )
+        await storage.aput_json(job_record_key(key), record.model_dump(mode="json"))
         return record
     raise AssertionError("unreachable: the last attempt returns or raises")

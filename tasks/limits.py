@@ -10,7 +10,7 @@ Prefect server as **global concurrency limits**, which every flow run on every w
 - `evolink-submits` (a rate limit: a limit with slot decay): one token per create call, so a
   burst of jobs is spread out instead of drawing 429s.
 
-Both are created (idempotently) by `ensure_limits`, which `python -m deployments.setup` calls.
+Both are created (idempotently) by `ensure_limits`, which `prefect-evolink deploy` calls.
 
 **strict.** Prefect skips a global limit that does not exist *silently* (PrefectHQ/prefect#11787)
 — a typo or a fresh workspace would then mean "no limit at all". `strict=True` makes a missing
@@ -46,6 +46,8 @@ from prefect.exceptions import MissingContextError, ObjectNotFound
 from prefect.logging.loggers import get_run_logger
 from prefect.settings import get_current_settings
 
+from evolink.errors import ProviderLimitsError
+
 ACTIVE_JOBS_LIMIT: Final = "evolink-active-jobs"
 """Concurrency limit: EvoLink jobs submitted and not yet finished, across all workers."""
 SUBMIT_RATE_LIMIT: Final = "evolink-submits"
@@ -71,10 +73,6 @@ _FALSE: Final = frozenset({"", "0", "false", "no", "off"})
 logger = logging.getLogger(__name__)
 
 Change = Literal["created", "updated", "unchanged"]
-
-
-class ProviderLimitsError(RuntimeError):
-    """Strict mode and a provider limit is missing (or could not be acquired)."""
 
 
 def strict_from_env() -> bool:
@@ -224,7 +222,7 @@ async def _skippable_limits() -> frozenset[str]:
         _warned[api] = missing
         _logger().warning(
             "Provider limits %s do not exist or are inactive on this Prefect API, so EvoLink jobs "
-            "run without them. Create them with `python3 dev.py run python -m deployments.setup`"
+            "run without them. Create them with `prefect-evolink deploy`"
             " (or `prefect gcl create`), and set %s=true to make this an error.",
             ", ".join(sorted(missing)),
             ENV_STRICT,
@@ -273,7 +271,7 @@ async def provider_capacity(
         except ConcurrencySlotAcquisitionError as error:
             raise ProviderLimitsError(
                 f"{error} — create the provider limits with "
-                "`python3 dev.py run python -m deployments.setup` (nothing was submitted)"
+                "`prefect-evolink deploy` (nothing was submitted)"
             ) from error
         waited = time.monotonic() - started
         if waited >= _REPORT_WAIT_SECONDS:

@@ -4,20 +4,46 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from blocks.credentials import EvoLinkCredentials
 from evolink.jobs import SubmitRecord, utcnow
 from evolink.polling import PollSchedule
 from evolink.states import TaskSnapshot, TaskStatus
-from tasks.retries import evolink_step
+from prefect_evolink.blocks.credentials import EvoLinkCredentials
+from prefect_evolink.tasks.steps import evolink_step
 
 
 @evolink_step("evolink-poll", "poll {submit.task_id}")
 async def poll_job(
     submit: SubmitRecord, credentials: EvoLinkCredentials, schedule: PollSchedule | None = None
 ) -> TaskSnapshot:
-    """Return the completed task; raise `TaskFailedError` or `PollDeadlineExceeded`.
+    """Wait for a submitted EvoLink task to finish and return it, completed.
 
-    Polling never submits: a retry of this task only polls the same task id again.
+    Polling never submits: a retry of this task only polls the same task id again. Queries are
+    paced by the schedule (from the credentials block's poll intervals) and predicted from the
+    task's age since submission, while the deadline counts from the start of this poll, so a
+    rerun resuming an old task still gets its full wait; right after a create, its response
+    serves as the first reading instead of a query. Status and progress changes go to the log.
+
+    Args:
+        submit: The submit record of the job, with the EvoLink task id to poll.
+        credentials: The EvoLink credentials block the client is made from.
+        schedule: Poll pacing and deadline; None uses the defaults (a 900 s deadline).
+
+    Returns:
+        The task's final snapshot, status completed, with its result links and its bill.
+
+    Raises:
+        TaskFailedError: The task ended failed or cancelled (not billed); it says whether a
+            resubmission may help. Not retried.
+        PollDeadlineExceeded: The task did not finish in time; it may still finish, so a rerun
+            polls the same id again and never resubmits.
+        APIConnectionError: The status could not be read; the task retries.
+
+    Example:
+        A Prefect task: call it inside a flow, after `submit_job`:
+        ```python
+        done = await poll_job(record, credentials, credentials.poll_schedule(600))
+        print(done.results)
+        ```
     """
     logger = get_run_logger()
     last: tuple[str, int] | None = None

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from blocks.storage import AssetStorage, S3AssetStorage, safe_key
-from evolink.brief import BriefError, CampaignBrief
+from evolink.brief import CampaignBrief
+from evolink.errors import BriefError
+from prefect_evolink.blocks import AssetStorage, S3AssetStorage, safe_key
 
 PRESIGN_SECONDS: Final = 24 * 3600  # EvoLink fetches when the task runs; a day covers retries
 

@@ -32,8 +32,8 @@ os.environ.pop("EVOLINK_BASE_URL", None)
 
 import pytest  # noqa: E402
 
-from blocks.storage import S3AssetStorage  # noqa: E402
 from evolink.simulator import EvoLinkSimulator  # noqa: E402
+from prefect_evolink.blocks import S3AssetStorage  # noqa: E402
 
 TEST_API_KEY = "sk-test-NEVER-LOG-THIS-0123456789abcdef"
 

@@ -49,13 +49,18 @@ from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError
 from pydantic import Field, SecretStr
 
-from blocks.credentials import EvoLinkCredentials
-from blocks.storage import AssetStorage, LocalAssetStorage, S3AssetStorage, StoredObject
 from evolink.campaign import AssetStatus, CampaignManifest
 from evolink.jobs import JOBS_PREFIX
 from evolink.simulator import EvoLinkSimulator, Fault, LedgerEntry
 from evolink.simulator.png import render_png
 from evolink.sizes import resolve_size
+from prefect_evolink.blocks import (
+    AssetStorage,
+    LocalAssetStorage,
+    S3AssetStorage,
+    StoredObject,
+)
+from prefect_evolink.blocks.credentials import EvoLinkCredentials
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_BRIEF = ROOT / "briefs" / "spring-launch.yaml"
@@ -85,7 +90,7 @@ class FlakyS3AssetStorage(S3AssetStorage):
 
     Test-only. `error` picks what is raised:
     - "client": a botocore `ClientError` SlowDown / InternalError, as S3 answers a busy moment
-      (what `put_object`, `head_object`, … raise; retryable per `tasks/retries.py`);
+      (what `put_object`, `head_object`, … raise; retryable per `tasks/steps.py`);
     - "upload": boto3's `S3UploadFailedError`, which is what `upload_file` — and so the real
       `S3AssetStorage.put_file` — raises once botocore's own retries of such an answer give up.
     Saved as a block like any storage, so the flow loads it by name; the failure counts live in
@@ -321,7 +326,7 @@ class Lab:
         self.simulator.stop()
 
     def run(self, *, poll_deadline_seconds: float = POLL_DEADLINE_SECONDS) -> RunOutcome:
-        from flows.campaign import manifest_key, run_campaign
+        from prefect_evolink.flows.campaign import manifest_key, run_campaign
 
         started, wall_start = time.monotonic(), datetime.now(UTC)
         error: BaseException | None = None
@@ -677,7 +682,7 @@ def check_s3_upload_failed(result: Result) -> None:
 
 CHILD_CODE = (
     "import asyncio, sys\n"
-    "from flows.campaign import run_campaign\n"
+    "from prefect_evolink.flows.campaign import run_campaign\n"
     "asyncio.run(run_campaign(sys.argv[1], poll_deadline_seconds=120))\n"
 )
 

@@ -9,10 +9,14 @@ from typing import Any
 
 import pytest
 
+from evolink.errors import InvalidRequestError
 from evolink.jobs import JobRecord
-from evolink.models import InvalidRequestError
 from evolink.simulator import EvoLinkSimulator
-from flows.asset_requested import build_request, generate_product_asset, product_namespace
+from prefect_evolink.flows.asset_requested import (
+    build_request,
+    generate_product_asset,
+    product_namespace,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -23,12 +23,12 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 
-from blocks.storage import S3AssetStorage
-from evolink.brief import BriefError, check_plans, load_brief, parse_brief
-from evolink.budget import BudgetExceededError
+from evolink.brief import check_plans, load_brief, parse_brief
 from evolink.campaign import AssetStatus, CampaignManifest
+from evolink.errors import BriefError, BudgetExceededError, CampaignIncompleteError
 from evolink.simulator import EvoLinkSimulator, Fault, render_png
-from flows.campaign import CampaignIncompleteError, manifest_key, run_campaign
+from prefect_evolink.blocks import S3AssetStorage
+from prefect_evolink.flows.campaign import manifest_key, run_campaign
 from tests.conftest import artifacts_with_prefix
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

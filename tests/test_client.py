@@ -19,13 +19,13 @@ from evolink.errors import (
     BadRequestError,
     EvoLinkError,
     InvalidImageError,
+    InvalidRequestError,
     PollDeadlineExceeded,
     RateLimitError,
     ResultExpiredError,
     ServerError,
     TaskFailedError,
 )
-from evolink.models import InvalidRequestError
 from evolink.polling import PollSchedule
 from evolink.retry import RetryPolicy
 from evolink.simulator import EvoLinkSimulator, Fault

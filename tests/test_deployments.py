@@ -4,7 +4,7 @@ documented command, driven by events; images land in S3; provider limits hold ac
 The fast tests check deployments/prefect.yaml itself (trigger templates against the flow's
 defaults, rendered by Prefect's own template code). The slow ones start, all on 127.0.0.1:
 `prefect server start` (temporary PREFECT_HOME, SQLite), the EvoLink simulator and a moto S3
-server in this process, `python3 dev.py run python -m deployments.setup`, and
+server in this process, `python3 dev.py deploy`, and
 `prefect worker start`. Every process is stopped at the end, also when a test fails. Set
 EVOLINK_E2E_LOGS=DIR to keep the server, setup and worker logs (flow-run output is in worker.log).
 """
@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import copy
 import hashlib
+import importlib
 import inspect
 import json
 import os
@@ -37,9 +38,14 @@ import boto3
 import httpx
 import pytest
 import yaml
+from prefect import Flow
 
 from evolink.simulator import EvoLinkSimulator
-from flows.asset_requested import EVENT_NAME, RESOURCE_PREFIX, generate_product_asset
+from prefect_evolink.flows.asset_requested import (
+    EVENT_NAME,
+    RESOURCE_PREFIX,
+    generate_product_asset,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"
@@ -118,8 +124,10 @@ def test_deployments_share_the_pool_the_pull_step_and_strict_limits() -> None:
     for deployment in config["deployments"]:
         assert deployment["work_pool"]["name"] == POOL
         assert deployment["work_pool"]["job_variables"]["env"]["EVOLINK_LIMITS_STRICT"] == "true"
-        entry_file = deployment["entrypoint"].split(":")[0]
-        assert (ROOT / entry_file).is_file(), entry_file
+        # Module entrypoints: the installed package, wherever the worker runs.
+        module, name = deployment["entrypoint"].split(":")
+        assert module.startswith("prefect_evolink.flows."), module
+        assert isinstance(getattr(importlib.import_module(module), name), Flow), name
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,8 +314,8 @@ def _save_blocks(stack: Stack) -> None:
     """The block names prefect.yaml's deployments use, pointing at the loopback services."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from blocks.credentials import EvoLinkCredentials
-    from blocks.storage import S3AssetStorage
+    from prefect_evolink.blocks import S3AssetStorage
+    from prefect_evolink.blocks.credentials import EvoLinkCredentials
 
     storage = S3AssetStorage(
         bucket=BUCKET,
@@ -336,10 +344,7 @@ def _deploy_and_start_worker(stack: Stack, processes: Processes) -> None:
         [
             sys.executable,
             "dev.py",
-            "run",
-            "python",
-            "-m",
-            "deployments.setup",
+            "deploy",
             "--active-jobs",
             str(ACTIVE_JOBS),
         ],  # the limit the concurrency test proves
@@ -350,7 +355,8 @@ def _deploy_and_start_worker(stack: Stack, processes: Processes) -> None:
 
     def pool_exists() -> bool:
         if setup.poll() not in (None, 0):
-            raise AssertionError(f"deployments.setup failed:\n{_tail(stack.logs / 'setup.log')}")
+            log = _tail(stack.logs / "setup.log")
+            raise AssertionError(f"prefect-evolink deploy failed:\n{log}")
         return httpx.get(f"{stack.api_url}/work_pools/{POOL}", timeout=5).status_code == 200
 
     _wait_for(pool_exists, timeout=60, what="the work pool")
@@ -376,7 +382,7 @@ def _deploy_and_start_worker(stack: Stack, processes: Processes) -> None:
         stop_signal=signal.SIGINT,
     )
     code = setup.wait(timeout=120)
-    assert code == 0, f"deployments.setup failed:\n{_tail(stack.logs / 'setup.log')}"
+    assert code == 0, f"prefect-evolink deploy failed:\n{_tail(stack.logs / 'setup.log')}"
 
 
 @pytest.fixture(scope="module")
@@ -535,7 +541,7 @@ class Gate:
         self.lease_id: Any = None
 
     def close(self) -> None:
-        from tasks.limits import ACTIVE_JOBS_LIMIT
+        from prefect_evolink.tasks.limits import ACTIVE_JOBS_LIMIT
 
         async def hold(client: Any) -> Any:
             response = await client.increment_concurrency_slots_with_lease(

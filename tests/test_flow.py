@@ -16,20 +16,19 @@ import httpx
 import pytest
 from prefect import flow
 
-from blocks.credentials import EvoLinkCredentials
-from blocks.storage import LocalAssetStorage, S3AssetStorage
-from evolink.errors import PollDeadlineExceeded, TaskFailedError
+from evolink.errors import PaidJobNotStoredError, PollDeadlineExceeded, TaskFailedError
 from evolink.jobs import (
     JobRecord,
-    PaidJobNotStoredError,
     SubmitRecord,
     job_key,
     submit_record_key,
 )
 from evolink.models import ImageRequest, parse_request
 from evolink.simulator import EvoLinkSimulator, Fault
-from flows.generate import generate_image
-from tasks.submit import submit_job
+from prefect_evolink.blocks import LocalAssetStorage, S3AssetStorage
+from prefect_evolink.blocks.credentials import EvoLinkCredentials
+from prefect_evolink.flows.generate import generate_image
+from prefect_evolink.tasks.submit import submit_job
 from tests.conftest import TEST_API_KEY, artifacts_with_prefix
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -55,11 +55,12 @@ from prefect.settings import (
 )
 from pydantic import SecretStr
 
-from blocks.credentials import EvoLinkCredentials
-from blocks.storage import LocalAssetStorage
 from evolink.campaign import AssetStatus, CampaignManifest
+from evolink.errors import CampaignIncompleteError
 from evolink.simulator import EvoLinkSimulator, Fault
-from flows.campaign import CampaignIncompleteError, manifest_key, run_campaign
+from prefect_evolink.blocks import LocalAssetStorage
+from prefect_evolink.blocks.credentials import EvoLinkCredentials
+from prefect_evolink.flows.campaign import manifest_key, run_campaign
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -88,9 +89,7 @@ CAPTURED_LOGGERS = (
     "httpx",
     "httpcore",
     "evolink",
-    "blocks",
-    "tasks",
-    "flows",
+    "prefect_evolink",
     "botocore",
     "boto3",
     "urllib3",

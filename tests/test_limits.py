@@ -10,13 +10,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tasks import limits
-from tasks.limits import (
+from evolink.errors import ProviderLimitsError
+from prefect_evolink.tasks import limits
+from prefect_evolink.tasks.limits import (
     ACTIVE_JOBS_LIMIT,
     ENV_STRICT,
     LIMIT_NAMES,
     SUBMIT_RATE_LIMIT,
-    ProviderLimitsError,
     ensure_limits,
     limit_specs,
     missing_limits,
@@ -79,12 +79,12 @@ def test_without_limits_the_body_runs_and_one_warning_says_why(
             async with provider_capacity(strict=False):
                 ran.append(attempt)
 
-    with caplog.at_level(logging.WARNING, logger="tasks.limits"):
+    with caplog.at_level(logging.WARNING, logger="prefect_evolink.tasks.limits"):
         asyncio.run(twice())
     assert ran == [0, 1]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "tasks.limits"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "prefect_evolink.tasks.limits"]
     assert len(warnings) == 1
-    assert ACTIVE_JOBS_LIMIT in warnings[0] and "deployments.setup" in warnings[0]
+    assert ACTIVE_JOBS_LIMIT in warnings[0] and "prefect-evolink deploy" in warnings[0]
     # the calls were skipped, not made for Prefect to skip them (it would warn each time)
     assert not [r for r in caplog.records if "skipping acquisition" in r.getMessage()]
 

@@ -180,7 +180,7 @@ def test_budget_reservations_calibrate_to_bills_above_estimates() -> None:
 def test_the_create_response_is_the_first_reading_only_while_fresh() -> None:
     from evolink.jobs import SentRequest, SubmitRecord
     from evolink.states import TaskStatus
-    from tasks.poll import create_reading
+    from prefect_evolink.tasks.poll import create_reading
 
     request = parse_request({"prompt": "p", "size": "1:1"})
     submit = SubmitRecord(
@@ -204,8 +204,8 @@ def test_the_create_response_is_the_first_reading_only_while_fresh() -> None:
 def test_cost_rows_of_a_partly_stored_job_add_up_to_its_bill() -> None:
     from datetime import UTC, datetime
 
+    from evolink.campaign import image_cost_rows
     from evolink.jobs import JobRecord, SentRequest, StoredImage
-    from tasks.reporting import job_rows
 
     now = datetime.now(UTC)
     image = StoredImage(
@@ -233,8 +233,9 @@ def test_cost_rows_of_a_partly_stored_job_add_up_to_its_bill() -> None:
         submitted_at=now,
         completed_at=now,
     )
-    rows = job_rows(record, failed="ResultExpiredError: gone")
+    rows = image_cost_rows(record, failed="ResultExpiredError: gone")
     assert [r["billed_usd"] for r in rows] == ["$0.010000", "$0.030000"]
     assert [r["billed_credits"] for r in rows] == ["0.68000", "2.04000"]
     assert rows[1]["stored_at"] == "NOT STORED (paid, 3 image(s)): ResultExpiredError: gone"
-    assert [r["billed_usd"] for r in job_rows(record)] == ["$0.010000"]  # a stored image's share
+    stored_only = image_cost_rows(record)
+    assert [r["billed_usd"] for r in stored_only] == ["$0.010000"]  # a stored image's share

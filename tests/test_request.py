@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from evolink.models import InvalidRequestError, parse_request
+from evolink.errors import InvalidRequestError
+from evolink.models import parse_request
 from evolink.sizes import RATIOS
 
 IMG = "https://cdn.example.com/ref.png"

@@ -1,11 +1,15 @@
-"""The retry rule itself, on real Prefect states, from sync and async code."""
+"""The retry rule itself, on real Prefect states, from sync and async code, and its settings."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError, EndpointConnectionError
+from prefect import flow
+from prefect.client.schemas.objects import TaskRunPolicy
+from prefect.context import TaskRunContext
 from prefect.states import Failed
 
 from evolink.errors import (
@@ -18,7 +22,14 @@ from evolink.errors import (
     ServerError,
     TaskFailedError,
 )
-from tasks.retries import is_retryable, retry_if_retryable
+from prefect_evolink.tasks.steps import (
+    ENV_TASK_RETRY_DELAYS,
+    evolink_step,
+    is_retryable,
+    retry_if_retryable,
+    task_retry_delays,
+)
+from prefect_evolink.tasks.submit import submit_job
 
 RETRYABLE = [
     ServerError("x", status_code=502),
@@ -78,3 +89,50 @@ def test_condition_reads_failed_states_in_sync_and_async_code() -> None:
         return verdicts()
 
     assert asyncio.run(from_async()) == expected
+
+
+def test_step_delays_are_read_when_the_step_runs_not_at_import(
+    prefect_harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`EVOLINK_TASK_RETRY_DELAYS` set after every module was imported still decides the run."""
+    assert submit_job.retries == len(task_retry_delays())  # the shipped steps read it too
+    monkeypatch.setenv(ENV_TASK_RETRY_DELAYS, "7,8,9")
+    assert (submit_job.retries, submit_job.retry_delay_seconds) == (3, [7.0, 8.0, 9.0])
+
+    policies: list[TaskRunPolicy] = []
+
+    @evolink_step("flaky", "flaky")
+    async def flaky() -> str:
+        context = TaskRunContext.get()
+        assert context is not None
+        policies.append(context.task_run.empirical_policy)
+        if len(policies) < 4:
+            raise ServerError("busy", status_code=503)
+        return "done"
+
+    @flow
+    async def run_flaky() -> str:
+        result: str = await flaky()
+        return result
+
+    monkeypatch.setenv(ENV_TASK_RETRY_DELAYS, "0,0,0")  # after decoration: 3 retries, no wait
+    assert asyncio.run(run_flaky()) == "done"
+    assert len(policies) == 4
+    assert (policies[0].retries, policies[0].retry_delay) == (3, [0.0, 0.0, 0.0])
+
+
+def test_step_delays_setting_is_checked() -> None:
+    assert task_retry_delays({}) == [10.0, 60.0]
+    assert task_retry_delays({ENV_TASK_RETRY_DELAYS: " "}) == [10.0, 60.0]
+    assert task_retry_delays({ENV_TASK_RETRY_DELAYS: "1, 2.5"}) == [1.0, 2.5]
+    for bad in ("ten", "1,,2", "-1", "inf", "nan"):
+        with pytest.raises(ValueError, match=ENV_TASK_RETRY_DELAYS):
+            task_retry_delays({ENV_TASK_RETRY_DELAYS: bad})
+
+
+def test_fixed_retries_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_TASK_RETRY_DELAYS, "1,2")
+    fixed = submit_job.with_options(retries=0)
+    monkeypatch.setenv(ENV_TASK_RETRY_DELAYS, "5")
+    assert (fixed.retries, fixed.retry_delay_seconds) == (0, [1.0, 2.0])
+    assert submit_job.retries == 1

@@ -24,13 +24,13 @@ import httpx
 import pytest
 
 import evolink.urls as urls_module
-from blocks.storage import LocalAssetStorage, S3AssetStorage, check_key, safe_key
 from evolink.client import Download, EvoLinkClient
-from evolink.errors import InvalidImageError, UnsafeResultLinkError
-from evolink.models import InvalidRequestError, parse_request
+from evolink.errors import InvalidImageError, InvalidRequestError, UnsafeResultLinkError
+from evolink.models import parse_request
 from evolink.retry import RetryPolicy
 from evolink.simulator.png import render_png
 from evolink.urls import ENV_ALLOW_PRIVATE_URLS, private_urls_allowed
+from prefect_evolink.blocks import LocalAssetStorage, S3AssetStorage, check_key, safe_key
 
 HINT = "set EVOLINK_ALLOW_PRIVATE_URLS=true only for local testing"
 PRIVATE_RULE = "must not point to a private, loopback or link-local address"

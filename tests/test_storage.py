@@ -5,17 +5,22 @@ No Prefect server is used here: blocks are instantiated, never saved.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
+import inspect
 import json
 import logging
 import os
 import pickle
+import subprocess
+import sys
+import threading
 import tracemalloc
 import unicodedata
 import uuid
 from abc import ABC
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -27,9 +32,11 @@ import pytest
 from botocore.config import Config
 from pydantic import ValidationError
 
-import blocks
-import blocks.storage as storage_module
-from blocks.storage import (
+import prefect_evolink.blocks as blocks
+import prefect_evolink.blocks.keys as keys_module
+import prefect_evolink.blocks.local as local_module
+import prefect_evolink.blocks.lookup as lookup_module
+from prefect_evolink.blocks import (
     AssetStorage,
     LocalAssetStorage,
     S3AssetStorage,
@@ -122,7 +129,7 @@ def test_safe_key_always_stays_inside(part: str, tmp_path: Path) -> None:
     assert check_key(key) == key
     assert "/" not in key and "\\" not in key and "\x00" not in key
     assert not key.startswith(".")
-    assert 1 <= len(key) <= storage_module.MAX_PART_CHARS
+    assert 1 <= len(key) <= keys_module.MAX_PART_CHARS
     assert set(key) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
     # And it really lands inside the base directory.
     base = tmp_path / "base"
@@ -213,7 +220,7 @@ def test_local_failed_write_keeps_old_content_and_leaves_no_temp(
     def broken_replace(*args: Any) -> None:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(storage_module.os, "replace", broken_replace)
+    monkeypatch.setattr(local_module.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk on fire"):
         local.put_file("a/b.png", src, content_type="image/png", metadata={})
     monkeypatch.undo()
@@ -476,9 +483,13 @@ def test_s3_secrets_stay_out_of_repr_dumps_and_logs(
     assert caplog.records, "expected debug logs from boto3 to check"
     assert SECRET_ACCESS_KEY not in caplog.text
     # Prefect stores these fields encrypted and masks them in the UI.
+    # Prefect stores these fields encrypted and masks them in the UI, the secrets of a nested
+    # prefect-aws credentials block included.
     assert set(S3AssetStorage.model_json_schema()["secret_fields"]) == {
         "aws_access_key_id",
         "aws_secret_access_key",
+        "credentials.aws_secret_access_key",
+        "credentials.minio_root_password",
     }
 
 
@@ -536,10 +547,10 @@ def test_blocks_instantiate_without_a_prefect_server() -> None:
 
 
 def test_default_storage(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(storage_module.ENV_ASSETS_DIR, raising=False)
+    monkeypatch.delenv(lookup_module.ENV_ASSETS_DIR, raising=False)
     store = default_storage()
     assert isinstance(store, LocalAssetStorage) and store.base_dir == "assets"
-    monkeypatch.setenv(storage_module.ENV_ASSETS_DIR, str(tmp_path / "a"))
+    monkeypatch.setenv(lookup_module.ENV_ASSETS_DIR, str(tmp_path / "a"))
     assert default_storage() == LocalAssetStorage(base_dir=str(tmp_path / "a"))
     assert load_storage(None) == default_storage()
     assert load_storage("  ") == default_storage()
@@ -567,7 +578,7 @@ def test_load_storage_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
         except KeyError:
             raise ValueError(f"Unable to find block document named {name}") from None
 
-    monkeypatch.setattr(storage_module.Block, "load", classmethod(fake_load))
+    monkeypatch.setattr(lookup_module.Block, "load", classmethod(fake_load))
     assert load_storage("disk") == LocalAssetStorage(base_dir="/d")
     assert load_storage("cloud") == S3AssetStorage(bucket="c")
     assert load_storage("evolink-s3-asset-storage/shared") == S3AssetStorage(bucket="s")
@@ -577,3 +588,222 @@ def test_load_storage_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
         load_storage("missing")
     with pytest.raises(TypeError):
         load_storage("secret/x")
+
+
+# ------------------------------------------------------------------------------------------
+# Async twins and the sync/async dispatch rule (no Prefect run here; see test_blocks.py)
+# ------------------------------------------------------------------------------------------
+
+
+def test_async_twins_round_trip_locally_off_the_event_loop(
+    local: LocalAssetStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "img.png"
+    src.write_bytes(b"png" * 100)
+    threads: set[int] = set()
+    real_get = LocalAssetStorage._get_bytes
+
+    def spy_get(self: LocalAssetStorage, key: str) -> bytes | None:
+        threads.add(threading.get_ident())
+        return real_get(self, key)
+
+    monkeypatch.setattr(LocalAssetStorage, "_get_bytes", spy_get)
+
+    async def main() -> int:
+        stored = await local.aput_file("c/a/0.png", src, content_type="image/png", metadata={})
+        assert stored.size_bytes == 300 and stored.uri == local.uri("c/a/0.png")
+        assert (await local.aput_bytes("c/a/x.bin", b"\x01", content_type="x")).size_bytes == 1
+        assert (await local.aput_json("c/a/r.json", {"b": 2, "a": 1})).content_type == (
+            "application/json"
+        )
+        assert await local.aget_bytes("c/a/0.png") == b"png" * 100
+        assert await local.aget_bytes("c/a/none.png") is None
+        assert await local.aget_json("c/a/r.json") == {"a": 1, "b": 2}
+        assert await local.aget_json("c/a/none.json") is None
+        assert await local.aexists("c/a/x.bin") and not await local.aexists("c/a/none")
+        assert await local.alist_keys("c/") == ["c/a/0.png", "c/a/r.json", "c/a/x.bin"]
+        assert await local.apresigned_url("c/a/0.png") is None
+        with pytest.raises(ValueError, match="invalid storage key"):
+            await local.aput_bytes("../escape", b"x", content_type="x")
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert threads and loop_thread not in threads, "blocking reads ran on the event loop"
+    # The sync twins see the same data.
+    assert local.get_json("c/a/r.json") == {"a": 1, "b": 2}
+
+
+def test_sync_names_follow_async_dispatch(local: LocalAssetStorage) -> None:
+    """Outside a Prefect run: sync without a running loop, coroutine with one, `_sync` wins."""
+    local.put_bytes("k/x.bin", b"x", content_type="x")
+    assert local.get_bytes("k/x.bin") == b"x"
+    assert type(local).get_bytes.aio is AssetStorage.aget_bytes  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        pending = local.get_bytes("k/x.bin")
+        assert inspect.iscoroutine(pending)
+        assert await pending == b"x"
+        # A thread without an event loop cannot await: there the sync names run sync.
+        assert await asyncio.to_thread(local.get_bytes, "k/x.bin") == b"x"
+        assert await asyncio.to_thread(local.put_json, "k/t.json", {"t": 1}) is not None
+        # `_sync=True` forces the sync path, nested storage calls (put_json -> put_bytes) too.
+        stored = local.put_json("k/s.json", {"s": 1}, _sync=True)  # type: ignore[call-arg]
+        assert isinstance(stored, StoredObject)
+        assert local.get_json("k/s.json", _sync=True) == {"s": 1}  # type: ignore[call-arg]
+
+    asyncio.run(main())
+    assert local.list_keys("k/") == ["k/s.json", "k/t.json", "k/x.bin"]
+
+
+def test_a_subclass_overriding_a_sync_method_changes_its_async_twin(tmp_path: Path) -> None:
+    """The async twins run the public sync method in the worker thread (test doubles rely on it)."""
+    calls: list[str] = []
+
+    class Counting(LocalAssetStorage):
+        _block_type_slug = "test-counting-local-storage"
+
+        def put_file(  # type: ignore[override]
+            self, key: str, path: Path, *, content_type: str, metadata: Mapping[str, str]
+        ) -> StoredObject:
+            calls.append(key)
+            return super().put_file(key, path, content_type=content_type, metadata=metadata)
+
+    store = Counting(base_dir=str(tmp_path / "a"))
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"f")
+    stored = asyncio.run(store.aput_file("x/f.bin", src, content_type="x", metadata={}))
+    assert calls == ["x/f.bin"] and stored.size_bytes == 1
+    assert store.get_bytes("x/f.bin") == b"f"
+
+
+def test_s3_async_twins(s3: S3AssetStorage, tmp_path: Path) -> None:
+    src = tmp_path / "big.bin"
+    digest = _write_random(src, 9 * MiB)
+
+    async def main() -> None:
+        stored = await s3.aput_file("a/big.bin", src, content_type="image/png", metadata={"k": "v"})
+        assert stored.uri == f"s3://{BUCKET}/{s3.prefix}/a/big.bin"
+        data = await s3.aget_bytes("a/big.bin")
+        assert data is not None and hashlib.sha256(data).hexdigest() == digest
+        await s3.aput_json("a/r.json", {"x": [1, 2]})
+        assert await s3.aget_json("a/r.json") == {"x": [1, 2]}
+        assert await s3.aget_bytes("a/none") is None and not await s3.aexists("a/none")
+        assert await s3.alist_keys("a/") == ["a/big.bin", "a/r.json"]
+        url = await s3.apresigned_url("a/r.json", expires_seconds=60)
+        assert url is not None
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(url)).json() == {"x": [1, 2]}
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------------------------------
+# S3 with prefect-aws credentials blocks (the optional [aws] extra)
+# ------------------------------------------------------------------------------------------
+
+
+def test_s3_with_aws_credentials_block(s3_endpoint: str) -> None:
+    from prefect_aws import AwsClientParameters, AwsCredentials
+
+    creds = AwsCredentials(
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
+        region_name="eu-west-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url=s3_endpoint),
+    )
+    store = S3AssetStorage(
+        bucket=BUCKET,
+        prefix=f"aws-{uuid.uuid4().hex[:8]}",
+        credentials=creds,
+        addressing_style="path",
+    )
+    client = store.get_client()
+    assert client.meta.endpoint_url == s3_endpoint
+    assert client.meta.region_name == "eu-west-1"  # from the credentials block
+    assert client.meta.config.s3 == {"addressing_style": "path"}
+    assert client._request_signer._credentials.access_key == ACCESS_KEY_ID
+    store.put_bytes("x/a.bin", b"aws", content_type="x")
+    assert store.get_bytes("x/a.bin") == b"aws"
+    assert httpx.get(store.presigned_url("x/a.bin") or "").content == b"aws"
+    for text in [repr(store), store.model_dump_json(), json.dumps(store.model_dump(mode="json"))]:
+        assert SECRET_ACCESS_KEY not in text
+    # Fields set on this block win over the credentials block's.
+    other = S3AssetStorage(
+        bucket=BUCKET, credentials=creds, region_name="us-east-1", endpoint_url="http://127.0.0.9:1"
+    )
+    assert other.get_client().meta.region_name == "us-east-1"
+    assert other.get_client().meta.endpoint_url == "http://127.0.0.9:1"
+
+
+def test_s3_with_minio_credentials_block(s3_endpoint: str) -> None:
+    from prefect_aws import AwsClientParameters, MinIOCredentials
+
+    minio = MinIOCredentials(
+        minio_root_user="minio-user",
+        minio_root_password=SECRET_ACCESS_KEY,
+        region_name="us-east-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url=s3_endpoint),
+    )
+    store = S3AssetStorage(
+        bucket=BUCKET, prefix="minio", credentials=minio, addressing_style="path"
+    )
+    client = store.get_client()
+    assert client.meta.endpoint_url == s3_endpoint
+    assert client._request_signer._credentials.access_key == "minio-user"
+    assert client._request_signer._credentials.secret_key == SECRET_ACCESS_KEY
+    stored = asyncio.run(store.aput_json("m/r.json", {"minio": True}))
+    assert stored.uri == f"s3://{BUCKET}/minio/m/r.json"
+    assert store.get_json("m/r.json") == {"minio": True}
+    assert SECRET_ACCESS_KEY not in repr(store)
+
+
+def test_s3_credentials_block_validation() -> None:
+    from prefect_aws import AwsCredentials, MinIOCredentials
+
+    with pytest.raises(ValidationError, match="not both"):
+        S3AssetStorage(
+            bucket="b", credentials=AwsCredentials(), aws_secret_access_key=SECRET_ACCESS_KEY
+        )
+    # Nested block data, as Prefect hands it over when loading, picks the class by its slug.
+    minio_data = {"minio_root_user": "u", "minio_root_password": "p"}
+    loaded = S3AssetStorage(
+        bucket="b", credentials={**minio_data, "block_type_slug": "minio-credentials"}
+    )
+    assert isinstance(loaded.credentials, MinIOCredentials)
+    assert isinstance(
+        S3AssetStorage(bucket="b", credentials=minio_data).credentials, MinIOCredentials
+    )
+    aws = S3AssetStorage(bucket="b", credentials={"block_type_slug": "aws-credentials"})
+    assert isinstance(aws.credentials, AwsCredentials)
+    with pytest.raises(ValidationError, match="AwsCredentials or MinIOCredentials"):
+        S3AssetStorage(bucket="b", credentials={"block_type_slug": "secret", "value": "x"})
+
+
+def test_s3_storage_works_without_prefect_aws(s3_endpoint: str) -> None:
+    """With prefect-aws absent the module imports, key fields work, `credentials` says why not."""
+    script = f"""
+import sys
+sys.modules["prefect_aws"] = None  # as if the [aws] extra were not installed
+from pydantic import ValidationError
+from prefect_evolink.blocks import S3AssetStorage
+from prefect_evolink.blocks import s3
+assert s3.HAS_PREFECT_AWS is False
+store = S3AssetStorage(
+    bucket={BUCKET!r}, prefix="no-aws", endpoint_url={s3_endpoint!r}, region_name="us-east-1",
+    aws_access_key_id="k", aws_secret_access_key="s", addressing_style="path",
+)
+store.put_bytes("x.bin", b"plain", content_type="x")
+assert store.get_bytes("x.bin") == b"plain"
+assert "credentials" in S3AssetStorage.model_json_schema()["properties"]
+try:
+    S3AssetStorage(bucket="b", credentials={{"minio_root_user": "u"}})
+except ValidationError as error:
+    assert "prefect-evolink[aws]" in str(error), error
+else:
+    raise AssertionError("credentials accepted without prefect-aws")
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr

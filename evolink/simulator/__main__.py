@@ -22,7 +22,7 @@ from evolink.simulator.service import DEFAULT_API_KEY
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m evolink.simulator", description="Local EvoLink GPT Image 2 API simulator."
+        prog="prefect-evolink simulator", description="Local EvoLink GPT Image 2 API simulator."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8787, help="0 picks a free port")

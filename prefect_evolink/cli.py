@@ -1,8 +1,10 @@
-"""Command line: `python3 dev.py demo` and `python3 dev.py campaign BRIEF`.
+"""The `prefect-evolink` command (also `python -m prefect_evolink`, and `python3 dev.py …`).
 
-    demo                 the example campaign (briefs/spring-launch.yaml), auto selection
-    demo --single        one image job end to end
-    campaign BRIEF       any brief; `--selection approval` pauses for a reviewer in the UI
+    prefect-evolink demo                 the example campaign, auto selection
+    prefect-evolink demo --single        one image job end to end
+    prefect-evolink campaign BRIEF       any brief; `--selection approval` pauses for a reviewer
+    prefect-evolink simulator            the bundled EvoLink simulator on 127.0.0.1:8787
+    prefect-evolink deploy               work pool, provider limits and deployments (prefect.yaml)
 
 With `EVOLINK_API_KEY` set (or `--credentials-block NAME`), it calls the real EvoLink API and
 spends real money. Without one it starts the bundled EvoLink simulator on 127.0.0.1 and says so
@@ -16,6 +18,7 @@ import asyncio
 import os
 import sys
 from contextlib import ExitStack
+from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Literal
 
@@ -25,15 +28,17 @@ from typing import Literal
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from blocks.credentials import ENV_API_KEY, ENV_BASE_URL
-from blocks.storage import ENV_ASSETS_DIR
 from evolink.campaign import CampaignManifest
-from evolink.cost import estimate
+from evolink.cost import estimate, usd
+from evolink.errors import InvalidRequestError
 from evolink.jobs import JobRecord
-from evolink.models import InvalidRequestError, parse_request
+from evolink.models import parse_request
+from prefect_evolink.blocks import ENV_ASSETS_DIR
+from prefect_evolink.blocks.credentials import ENV_API_KEY, ENV_BASE_URL
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE_BRIEF = ROOT / "briefs" / "spring-launch.yaml"
+PROG = "prefect-evolink"
+EXAMPLE_BRIEF = files("prefect_evolink.briefs") / "spring-launch.yaml"
+"""The example brief ships inside the package, so `demo` works from any directory."""
 DEMO_PROMPT = (
     "Launch banner for 'Aurora' wireless earbuds: the charging case floating over a calm "
     "aurora-lit lake at dusk, generous empty space on the left for a headline, premium, minimal"
@@ -50,7 +55,7 @@ BANNER = """
 
 def _arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python3 dev.py",
+        prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -68,6 +73,14 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     campaign.add_argument("--selection", choices=["auto", "approval"], default="auto")
     campaign.add_argument("--selector", default=None, help="package.module:function for auto")
     campaign.add_argument("--approval-timeout", type=int, default=24 * 3600, help="seconds")
+    commands.add_parser(
+        "deploy", help="work pool, limits, deployments (prefect-evolink deploy --help)"
+    )
+    commands.add_parser(
+        "simulator",
+        help="the bundled EvoLink simulator (all options: prefect-evolink simulator --help)",
+        add_help=False,
+    )
     for sub in (demo, campaign):
         sub.add_argument("--credentials-block", default=None)
         sub.add_argument("--storage-block", default=None)
@@ -88,10 +101,6 @@ def _start_simulator(stack: ExitStack) -> None:
     print(f"Simulator listening on {simulator.base_url}\n", flush=True)
 
 
-def _money(value: str | None) -> str:
-    return "unknown" if value is None else f"${value}"
-
-
 def _print_job(record: JobRecord) -> None:
     print("\n=== Stored images ===")
     for image in record.images:
@@ -100,9 +109,9 @@ def _print_job(record: JobRecord) -> None:
             f"{image.size_bytes:,} bytes, sha256 {image.sha256}"
         )
     print("\n=== Cost ===")
-    print(f"  estimated before: ${record.estimated_usd} ({record.estimated_credits} credits)")
+    print(f"  estimated before: {usd(record.estimated_usd)} ({record.estimated_credits} credits)")
     print(
-        f"  billed after:     {_money(record.billed_usd)} ({record.billed_credits} credits)"
+        f"  billed after:     {usd(record.billed_usd)} ({record.billed_credits} credits)"
         f"   [task {record.task_id}]"
     )
 
@@ -115,13 +124,14 @@ def _print_campaign(manifest: CampaignManifest, manifest_uri: str) -> None:
     totals = manifest.totals
     print("\n=== Cost ===")
     for stage, amount in sorted(totals.by_stage.items()):
-        print(f"  {stage:<7} ${amount}")
+        print(f"  {stage:<7} {usd(amount)}")
     print(
-        f"  total   ${totals.billed_usd} billed ({totals.billed_credits} credits); estimate was "
-        f"${manifest.pre_flight_estimate_usd}; budget ${manifest.budget_usd}, "
-        f"${manifest.budget_left_usd} left"
+        f"  total   {usd(totals.billed_usd)} billed ({totals.billed_credits} credits); "
+        f"estimate was {usd(manifest.pre_flight_estimate_usd)}; "
+        f"budget {usd(manifest.budget_usd)}, {usd(manifest.budget_left_usd)} left"
     )
-    print(f"  the same finals as k high-quality variants: ${manifest.high_quality_variants_usd}")
+    variants = usd(manifest.high_quality_variants_usd)
+    print(f"  the same finals as k high-quality variants: {variants}")
     print(f"\nManifest: {manifest_uri}")
     key = manifest.campaign
     print(f"Artifacts: {key}-cost (table), {key}-summary, {key}-progress, {key}-<asset>-final")
@@ -129,7 +139,7 @@ def _print_campaign(manifest: CampaignManifest, manifest_uri: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo" and args.single:
-        from flows.generate import generate_image
+        from prefect_evolink.flows.generate import generate_image
 
         try:
             request = parse_request(
@@ -147,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
         cost = estimate(request)
         print(
             f"Request: {request.size} {request.resolution or ''} {request.quality}, n={request.n} "
-            f"→ {cost.width}x{cost.height}, estimated ${cost.usd} ({cost.credits} credits)"
+            f"→ {cost.width}x{cost.height}, estimated {usd(cost.usd)} ({cost.credits} credits)"
         )
         record = asyncio.run(
             generate_image(
@@ -160,29 +170,42 @@ def _run(args: argparse.Namespace) -> int:
         _print_job(record)
         return 0
 
-    from blocks.storage import load_storage
-    from flows.campaign import DEFAULT_SELECTOR, manifest_key, run_campaign
+    from prefect_evolink.blocks import load_storage
+    from prefect_evolink.flows.campaign import DEFAULT_SELECTOR, manifest_key, run_campaign
 
-    brief = EXAMPLE_BRIEF if args.command == "demo" else args.brief
     selection: Literal["auto", "approval"] = "auto" if args.command == "demo" else args.selection
-    print(f"Campaign brief: {brief} (selection: {selection})")
-    manifest = asyncio.run(
-        run_campaign(
-            str(brief),
-            selection=selection,
-            selector=getattr(args, "selector", None) or DEFAULT_SELECTOR,
-            credentials_block=args.credentials_block,
-            storage_block=args.storage_block,
-            approval_timeout_seconds=getattr(args, "approval_timeout", 24 * 3600),
+    with ExitStack() as files_open:
+        if args.command == "demo":
+            brief = files_open.enter_context(as_file(EXAMPLE_BRIEF))
+        else:
+            brief = args.brief
+        print(f"Campaign brief: {brief} (selection: {selection})")
+        manifest = asyncio.run(
+            run_campaign(
+                str(brief),
+                selection=selection,
+                selector=getattr(args, "selector", None) or DEFAULT_SELECTOR,
+                credentials_block=args.credentials_block,
+                storage_block=args.storage_block,
+                approval_timeout_seconds=getattr(args, "approval_timeout", 24 * 3600),
+            )
         )
-    )
     storage = load_storage(args.storage_block)
     _print_campaign(manifest, storage.uri(manifest_key(manifest.campaign)))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _arguments(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulator"]:  # its own options, parsed by the simulator itself
+        from evolink.simulator.__main__ import main as simulator_main
+
+        return simulator_main(argv[1:])
+    if argv[:1] == ["deploy"]:
+        from prefect_evolink.deployments.setup import main as deploy_main
+
+        return deploy_main(argv[1:])
+    args = _arguments(argv)
     with ExitStack() as stack:
         if args.credentials_block is None and not os.environ.get(ENV_API_KEY):
             _start_simulator(stack)
@@ -194,8 +217,18 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault(ENV_ASSETS_DIR, str(Path(args.assets_dir).resolve()))
         code = _run(args)
     print("\nSee runs, logs and artifacts in the Prefect UI:")
-    print("  python3 dev.py run prefect server start   → http://127.0.0.1:4200 (Runs, Artifacts)")
+    print(f"  {_ui_hint()}")
     return code
+
+
+def _ui_hint() -> str:
+    """Where this run's UI is: the configured API's server, or how to start a local one."""
+    from prefect.settings import get_current_settings
+
+    api_url = get_current_settings().api.url
+    if api_url:
+        return f"{str(api_url).removesuffix('/').removesuffix('/api')} (Runs, Artifacts)"
+    return "prefect server start   → http://127.0.0.1:4200 (Runs, Artifacts)"
 
 
 if __name__ == "__main__":
