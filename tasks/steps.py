@@ -34,7 +34,7 @@ retries              Idempotency-Key), poll (the same task id),     `ENV_TASK_RE
                      is not in `NOT_WORTH_RESUBMITTING`. At most 1
                      new job.
 4. S3 requests       One S3 request inside an `S3AssetStorage`      `S3AssetStorage.get_client` in
-(botocore)           call, on throttling, 5xx and transient         `blocks/storage.py`.
+(botocore)           call, on throttling, 5xx and transient         `blocks/s3.py`.
                      connection errors: mode "standard",
                      `max_attempts` 5 (1 + 4 retries), backoff
                      with full jitter ≤ 20 s.
