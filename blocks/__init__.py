@@ -5,7 +5,7 @@ and `prefect block register -m prefect_evolink.blocks` find them.
 
 Modules: `credentials` (EvoLinkCredentials), `keys` (safe_key, check_key), `storage` (the
 AssetStorage interface and StoredObject), `local` (LocalAssetStorage), `s3` (S3AssetStorage),
-`lookup` (default_storage, load_storage).
+`lookup` (default_storage, load_storage), `spend_cap` (EvoLinkSpendCap).
 """
 
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
@@ -13,12 +13,14 @@ from prefect_evolink.blocks.keys import check_key, safe_key
 from prefect_evolink.blocks.local import LocalAssetStorage
 from prefect_evolink.blocks.lookup import ENV_ASSETS_DIR, default_storage, load_storage
 from prefect_evolink.blocks.s3 import S3AssetStorage
+from prefect_evolink.blocks.spend_cap import EvoLinkSpendCap
 from prefect_evolink.blocks.storage import AssetStorage, StoredObject
 
 __all__ = [
     "ENV_ASSETS_DIR",
     "AssetStorage",
     "EvoLinkCredentials",
+    "EvoLinkSpendCap",
     "LocalAssetStorage",
     "S3AssetStorage",
     "StoredObject",

@@ -6,18 +6,21 @@ import os
 from typing import ClassVar, Final
 
 from prefect.blocks.abstract import CredentialsBlock
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from evolink.client import DEFAULT_BASE_URL, EvoLinkClient, Timeouts
 from evolink.errors import MissingCredentialsError
+from evolink.models import MAX_CALLBACK_URL_CHARS
 from evolink.polling import DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL, PollSchedule
 from evolink.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy
+from evolink.urls import callback_url_problem
 from prefect_evolink.blocks._meta import EVOLINK_DOCS_URL, logo_url
 
 ENV_API_KEY: Final = "EVOLINK_API_KEY"
 ENV_BASE_URL: Final = "EVOLINK_BASE_URL"
 ENV_POLL_MIN_INTERVAL: Final = "EVOLINK_POLL_MIN_INTERVAL"
 ENV_POLL_MAX_INTERVAL: Final = "EVOLINK_POLL_MAX_INTERVAL"
+ENV_CALLBACK_URL: Final = "EVOLINK_CALLBACK_URL"
 
 
 class EvoLinkCredentials(CredentialsBlock):
@@ -36,6 +39,8 @@ class EvoLinkCredentials(CredentialsBlock):
         max_attempts: Tries per repeatable call.
         poll_min_interval: Fewest seconds between two status queries of one task.
         poll_max_interval: Most seconds between two status queries of one task.
+        callback_url: Public HTTPS URL of the callback receiver (`prefect-evolink callbacks`),
+            sent with every request that names none; not part of any job's identity.
 
     Example:
         Load a saved block in a flow:
@@ -96,10 +101,31 @@ class EvoLinkCredentials(CredentialsBlock):
         gt=0,
         description="Most seconds between two status queries of one task.",
     )
+    callback_url: str | None = Field(
+        default=None,
+        max_length=MAX_CALLBACK_URL_CHARS,
+        description=(
+            "Public HTTPS URL of the callback receiver (prefect-evolink callbacks), e.g. "
+            "https://hooks.example.com/evolink/callback. EvoLink POSTs each finished task there; "
+            "the receiver confirms it with the API and emits a Prefect event. Sent with every "
+            "request that names none; changing it never makes a job new (or paid again)."
+        ),
+    )
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_rule(cls, url: str | None) -> str | None:
+        """The request's rule (evolink/urls.py): HTTPS always; private hosts only for testing."""
+        url = (url or "").strip() or None
+        problem = url and callback_url_problem(url)
+        if problem:
+            raise ValueError(problem)
+        return url
 
     @classmethod
     def from_env(cls) -> EvoLinkCredentials | None:
-        """`EVOLINK_API_KEY` / `EVOLINK_BASE_URL` (and poll pacing), or None when no key is set."""
+        """`EVOLINK_API_KEY` / `EVOLINK_BASE_URL` (poll pacing, `EVOLINK_CALLBACK_URL`), or None
+        when no key is set."""
         key = os.environ.get(ENV_API_KEY, "").strip()
         if not key:
             return None
@@ -108,6 +134,7 @@ class EvoLinkCredentials(CredentialsBlock):
             base_url=os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL,
             poll_min_interval=float(os.environ.get(ENV_POLL_MIN_INTERVAL) or DEFAULT_MIN_INTERVAL),
             poll_max_interval=float(os.environ.get(ENV_POLL_MAX_INTERVAL) or DEFAULT_MAX_INTERVAL),
+            callback_url=os.environ.get(ENV_CALLBACK_URL) or None,
         )
 
     def poll_schedule(self, deadline_seconds: float) -> PollSchedule:
@@ -137,7 +164,14 @@ class EvoLinkCredentials(CredentialsBlock):
 async def resolve_credentials(block_name: str | None) -> EvoLinkCredentials:
     """The named block, else the environment; a clear error when neither exists."""
     if block_name:
-        loaded = await EvoLinkCredentials.aload(block_name)
+        try:
+            loaded = await EvoLinkCredentials.aload(block_name)
+        except ValueError as error:  # Prefect: "Unable to find block document named …"
+            raise MissingCredentialsError(
+                f"no EvoLink credentials: no EvoLinkCredentials block named {block_name!r} "
+                f"could be loaded ({error}); save one first "
+                f"(EvoLinkCredentials(api_key=...).save({block_name!r})) or set {ENV_API_KEY}"
+            ) from error
         if not isinstance(loaded, EvoLinkCredentials):
             raise TypeError(f"block {block_name!r} is not an EvoLinkCredentials block")
         return loaded

@@ -11,13 +11,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from evolink.brief import AssetBrief, AssetPlan, CampaignBrief
-from evolink.cost import CostEstimate, usd
-from evolink.jobs import JobRecord, StoredImage
+from evolink.cost import UNKNOWN_COST, BilledCost, CostEstimate, usd
+from evolink.jobs import JobRecord, StoredImage, SubmitRecord, utcnow
 
 
 class AssetStatus(StrEnum):
@@ -25,11 +25,40 @@ class AssetStatus(StrEnum):
     REJECTED = "rejected"  # the reviewer rejected every draft: no final spent
     NOT_REVIEWED = "not_reviewed"  # approval timed out: no final spent
     BUDGET_STOPPED = "budget_stopped"  # the final did not fit what was left of the budget
-    FAILED = "failed"  # a draft or final job failed (e.g. content policy)
+    FAILED = "failed"  # anything went wrong with this asset (a job, storage, the selector, …)
+    CANCELLED = "cancelled"  # the run was cancelled or interrupted before this asset finished
+    PENDING = "pending"  # not finished yet: a run in progress, or one that was killed
 
 
 #: Outcomes that make the run's final state Failed (see README "Campaign run states").
-FAILING_STATUSES = frozenset({AssetStatus.FAILED, AssetStatus.BUDGET_STOPPED})
+FAILING_STATUSES = frozenset(
+    {AssetStatus.FAILED, AssetStatus.BUDGET_STOPPED, AssetStatus.CANCELLED, AssetStatus.PENDING}
+)
+
+#: What `CampaignManifest.run_state` says: the run was still going when this was written
+#: ("running"), it ended ("completed", "failed", "cancelled"), or a manifest rebuilt from the
+#: job records found only a "running" one ("unfinished": killed, or still running).
+RunState = Literal["running", "completed", "failed", "cancelled", "unfinished"]
+
+CAMPAIGN_NAMESPACE: Final = "campaign"
+SUBMISSION_UNKNOWN: Final = "submission unknown — a rerun reattaches by its Idempotency-Key"
+
+
+def campaign_namespace(campaign: str, asset: str, stage: str) -> str:
+    """The job namespace of one asset's stage; the submit record of each job carries it."""
+    return f"{CAMPAIGN_NAMESPACE}/{campaign}/{asset}/{stage}"
+
+
+def parse_campaign_namespace(namespace: str) -> tuple[str, str, str] | None:
+    """`campaign/<campaign>/<asset>/<stage>` → (campaign, asset, stage); None for other jobs.
+
+    Asset ids and stages never contain '/', so a campaign name that does still parses.
+    """
+    head, _, rest = namespace.partition("/")
+    parts = rest.rsplit("/", 2)
+    if head != CAMPAIGN_NAMESPACE or len(parts) != 3 or not all(parts):
+        return None
+    return parts[0], parts[1], parts[2]
 
 
 class JobRow(BaseModel):
@@ -62,6 +91,10 @@ class AssetOutcome(BaseModel):
     asset: str
     status: AssetStatus
     detail: str = ""
+    error_type: str | None = Field(
+        default=None, description="the exception that ended this asset (failed/cancelled)"
+    )
+    error: str | None = Field(default=None, description="its message")
     chosen_draft: int | None = None
     drafts: JobRecord | None = None
     final: JobRecord | None = None
@@ -79,6 +112,22 @@ class CampaignTotals(BaseModel):
     by_stage: dict[str, str]
 
 
+class UncertainSubmission(BaseModel):
+    """A job whose create call may or may not have reached EvoLink (its intent record exists,
+    its submit record does not): not counted as billed, never dropped, never re-created — a
+    rerun sends the same request with the same Idempotency-Key and reattaches to the task if
+    there is one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    asset: str
+    stage: str
+    job_key: str
+    idempotency_key: str
+    estimated_usd: str
+    note: str = SUBMISSION_UNKNOWN
+
+
 class CampaignManifest(BaseModel):
     """The run manifest (manifest.json), for downstream pipelines."""
 
@@ -92,10 +141,23 @@ class CampaignManifest(BaseModel):
     budget_usd: str
     budget_left_usd: str
     pre_flight_estimate_usd: str
-    high_quality_variants_usd: str = Field(description="the same finals as k high-quality variants")
+    high_quality_variants_usd: str = Field(
+        description=(
+            "what the delivered finals would have cost as high-quality variants, as many per "
+            "asset as it had drafts, and no drafts (the draft-first comparison)"
+        )
+    )
     totals: CampaignTotals
     assets: list[AssetOutcome]
     jobs: list[JobRow]
+    run_state: RunState = "completed"
+    submissions_unknown: list[UncertainSubmission] = Field(
+        default_factory=list,
+        description="jobs sent (or about to be) whose task id was never recorded; not billed",
+    )
+    rebuilt_at: datetime | None = Field(
+        default=None, description="set when rebuilt from the job records in storage"
+    )
 
     @property
     def failed_assets(self) -> list[AssetOutcome]:
@@ -132,6 +194,37 @@ def job_row(
         stored_at=[image.uri for image in record.images],
         failed=failed,
     )
+
+
+def estimate_of(submit: SubmitRecord) -> CostEstimate:
+    """The estimate a submit record carries (`CostEstimate.as_dict`), as a `CostEstimate`."""
+    data = submit.estimate
+    return CostEstimate(
+        width=int(data["width"]),
+        height=int(data["height"]),
+        quality=str(data["quality"]),
+        n=int(data["n"]),
+        output_tokens=int(data["output_tokens"]),
+        image_input_tokens=int(data["image_input_tokens"]),
+        text_input_tokens=int(data["text_input_tokens"]),
+        usd=Decimal(str(data["usd"])),
+        credits=Decimal(str(data["credits"])),
+    )
+
+
+def submitted_job_record(submit: SubmitRecord, billed: BilledCost = UNKNOWN_COST) -> JobRecord:
+    """The record of a job that was submitted but delivered no image (yet): for its cost row."""
+    return JobRecord.build(submit, estimate_of(submit), billed, [], completed_at=utcnow())
+
+
+def failure_detail(stage: str, error: BaseException) -> str:
+    """How an asset's outcome names the error that ended it: '<stage>: <what went wrong>'."""
+    code = getattr(error, "code", None)
+    if type(error).__name__ == "TaskFailedError" and code:
+        return f"{stage}: {code}"  # what EvoLink said: content_policy_violation, …
+    if type(error).__name__ == "PaidJobNotStoredError":
+        return f"{stage}: {error}"  # its message starts with the cause's type
+    return f"{stage}: {type(error).__name__}: {error}"
 
 
 def image_cost_rows(record: JobRecord, failed: str | None = None) -> list[dict[str, Any]]:

@@ -228,6 +228,8 @@ class EvoLinkClient:
                     task_id,
                     error.code if error else snapshot.status.value,
                     error.message if error else None,
+                    cancelled=snapshot.status is TaskStatus.CANCELLED,
+                    billed=snapshot.billed,
                 )
             if waited >= schedule.deadline_seconds:
                 raise PollDeadlineExceeded(

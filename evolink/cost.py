@@ -251,7 +251,10 @@ def billed_cost(task: dict[str, Any]) -> BilledCost:
     """Read the bill of a finished task from whichever form the API used.
 
     Order of trust: an explicit cost object, then credits used, then the billing ledger, then
-    OpenAI-style token counts priced by us. Failed or cancelled tasks are not charged. Anything
+    OpenAI-style token counts priced by us. The billing fields win whatever the status: a failed
+    or cancelled task that carries them is booked as they say (a task cancelled after EvoLink
+    charged for it costs what it cost). A failed or cancelled task without them was not charged
+    (the docs: failed tasks are not charged, reserved credits are refunded) and is zero. Anything
     else is "unknown" — not zero.
     """
     status = task.get("status")

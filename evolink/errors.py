@@ -20,6 +20,7 @@ Import any of them from here, or from `prefect_evolink` (which re-exports the lo
     │   └── UnsafeResultLinkError  a link we refuse to fetch
     ├── PaidJobNotStoredError      billed, but its images could not all be stored
     ├── BudgetExceededError        the campaign's estimate is over its budget; nothing sent
+    ├── SpendCapExceededError      the period's spend + reservations + estimate is over the cap
     ├── ProviderLimitsError        strict mode and a provider limit is missing
     ├── MissingCredentialsError    no credentials block and no EVOLINK_API_KEY
     ├── CampaignIncompleteError    some assets of a campaign got no final
@@ -37,9 +38,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from evolink.cost import usd
+from evolink.cost import BilledCost, usd
 
 if TYPE_CHECKING:
+    from evolink.campaign import CampaignManifest
     from evolink.jobs import JobRecord
 
 # Task failure codes that a fresh submission will not fix (EvoLink's own client's verdict).
@@ -64,6 +66,21 @@ class EvoLinkError(Exception):
         super().__init__(message)
         self.message = message
         self.task_id = task_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by state, not by calling `__init__` again: subclasses take other arguments
+        (a task id and a code, a list of problems, a job record), and Prefect pickles the
+        exceptions of failed states when it persists or ships them between processes."""
+        return (_rebuild_error, (type(self), self.args, self.__dict__))
+
+
+def _rebuild_error(
+    cls: type[EvoLinkError], args: tuple[Any, ...], state: dict[str, Any]
+) -> EvoLinkError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class APIStatusError(EvoLinkError):
@@ -136,20 +153,69 @@ class APITimeoutError(APIConnectionError):
 
 
 class TaskFailedError(EvoLinkError):
-    """The task ended `failed` (or `cancelled`): not charged; says if a resubmission may help."""
+    """The task ended `failed` or `cancelled` at EvoLink; says whether a resubmission may help.
 
-    def __init__(self, task_id: str, code: str | None, message: str | None):
-        self.code = code or "unknown_error"
-        self.resubmit_may_help = self.code not in NOT_WORTH_RESUBMITTING
+    `cancelled` is True when EvoLink reported the status `cancelled` (someone or something
+    stopped the task: never resubmitted, see `resubmit_may_help`). `billed` is the bill read from
+    the final task body (`evolink.cost.billed_cost`): zero when the body carries no billing fields
+    (the docs: failed tasks are not charged), the charged amount when it does — so a task
+    cancelled after EvoLink charged for it is booked with that charge.
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        code: str | None,
+        message: str | None,
+        *,
+        cancelled: bool = False,
+        billed: BilledCost | None = None,
+    ):
+        self.code = code or ("cancelled" if cancelled else "unknown_error")
+        self.cancelled = cancelled
+        self.billed = billed
+        self.resubmit_may_help = resubmit_may_help(self.code, cancelled=cancelled, billed=billed)
         verdict = (
             "a new submission may succeed"
             if self.resubmit_may_help
             else "do not resubmit unchanged"
         )
-        super().__init__(
-            f"task {task_id} failed with {self.code}: {message or 'no message'} ({verdict})",
-            task_id=task_id,
-        )
+        if cancelled:
+            detail = self.code if message is None else f"{self.code}: {message}"
+            text = f"task {task_id} was cancelled at EvoLink ({detail}; {_bill_text(billed)})"
+            text += "; a cancelled task is not resubmitted"
+        else:
+            text = f"task {task_id} failed with {self.code}: {message or 'no message'} ({verdict})"
+            if charged(billed):
+                text += f"; {_bill_text(billed)}"
+        super().__init__(text, task_id=task_id)
+
+
+def charged(billed: BilledCost | None) -> bool:
+    """Whether a bill says money was taken (an unknown bill is not assumed to be a charge)."""
+    if billed is None:
+        return False
+    return bool((billed.usd or 0) > 0 or (billed.credits or 0) > 0)
+
+
+def resubmit_may_help(code: str, *, cancelled: bool, billed: BilledCost | None = None) -> bool:
+    """The one verdict on sending a failed task again as a new, separately paid job.
+
+    Never for a cancelled task (the cancellation was deliberate — by the account, an operator
+    or EvoLink — and resubmitting would silently undo it), never for a task that was charged
+    anyway (its bill must be reported, not paid twice unnoticed), never for the failure codes in
+    `NOT_WORTH_RESUBMITTING`; otherwise yes (EvoLink's own client's verdict).
+    """
+    return not cancelled and not charged(billed) and code not in NOT_WORTH_RESUBMITTING
+
+
+def _bill_text(billed: BilledCost | None) -> str:
+    if billed is None or not billed.known:
+        return "bill unknown"
+    if not charged(billed):
+        return "not charged"
+    amount = usd(billed.usd) if billed.usd is not None else f"{billed.credits} credits"
+    return f"billed {amount}"
 
 
 class PollDeadlineExceeded(EvoLinkError):
@@ -221,6 +287,15 @@ class BudgetExceededError(EvoLinkError):
     """The campaign's estimate does not fit its budget; nothing was sent."""
 
 
+class SpendCapExceededError(EvoLinkError):
+    """The period's spend so far, the estimates other running runs reserved and this run's
+    estimate do not fit the spend cap (`EvoLinkSpendCap`); nothing was sent.
+
+    An estimate check with reservations — EvoLink holds no money server-side. The message names
+    the cap, the spend so far, the reservations and the estimate.
+    """
+
+
 class ProviderLimitsError(EvoLinkError):
     """Strict mode and a provider limit is missing (or could not be acquired)."""
 
@@ -230,7 +305,22 @@ class MissingCredentialsError(EvoLinkError):
 
 
 class CampaignIncompleteError(EvoLinkError):
-    """Some assets failed or were stopped by the budget; the manifest says which and why."""
+    """Some assets failed or were stopped by the budget; the manifest says which and why.
+
+    Raised after the manifest was stored: `manifest` is the `CampaignManifest` (what failed and
+    why, what was stored, what was billed) and `manifest_uri` where it is.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        manifest: CampaignManifest | None = None,
+        manifest_uri: str | None = None,
+    ):
+        super().__init__(message)
+        self.manifest = manifest
+        self.manifest_uri = manifest_uri
 
 
 class InvalidRequestError(EvoLinkError, ValueError):

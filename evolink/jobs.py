@@ -3,14 +3,17 @@
 A *job* is one logical request ("campaign X, asset Y, draft stage, variant 2"). Its key is derived
 only from what defines it — never from attempt numbers, times or run ids — so a retried task or a
 re-run flow computes the same key, sends the same `Idempotency-Key` and finds the same records.
+Nor from `callback_url`: where EvoLink reports a finished task is delivery, not the job — moving
+the callback receiver must not make every job a new, paid one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +23,12 @@ from evolink.models import ImageRequest
 
 IDEMPOTENCY_PREFIX = "evl"
 JOBS_PREFIX = "_jobs"
+TASKS_PREFIX = "_tasks"
+# EvoLink task ids look like `task-unified-1757156493-imcg5zqt`; anything else is never one of
+# ours (and never becomes a storage key: the callback receiver reads ids from untrusted bodies).
+TASK_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Request fields that say how a result is delivered, not what the job is (see the docstring).
+DELIVERY_FIELDS: Final = ("callback_url",)
 
 
 def job_key(
@@ -34,11 +43,13 @@ def job_key(
     `identity` replaces the request body where the body holds volatile parts — a presigned
     reference URL changes with every signing, while the image it points to (its sha256) does
     not. `attempt` > 1 is a deliberate resubmission after a failed task (a new paid job).
+    `callback_url` never counts (`DELIVERY_FIELDS`), in the request or in `identity["request"]`;
+    keys of jobs sent without one are what they always were.
     """
     canonical = json.dumps(
         {
             "namespace": namespace,
-            "request": request.to_payload() if identity is None else identity,
+            "request": _without_delivery(request.to_payload() if identity is None else identity),
             "attempt": attempt,
         },
         sort_keys=True,
@@ -46,6 +57,20 @@ def job_key(
         ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def _without_delivery(body: dict[str, Any]) -> dict[str, Any]:
+    """The request body (or identity) as the job key sees it: delivery fields dropped from a
+    body, and set to None in an identity's `request` dump (which held None for them before
+    callbacks existed, so existing keys stay the same)."""
+    body = {name: value for name, value in body.items() if name not in DELIVERY_FIELDS}
+    inner = body.get("request")
+    if isinstance(inner, dict) and any(name in inner for name in DELIVERY_FIELDS):
+        body["request"] = {
+            **inner,
+            **{name: None for name in DELIVERY_FIELDS if name in inner},
+        }
+    return body
 
 
 def idempotency_key(key: str) -> str:
@@ -65,6 +90,19 @@ def intent_record_key(key: str) -> str:
 
 def job_record_key(key: str) -> str:
     return f"{JOBS_PREFIX}/{key}/result.json"
+
+
+def is_task_id(value: object) -> bool:
+    """Whether `value` can be an EvoLink task id (and so a storage key segment)."""
+    return isinstance(value, str) and TASK_ID_RE.fullmatch(value) is not None
+
+
+def task_index_key(task_id: str) -> str:
+    """`_tasks/<task_id>.json`: the one object that says a task id is ours (`TaskIndex`), so
+    a callback for it is looked up in one read. ValueError for anything that is no task id."""
+    if not is_task_id(task_id):
+        raise ValueError(f"not an EvoLink task id: {task_id[:40]!r}")
+    return f"{TASKS_PREFIX}/{task_id}.json"
 
 
 def utcnow() -> datetime:
@@ -112,6 +150,32 @@ class SubmitRecord(_Record):
     submitted_at: datetime = Field(default_factory=utcnow)
     replayed: bool = False
     estimated_time: float | None = None
+
+
+class TaskIndex(_Record):
+    """Written at submit, for a task sent with a `callback_url` (`task_index_key`): task id →
+    job. Whoever learns of a task only by its id (the callback receiver) finds its job here in
+    one read; a task id without one is not ours."""
+
+    task_id: str
+    job_key: str
+    namespace: str
+    submitted_at: datetime
+    flow_run_id: str | None = None
+    deployment: str | None = None
+
+    @classmethod
+    def of(cls, submit: SubmitRecord, origin: dict[str, Any] | None = None) -> TaskIndex:
+        origin = origin or {}
+        flow_run_id, deployment = origin.get("flow_run_id"), origin.get("deployment")
+        return cls(
+            task_id=submit.task_id,
+            job_key=submit.job_key,
+            namespace=submit.namespace,
+            submitted_at=submit.submitted_at,
+            flow_run_id=flow_run_id if isinstance(flow_run_id, str) else None,
+            deployment=deployment if isinstance(deployment, str) else None,
+        )
 
 
 class StoredImage(_Record):

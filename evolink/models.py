@@ -57,7 +57,10 @@ class ImageRequest(BaseModel):
         default=None,
         min_length=1,
         max_length=MAX_REFERENCE_IMAGES,
-        description="1-16 reference images (jpeg/jpg/png/webp) for edits and image-to-image.",
+        description=(
+            "1-16 reference images (JPEG, PNG or WEBP) for edits and image-to-image: URLs "
+            "ending in .jpeg/.jpg/.png/.webp, or without a file extension."
+        ),
     )
     mask_url: str | None = Field(
         default=None, description="PNG mask with alpha, same size as the first reference image."
@@ -90,7 +93,8 @@ class ImageRequest(BaseModel):
     @field_validator("image_urls")
     @classmethod
     def _reference_rule(cls, urls: list[str] | None) -> list[str] | None:
-        """EvoLink fetches these: public https jpeg/jpg/png/webp only, so none aims it inward."""
+        """EvoLink fetches these: public https only, so none aims it inward; JPEG, PNG or WEBP
+        (a .gif/.svg/.heic/… URL is refused, one without an extension is not: evolink/urls.py)."""
         for index, url in enumerate(urls or ()):
             problem = reference_url_problem(url, extensions=REFERENCE_EXTENSIONS)
             if problem:
@@ -100,7 +104,8 @@ class ImageRequest(BaseModel):
     @field_validator("mask_url")
     @classmethod
     def _mask_rule(cls, url: str | None) -> str | None:
-        """Fetched by EvoLink like a reference, so the same host rules; PNG only (needs alpha)."""
+        """Fetched by EvoLink like a reference, so the same host rules; PNG only (needs alpha):
+        a .jpg/.webp/.gif/… URL is refused, one without an extension is not."""
         problem = url and reference_url_problem(url, extensions=MASK_EXTENSIONS)
         if problem:
             raise ValueError(problem)

@@ -21,6 +21,19 @@ we check thoroughly: every literal address form an OS resolver accepts (`2130706
 `0177.0.0.1`, `127.1`, `[::ffff:127.0.0.1]`, 6to4/NAT64-embedded IPv4, full-width digits) and
 the well-known internal name suffixes.
 
+Reference formats (`image_urls`, `mask_url`). EvoLink takes JPEG, PNG and WEBP references
+(extensions jpeg/jpg/png/webp; a mask must be PNG). A URL is judged by the extension of its path
+(percent-decoded, case-insensitive, the query ignored):
+- an accepted extension passes (`.png` … for references, only `.png` for a mask);
+- an extension naming another image, document or video format (`IMAGE_FORMATS`: `.gif`,
+  `.svg`, `.bmp`, `.tif(f)`, `.heic`, `.heif`, `.avif`, `.pdf`, `.ico`, `.jxl`, `.psd`,
+  `.mp4`, … — and `.jpg`/`.webp` for a mask) is refused, naming the format;
+- a path without an extension, or with one that names no format (`/p/sku-1234?w=1200&sig=…`,
+  `/image.php?id=3`, `/v2/photo.1200`), passes: CDNs and image services often serve
+  references from such URLs, and only what they serve can tell. `content_type_format` and
+  `sniff_format` read that (the media type a server declares, a file's first bytes);
+  `tasks/references.py` uses them to check a campaign's references before anything is paid.
+
 No Prefect imports: this is part of the API layer.
 """
 
@@ -33,7 +46,7 @@ import unicodedata
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Final
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from evolink.errors import HostError
 
@@ -57,6 +70,56 @@ _OCTAL: Final = re.compile(r"0[0-7]+")
 _SHOWN_CHARS: Final = 80
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# File extensions that name a format, by the format's name: EvoLink's (JPEG, PNG, WEBP) and the
+# ones people are likely to have lying around that it does not take.
+IMAGE_FORMATS: Final[dict[str, str]] = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".jpe": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".gif": "GIF",
+    ".apng": "APNG",
+    ".svg": "SVG",
+    ".svgz": "SVG",
+    ".bmp": "BMP",
+    ".dib": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".heic": "HEIC",
+    ".heif": "HEIF",
+    ".avif": "AVIF",
+    ".jxl": "JPEG XL",
+    ".jp2": "JPEG 2000",
+    ".j2k": "JPEG 2000",
+    ".ico": "ICO",
+    ".psd": "PSD",
+    ".eps": "EPS",
+    ".pdf": "PDF",
+    ".tga": "TGA",
+    ".exr": "EXR",
+    ".dng": "DNG (raw)",
+    ".cr2": "CR2 (raw)",
+    ".nef": "NEF (raw)",
+    ".arw": "ARW (raw)",
+    ".mp4": "MP4 video",
+    ".mov": "QuickTime video",
+    ".webm": "WEBM video",
+}
+# Declared media types (Content-Type) by format; any other image/*, video/* or audio/* type is
+# a format EvoLink does not take either. Anything else (octet-stream, text/html, none) says
+# nothing: misconfigured servers send images under all of them.
+_MEDIA_TYPE_FORMATS: Final[dict[str, str]] = {
+    "image/jpeg": "JPEG",
+    "image/jpg": "JPEG",
+    "image/pjpeg": "JPEG",
+    "image/png": "PNG",
+    "image/x-png": "PNG",
+    "image/webp": "WEBP",
+}
+_MEDIA_FAMILIES: Final = ("image/", "video/", "audio/")
+_DOCUMENT_TYPES: Final = frozenset({"application/pdf", "application/postscript"})
 
 
 def private_urls_allowed(environ: Mapping[str, str] | None = None) -> bool:
@@ -247,7 +310,8 @@ def url_problem(
     - no whitespace, control characters or backslashes; no user:password;
     - the host is not private/loopback/link-local/… and not an internal name, unless
       `allow_private`;
-    - the path ends in one of `extensions` (when given), case-insensitively.
+    - with `extensions` given, the path's extension is one of them, or none that names a
+      format (see "Reference formats" in the module docstring).
     """
     parts = _split(url)
     if isinstance(parts, str):
@@ -263,9 +327,79 @@ def url_problem(
     authority = _authority_problem(parts, allow_private=allow_private)
     if authority:
         return authority
-    if extensions and PurePosixPath(parts.path).suffix.lower() not in extensions:
-        return f"must point to a {'/'.join(e[1:] for e in extensions)} file (got {shown_url(url)})"
+    if extensions:
+        return extension_problem(parts.path, shown_url(url), extensions=extensions)
     return None
+
+
+def formats_of(extensions: tuple[str, ...]) -> tuple[str, ...]:
+    """The format names accepted extensions stand for, in order: ('.jpeg', '.jpg', …) ->
+    ('JPEG', 'PNG', 'WEBP')."""
+    names: list[str] = []
+    for extension in extensions:
+        name = IMAGE_FORMATS.get(extension, extension.lstrip(".").upper())
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def takes(formats: tuple[str, ...]) -> str:
+    """'EvoLink takes JPEG, PNG or WEBP' — the end of every format refusal."""
+    shown = formats[0] if len(formats) == 1 else f"{', '.join(formats[:-1])} or {formats[-1]}"
+    return f"EvoLink takes {shown}"
+
+
+def extension_format(path: str) -> str | None:
+    """The format a path's extension names (`IMAGE_FORMATS`), None without a known extension."""
+    return IMAGE_FORMATS.get(PurePosixPath(unquote(path)).suffix.lower())
+
+
+def extension_problem(path: str, shown: str, *, extensions: tuple[str, ...]) -> str | None:
+    """Why a reference at `path` (a URL's path, an object key or a file name) is refused by its
+    extension, or None: see "Reference formats" in the module docstring."""
+    if PurePosixPath(unquote(path)).suffix.lower() in extensions:
+        return None
+    found = extension_format(path)
+    if found is None:
+        return None  # no extension, or none that names a format: what is served decides
+    accepted = formats_of(extensions)
+    return (
+        f"must point to a {'/'.join(e[1:] for e in extensions)} file, not a {found} file "
+        f"(got {shown}); {takes(accepted)}"
+    )
+
+
+def content_type_format(content_type: str | None) -> str | None:
+    """The format a declared media type names: 'JPEG', 'PNG', 'WEBP', or the type itself
+    ('image/gif', 'application/pdf') for one EvoLink does not take; None when the type says
+    nothing about the format (missing, application/octet-stream, text/html, …)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media in _MEDIA_TYPE_FORMATS:
+        return _MEDIA_TYPE_FORMATS[media]
+    if media.startswith(_MEDIA_FAMILIES) or media in _DOCUMENT_TYPES:
+        return media
+    return None
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The format a file's first bytes show (512 are plenty), None when they show none we know."""
+    start = head.lstrip()[:256].lower()
+    signatures: tuple[tuple[bool, str], ...] = (
+        (head.startswith(b"\xff\xd8\xff"), "JPEG"),
+        (head.startswith(b"\x89PNG\r\n\x1a\n"), "PNG"),
+        (head[:4] == b"RIFF" and head[8:12] == b"WEBP", "WEBP"),
+        (head.startswith((b"GIF87a", b"GIF89a")), "GIF"),
+        (head[:2] == b"BM" and head[6:10] == b"\0\0\0\0", "BMP"),
+        (head.startswith((b"II*\x00", b"MM\x00*")), "TIFF"),
+        (head.startswith(b"%PDF-"), "PDF"),
+        (head[4:12] in (b"ftypheic", b"ftypheix", b"ftyphevc", b"ftypmif1"), "HEIC"),
+        (head[4:12] in (b"ftypavif", b"ftypavis"), "AVIF"),
+        (head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")), "JPEG XL"),
+        (head.startswith(b"\x00\x00\x01\x00"), "ICO"),
+        (start.startswith(b"<svg") or (start.startswith(b"<?xml") and b"<svg" in start), "SVG"),
+        (start.startswith((b"<!doctype html", b"<html")), "HTML"),
+    )
+    return next((name for matched, name in signatures if matched), None)
 
 
 def reference_url_problem(url: str, *, extensions: tuple[str, ...]) -> str | None:

@@ -19,6 +19,7 @@ from evolink.models import ImageRequest, parse_request
 from evolink.polling import DEFAULT_DEADLINE_SECONDS
 from prefect_evolink.blocks import (
     EvoLinkCredentials,
+    EvoLinkSpendCap,
     LocalAssetStorage,
     S3AssetStorage,
     safe_key,
@@ -80,6 +81,8 @@ async def generate_product_asset(
     poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
     credentials: EvoLinkCredentials | None = None,
     storage: LocalAssetStorage | S3AssetStorage | None = None,
+    spend_cap_block: str | None = None,
+    spend_cap: EvoLinkSpendCap | None = None,
 ) -> JobRecord:
     """Generate and store the images one product asked for, with their cost as artifacts.
 
@@ -116,6 +119,12 @@ async def generate_product_asset(
             `credentials_block`.
         storage: A Local or S3 asset storage block (the form offers the saved ones). Wins over
             `storage_block`.
+        spend_cap_block: Name of a saved EvoLink Spend Cap block: before the job is sent, the
+            period's spend plus its estimate must fit the cap (an estimate check with
+            reservations; a job sent before only reattaches). Ignored when `spend_cap` is
+            given; with neither, no cap.
+        spend_cap: An EvoLink Spend Cap block (the form offers the saved ones). Wins over
+            `spend_cap_block`.
 
     Returns:
         The job's record: task id, estimated and billed cost, and every stored image, stored
@@ -125,6 +134,8 @@ async def generate_product_asset(
         InvalidRequestError: A payload field is invalid; the message names the field as sent
             (`quality`, `reference_image_url`, ...), and nothing is paid.
         MissingCredentialsError: No credentials block and no `EVOLINK_API_KEY`.
+        SpendCapExceededError: The period's spend and the job's estimate are over the spend
+            cap; nothing was sent.
         TaskFailedError: EvoLink failed the task (failed tasks are not billed).
         PollDeadlineExceeded: The job did not finish within `poll_deadline_seconds`.
         PaidJobNotStoredError: The job was billed but not every image could be stored; the
@@ -167,4 +178,6 @@ async def generate_product_asset(
         storage=storage,
         poll_deadline_seconds=poll_deadline_seconds,
         identity=identity,
+        spend_cap_block=spend_cap_block,
+        spend_cap=spend_cap,
     )

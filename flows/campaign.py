@@ -1,21 +1,30 @@
 """Campaign flow: cheap drafts → selection (auto or a reviewer in the UI) → high-quality finals.
 
 Run states (documented in the README): the run is **Completed** when every asset ended with a
-final, a reviewer's rejection, or an approval timeout; it is **Failed** (after writing the
-manifest and every artifact) when any asset failed or its final was stopped by the budget.
+final, a reviewer's rejection, or an approval timeout (a *suspended* run that times out is
+failed by the Prefect server instead: nothing of ours runs then); it is **Failed**
+(`CampaignIncompleteError`, after writing the manifest and every artifact) when any asset
+failed, was stopped by the budget or did not finish. One asset's failure — of any kind —
+never stops the others (`CampaignRun`). A run that fails or is cancelled mid-stage still
+writes its manifest and artifacts, then re-raises; a run killed outright leaves its job
+records, from which `prefect-evolink report` rebuilds the manifest
+(`prefect_evolink.tasks.recovery`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, cast
 
 from prefect import flow, get_run_logger
-from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import apause_flow_run
+from prefect.client.schemas.objects import FlowRun
+from prefect.context import FlowRunContext
+from prefect.exceptions import FlowPauseTimeout, Pause
+from prefect.flow_runs import apause_flow_run, asuspend_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 from pydantic import Field, create_model
@@ -23,30 +32,47 @@ from pydantic import Field, create_model
 from evolink.brief import AssetPlan, CampaignBrief, check_plans, load_brief
 from evolink.budget import Budget
 from evolink.campaign import (
+    FAILING_STATUSES,
     AssetOutcome,
     AssetStatus,
     CampaignManifest,
     JobRow,
+    RunState,
     Selector,
+    UncertainSubmission,
     budget_refusal,
     campaign_estimate_usd,
+    campaign_namespace,
     draft_first_saving,
+    failure_detail,
     job_row,
     load_selector,
+    submitted_job_record,
     totals,
 )
-from evolink.cost import usd
+from evolink.cost import CostEstimate, usd
 from evolink.errors import (
     BudgetExceededError,
     CampaignIncompleteError,
     PaidJobNotStoredError,
     TaskFailedError,
 )
-from evolink.jobs import JobRecord, StoredImage, utcnow
+from evolink.jobs import (
+    JobRecord,
+    StoredImage,
+    idempotency_key,
+    intent_record_key,
+    job_key,
+    utcnow,
+)
+from evolink.models import ImageRequest
 from evolink.polling import DEFAULT_DEADLINE_SECONDS, PollSchedule
+from evolink.recovery import JournalEntry
+from evolink.states import TaskStatus
 from prefect_evolink.blocks import (
     AssetStorage,
     EvoLinkCredentials,
+    EvoLinkSpendCap,
     LocalAssetStorage,
     S3AssetStorage,
     safe_key,
@@ -57,22 +83,65 @@ from prefect_evolink.tasks.campaign_report import (
     publish_campaign_report,
     publish_final_previews,
     publish_review_sheet,
+    save_manifest,
 )
-from prefect_evolink.tasks.job import run_image_job
+from prefect_evolink.tasks.job import JobTrail, run_image_job
+from prefect_evolink.tasks.lookup import fetch_task, lookup_result_url
+from prefect_evolink.tasks.recovery import journal_key, manifest_key
 from prefect_evolink.tasks.references import PRESIGN_SECONDS, AssetReferences, resolve_references
+from prefect_evolink.tasks.spend import reserve_spend, resolve_spend_cap
 
 DEFAULT_SELECTOR = "evolink.campaign:largest_file"
-T = TypeVar("T")
+RESUBMITS: Final = 1
+"""A task that failed with a code a new submission may fix is resubmitted once per job."""
+
+REVIEW_KEY: Final = "review"
+"""The pause key of the review: a rerun of a suspended run finds the answer under it."""
+
+__all__ = [
+    "DEFAULT_SELECTOR",
+    "CampaignRun",
+    "approval_wait",
+    "manifest_key",
+    "run_campaign",
+]
 
 
-def manifest_key(campaign: str) -> str:
-    return safe_key(campaign, "manifest.json")
+def approval_wait(run: FlowRun | None = None) -> Literal["suspend", "pause"]:
+    """How the approval step waits for its reviewer: the one rule, in one place.
+
+    A run that came from a deployment (its flow run has a `deployment_id`) **suspends**: the
+    flow-run process exits, and no worker slot, container or pod is held while the reviewer
+    takes their time; the resume reschedules the run, which runs again from the top (drafts
+    reattach from their job records, nothing is paid twice) and reads the answer. Any other
+    run — a flow called directly, in a script or a test — **pauses** in its process, since
+    nothing could restart it. `run` defaults to the current flow run.
+    """
+    if run is None:
+        context = FlowRunContext.get()
+        run = context.flow_run if context is not None else None
+    return "suspend" if run is not None and run.deployment_id is not None else "pause"
+
+
+def _answered_before(run: FlowRun | None) -> bool:
+    """The run was suspended for review and has been resumed: this is its rerun."""
+    return run is not None and REVIEW_KEY in (run.empirical_policy.pause_keys or set())
 
 
 def review_input(
-    plans: list[AssetPlan], outcomes: dict[str, AssetOutcome], suggested: dict[str, int | None]
+    plans: list[AssetPlan],
+    outcomes: dict[str, AssetOutcome],
+    suggested: dict[str, int | None],
+    description: str | None = None,
 ) -> tuple[type[RunInput], dict[str, str]]:
-    """A form with one choice per asset that has drafts: `image-N` or `reject`.
+    """A form with one choice per suggested asset (drafts, no failure): `image-N` or `reject`.
+
+    Each field's default is the selector's suggestion, its title the asset id and its help text
+    the final's estimate. `description` (markdown: the drafts' thumbnails, see
+    `publish_review_sheet`) is shown above the fields in the Resume dialog; it is attached with
+    `RunInput.with_initial_data(description=…)` *without* field values, because that method
+    redefines every field it is given a value for and so would drop the titles and help texts
+    (the defaults are already on the fields).
 
     Returns the RunInput model and the map field name → asset id (field names must be
     identifiers; asset ids may contain '-').
@@ -81,7 +150,7 @@ def review_input(
     names: dict[str, str] = {}
     for plan in plans:
         drafts = outcomes[plan.asset.id].drafts
-        if drafts is None:
+        if drafts is None or plan.asset.id not in suggested:
             continue
         name = plan.asset.id.replace("-", "_")
         while name in fields:
@@ -97,11 +166,21 @@ def review_input(
             ),
         )
         names[name] = plan.asset.id
-    return create_model("CampaignReview", __base__=RunInput, **fields), names
+    form: type[RunInput] = create_model("CampaignReview", __base__=RunInput, **fields)
+    if description is not None:
+        form = form.with_initial_data(description=description)
+    return form, names
 
 
 class CampaignRun:
-    """The state of one run: plans, budget, progress and each asset's outcome so far."""
+    """The state of one run: plans, budget, progress and each asset's outcome so far.
+
+    The asset boundary: whatever goes wrong while working on one asset — a provider error past
+    every retry, storage, the selector, a bad reference, a bug — ends that asset as FAILED with
+    the error's type and message, after every job it paid for was booked; the other assets go
+    on. Only the budget (per request) and a cancellation (for all) stop work, and both are
+    recorded in the outcomes too.
+    """
 
     def __init__(
         self,
@@ -121,31 +200,86 @@ class CampaignRun:
         self.schedule = schedule
         self.budget = Budget(brief.budget_usd)
         self.outcomes: dict[str, AssetOutcome] = {
-            p.asset.id: AssetOutcome(asset=p.asset.id, status=AssetStatus.NOT_REVIEWED)
-            for p in plans
+            p.asset.id: AssetOutcome(asset=p.asset.id, status=AssetStatus.PENDING) for p in plans
         }
         self.rows: list[JobRow] = []
+        self.uncertain: list[UncertainSubmission] = []
+        self.stage = "start"
         self._slots = asyncio.Semaphore(max(1, max_concurrent_assets))
         self.progress: Progress | None = None
         self.logger = get_run_logger()
 
     def namespace(self, asset: str, stage: str) -> str:
-        return f"campaign/{self.brief.campaign}/{asset}/{stage}"
+        return campaign_namespace(self.brief.campaign, asset, stage)
 
-    async def each_asset(self, work: Callable[[AssetPlan], Awaitable[T]]) -> list[T]:
-        async def bounded(plan: AssetPlan) -> T:
-            async with self._slots:
-                return await work(plan)
+    async def each_asset(self, stage: str, work: Callable[[AssetPlan], Awaitable[None]]) -> None:
+        """Run one stage for every asset, each inside the asset boundary."""
+        self.stage = stage
 
-        return await asyncio.gather(*(bounded(plan) for plan in self.plans))
+        async def bounded(plan: AssetPlan) -> None:
+            asset = plan.asset.id
+            try:
+                async with self._slots:
+                    await work(plan)
+            except Exception as error:  # noqa: BLE001 — the asset boundary
+                self.fail(asset, stage, error)
+            except BaseException as error:  # cancellation: recorded, then on its way
+                self.cancelled(asset, stage, error)
+                raise
+            finally:
+                if self.progress is not None:
+                    await self.progress.advance()
+
+        await asyncio.gather(*(bounded(plan) for plan in self.plans))
 
     def update(self, asset: str, **changes: Any) -> None:
         self.outcomes[asset] = self.outcomes[asset].model_copy(update=changes)
 
+    def fail(self, asset: str, stage: str, error: BaseException) -> None:
+        """End one asset as FAILED, naming the error; the others carry on."""
+        self.update(
+            asset,
+            status=AssetStatus.FAILED,
+            detail=failure_detail(stage, error),
+            error_type=type(error).__name__,
+            error=str(error),
+        )
+        self.logger.error(
+            "Asset %s failed at %s: %s: %s", asset, stage, type(error).__name__, error
+        )
+
+    def cancelled(self, asset: str, stage: str, error: BaseException) -> None:
+        name = type(error).__name__
+        self.update(
+            asset,
+            status=AssetStatus.CANCELLED,
+            detail=f"{stage}: the run was cancelled ({name}) before this asset finished",
+            error_type=name,
+            error=str(error) or name,
+        )
+
+    def interrupt(self, error: BaseException) -> None:
+        """The run itself stopped: every asset not yet settled is recorded as stopped by it."""
+        name = type(error).__name__
+        for asset, outcome in self.outcomes.items():
+            if outcome.status is not AssetStatus.PENDING:
+                continue
+            if isinstance(error, Exception):
+                self.fail(asset, self.stage, error)
+                self.update(asset, detail=f"{self.stage}: the run failed: {name}: {error}")
+            else:
+                self.cancelled(asset, self.stage, error)
+
     async def paid_job(
-        self, plan: AssetPlan, stage: str, request: Any, estimate: Any, identity: dict[str, Any]
+        self,
+        plan: AssetPlan,
+        stage: str,
+        request: ImageRequest,
+        estimate: CostEstimate,
+        identity: dict[str, Any],
     ) -> JobRecord | None:
-        """Reserve, run, settle. None (with the outcome updated) when it did not produce images."""
+        """Reserve, run, book. None when the budget stopped it; raises when the job failed,
+        after booking whatever it may have cost."""
         asset = plan.asset.id
         amount = await self.budget.reserve(estimate.usd)
         if amount is None:
@@ -159,7 +293,9 @@ class CampaignRun:
                 "Budget: %s %s not sent (%s)", asset, stage, self.outcomes[asset].detail
             )
             return None
+        trail = JobTrail()
         try:
+            await self.journal(asset, stage, request, estimate, identity)
             record = await run_image_job(
                 request,
                 namespace=self.namespace(asset, stage),
@@ -167,30 +303,58 @@ class CampaignRun:
                 credentials=self.credentials,
                 storage=self.storage,
                 schedule=self.schedule,
+                resubmits=RESUBMITS,
                 identity=identity,
+                trail=trail,
             )
-        except TaskFailedError as error:  # failed tasks are not charged
-            await self.budget.release(amount)
-            self.update(asset, status=AssetStatus.FAILED, detail=f"{stage}: {error.code}")
-            self.logger.error("Asset %s: %s", asset, error)
-            return None
+        except TaskFailedError as error:
+            billed = getattr(error, "billed", None)
+            if trail.submitted is not None and billed is not None and _charged(billed):
+                # failed or cancelled at EvoLink after it charged: a paid job with no image
+                record = submitted_job_record(trail.submitted, billed)
+                await self.book(asset, stage, record, amount, estimate, failed=str(error))
+            else:  # failed tasks are not charged
+                await self.budget.release(amount)
+            raise
         except PaidJobNotStoredError as error:  # paid for: the bill goes in the cost rows
             await self.book(asset, stage, error.record, amount, estimate, failed=str(error))
-            self.update(asset, status=AssetStatus.FAILED, detail=f"{stage}: {error}")
-            self.logger.error("Asset %s %s failed after it was paid: %s", asset, stage, error)
-            return None
-        except Exception as error:  # noqa: BLE001 — one asset must not stop the others
-            await self.budget.settle(amount, estimate.usd, None)  # may have been charged
-            self.update(
-                asset, status=AssetStatus.FAILED, detail=f"{stage}: {type(error).__name__}: {error}"
-            )
-            self.logger.error("Asset %s %s failed: %s", asset, stage, error)
-            return None
-        finally:
-            if self.progress is not None:
-                await self.progress.advance()
+            raise
+        except BaseException as error:
+            await self.book_unsettled(asset, stage, trail, amount, estimate, error)
+            raise
         await self.book(asset, stage, record, amount, estimate)
         return record
+
+    async def journal(
+        self,
+        asset: str,
+        stage: str,
+        request: ImageRequest,
+        estimate: CostEstimate,
+        identity: dict[str, Any],
+    ) -> None:
+        """Note the job keys this stage may send, so a rebuild can attribute an intent record
+        that never got its submit record (a killed run). Best effort: the records suffice for
+        everything else."""
+        namespace = self.namespace(asset, stage)
+        keys = [
+            job_key(namespace, request, attempt=attempt, identity=identity)
+            for attempt in range(1, RESUBMITS + 2)
+        ]
+        entry = JournalEntry(
+            campaign=self.brief.campaign,
+            asset=asset,
+            stage=stage,
+            namespace=namespace,
+            job_keys=keys,
+            estimated_usd=str(estimate.usd),
+        )
+        try:
+            await self.storage.aput_json(
+                journal_key(self.brief.campaign, asset, stage, keys[0]), entry
+            )
+        except Exception as error:  # noqa: BLE001 — the job records still tell the story
+            self.logger.warning("Journal entry of %s %s not written: %s", asset, stage, error)
 
     async def book(
         self,
@@ -198,13 +362,85 @@ class CampaignRun:
         stage: str,
         record: JobRecord,
         reserved: Decimal,
-        estimate: Any,
+        estimate: CostEstimate,
         failed: str | None = None,
     ) -> None:
         """A paid job into the budget and the cost rows — whether or not its images made it."""
         billed = None if record.billed_usd is None else Decimal(record.billed_usd)
         await self.budget.settle(reserved, estimate.usd, billed)
         self.rows.append(job_row(asset, stage, record, estimate, failed=failed))
+
+    async def book_unsettled(
+        self,
+        asset: str,
+        stage: str,
+        trail: JobTrail,
+        reserved: Decimal,
+        estimate: CostEstimate,
+        error: BaseException,
+    ) -> None:
+        """A job that stopped before its bill was read: booked as unknown if it may be paid."""
+        reason = f"{type(error).__name__}: {error}"
+        if trail.submitted is not None:  # the task exists: it is billed if it completes
+            note = (
+                f"{reason} — task {trail.submitted.task_id} may still complete and be billed: "
+                "bill unknown, counted at its estimate"
+            )
+            record = submitted_job_record(trail.submitted)
+            await self.book(asset, stage, record, reserved, estimate, failed=note)
+        elif trail.sending is not None and await self._intent_written(trail.sending):
+            # the create may or may not have reached EvoLink: listed, held in the budget
+            self.uncertain.append(
+                UncertainSubmission(
+                    asset=asset,
+                    stage=stage,
+                    job_key=trail.sending,
+                    idempotency_key=idempotency_key(trail.sending),
+                    estimated_usd=str(estimate.usd),
+                )
+            )
+            await self.budget.settle(reserved, estimate.usd, None)
+        else:  # nothing was sent
+            await self.budget.release(reserved)
+
+    async def _intent_written(self, key: str) -> bool:
+        try:
+            return await self.storage.aexists(intent_record_key(key))
+        except Exception:  # noqa: BLE001 — cannot tell: assume it was sent
+            return True
+
+    async def read_unknown_bills(self) -> None:
+        """Ask EvoLink (a step with retries) for the bills the run could not read itself."""
+
+        async def read(row: JobRow) -> JobRow:
+            try:
+                task = await fetch_task(row.task_id, self.credentials)
+            except Exception as error:  # noqa: BLE001 — the bill stays unknown
+                self.logger.warning("Bill of task %s still unknown: %s", row.task_id, error)
+                return row
+            billed = task.billed
+            if task.status is TaskStatus.COMPLETED and billed.usd is not None:
+                note = f"; completed at EvoLink, billed {usd(billed.usd)}"
+            elif (
+                task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED) and billed.usd is not None
+            ):
+                note = f"; {task.status.value} at EvoLink, " + (
+                    f"charged {usd(billed.usd)}" if _charged(billed) else "not charged"
+                )
+            else:
+                return row
+            return row.model_copy(
+                update={
+                    "billed_usd": str(billed.usd),
+                    "billed_credits": None if billed.credits is None else str(billed.credits),
+                    "failed": (row.failed or "") + note,
+                }
+            )
+
+        unknown = [i for i, row in enumerate(self.rows) if row.billed_usd is None]
+        read_rows = await asyncio.gather(*(read(self.rows[i]) for i in unknown))
+        for i, row in zip(unknown, read_rows, strict=True):
+            self.rows[i] = row
 
     async def drafts(self, plan: AssetPlan) -> None:
         identity = {
@@ -220,17 +456,17 @@ class CampaignRun:
         url = await self.storage.apresigned_url(image.key, PRESIGN_SECONDS)
         if url is not None:
             return url
-        async with self.credentials.get_client() as client:
-            task = await client.get_task(drafts.task_id)
-        return task.results[image.index]
+        return cast(str, await lookup_result_url(drafts.task_id, image.index, self.credentials))
 
     async def final(self, plan: AssetPlan) -> None:
         outcome = self.outcomes[plan.asset.id]
-        if outcome.drafts is None or outcome.chosen_draft is None:
-            if self.progress is not None:
-                await self.progress.advance()
+        if (
+            outcome.status is not AssetStatus.PENDING
+            or outcome.drafts is None
+            or outcome.chosen_draft is None
+        ):
             return
-        image = outcome.drafts.images[outcome.chosen_draft]
+        [image] = [i for i in outcome.drafts.images if i.index == outcome.chosen_draft]
         request = plan.final_request(await self.draft_url(outcome.drafts, image))
         identity = {
             "request": request.model_dump(exclude={"image_urls", "mask_url"}),
@@ -241,44 +477,100 @@ class CampaignRun:
         if record is not None:
             self.update(plan.asset.id, status=AssetStatus.FINAL, final=record, detail="")
 
+    def select(self, selector: Selector, plan: AssetPlan) -> tuple[bool, int | None]:
+        """(True, the selector's choice) — or (False, None) with the asset failed when the
+        selector raised or chose something that is not one of the asset's drafts."""
+        drafts = self.outcomes[plan.asset.id].drafts
+        if drafts is None or self.outcomes[plan.asset.id].status is not AssetStatus.PENDING:
+            return False, None
+        indexes = [image.index for image in drafts.images]
+        try:
+            choice = selector(plan.asset, list(drafts.images))
+            if choice is not None and (isinstance(choice, bool) or choice not in indexes):
+                raise ValueError(f"the selector chose {choice!r}, not one of the drafts {indexes}")
+        except Exception as error:  # noqa: BLE001 — a selector bug fails its asset only
+            self.fail(plan.asset.id, "selection", error)
+            return False, None
+        return True, choice
+
     def auto_select(self, selector: Selector) -> None:
         for plan in self.plans:
-            drafts = self.outcomes[plan.asset.id].drafts
-            if drafts is None:
+            selected, choice = self.select(selector, plan)
+            if not selected:
                 continue
-            choice = selector(plan.asset, list(drafts.images))
             if choice is None:
                 self.update(plan.asset.id, status=AssetStatus.REJECTED, detail="selector rejected")
             else:
                 self.update(plan.asset.id, chosen_draft=choice, detail=f"auto: image-{choice}")
 
     async def approve(self, selector: Selector, timeout: int, poll_seconds: int) -> bool:
-        """Pause for a reviewer. False when the pause timed out (no finals will be sent)."""
-        suggested = {
-            p.asset.id: selector(p.asset, list(d.images))
-            for p in self.plans
-            if (d := self.outcomes[p.asset.id].drafts) is not None
-        }
+        """Wait for a reviewer (see `approval_wait`). False when the wait timed out (no finals
+        will be sent).
+
+        A deployed run suspends: `asuspend_flow_run` raises `Pause` after recording each
+        awaiting asset as `not_reviewed` until the deadline (the caller writes that manifest),
+        and the process exits. On the rerun after the resume, the same call with the same key
+        returns the submitted answer (Prefect rejects a second suspension with a key that has
+        already fired and loads the input saved under it).
+        """
+        suggested: dict[str, int | None] = {}
+        for plan in self.plans:
+            selected, choice = self.select(selector, plan)
+            if selected:
+                suggested[plan.asset.id] = choice
         if not suggested:
             return True
-        await publish_review_sheet(
-            self.brief.campaign, self.plans, self.outcomes, self.storage, suggested
-        )
-        form, names = review_input(self.plans, self.outcomes, suggested)
+        context = FlowRunContext.get()
+        current = context.flow_run if context is not None else None
+        wait = approval_wait(current)
+        resumed = wait == "suspend" and _answered_before(current)
+        description = None
+        if not resumed:  # a resumed rerun only reads the answer: no new review sheet
+            description = await publish_review_sheet(
+                self.brief.campaign,
+                self.plans,
+                self.outcomes,
+                self.storage,
+                suggested,
+                links_valid_seconds=timeout + 3600,
+            )
+        form, names = review_input(self.plans, self.outcomes, suggested, description)
         estimate = sum(
             (p.final_estimate.usd for p in self.plans if p.asset.id in suggested), Decimal(0)
         )
-        self.logger.info(
-            "Waiting for review of %d asset(s); finals would cost ≈%s. Open the paused run in "
-            "the Prefect UI (artifact %s-review shows the drafts).",
-            len(suggested),
-            usd(estimate),
-            self.brief.campaign,
-        )
-        try:
-            answer = await apause_flow_run(
-                wait_for_input=form, timeout=timeout, poll_interval=poll_seconds, key="review"
+        if resumed:
+            self.logger.info("Resumed after review: reading the reviewer's answer")
+        else:
+            self.logger.info(
+                "Waiting for review of %d asset(s); finals would cost ≈%s. Open the %s run in "
+                "the Prefect UI and click Resume: the dialog shows the drafts (larger: artifact "
+                "%s-review).",
+                len(suggested),
+                usd(estimate),
+                "suspended" if wait == "suspend" else "paused",
+                self.brief.campaign,
             )
+        try:
+            if wait == "suspend":
+                try:
+                    answer = await asuspend_flow_run(
+                        wait_for_input=form, timeout=timeout, key=REVIEW_KEY
+                    )
+                except Pause:
+                    until = (utcnow() + timedelta(seconds=timeout)).isoformat(timespec="seconds")
+                    for asset in suggested:  # what stays true if nobody answers in time
+                        self.update(
+                            asset,
+                            status=AssetStatus.NOT_REVIEWED,
+                            detail=f"suspended for review until {until}: no final sent unless "
+                            "resumed by then",
+                        )
+                    self.logger.info("Suspended for review until %s; no process is held", until)
+                    raise
+            else:
+                answer = await apause_flow_run(
+                    wait_for_input=form, timeout=timeout, poll_interval=poll_seconds, key=REVIEW_KEY
+                )
         except FlowPauseTimeout:
             for asset in suggested:
                 self.update(
@@ -297,12 +589,14 @@ class CampaignRun:
                 self.update(asset, chosen_draft=index, detail=f"approved: image-{index}")
         return True
 
-    def manifest(self, selection: str, started_at: Any) -> CampaignManifest:
+    def manifest(self, selection: str, started_at: Any, state: RunState) -> CampaignManifest:
         ours = campaign_estimate_usd(self.plans)
         delivered = [p for p in self.plans if self.outcomes[p.asset.id].status is AssetStatus.FINAL]
         _, variants = draft_first_saving(delivered)  # what the finals we have would have cost
         order = {p.asset.id: i for i, p in enumerate(self.plans)}
         rows = sorted(self.rows, key=lambda r: (order[r.asset], r.stage != "draft"))
+        summed = totals(rows)
+        left = self.budget.limit_usd - Decimal(summed.billed_usd) - self.budget.reserved_usd
         return CampaignManifest(
             campaign=self.brief.campaign,
             flow_run_id=str(flow_run.id) if flow_run.id else None,
@@ -310,13 +604,51 @@ class CampaignRun:
             finished_at=utcnow(),
             selection=selection,
             budget_usd=str(self.brief.budget_usd),
-            budget_left_usd=str(self.budget.left_usd),
+            budget_left_usd=str(left),
             pre_flight_estimate_usd=str(ours),
             high_quality_variants_usd=str(variants),
-            totals=totals(rows),
+            totals=summed,
             assets=[self.outcomes[p.asset.id] for p in self.plans],
             jobs=rows,
+            run_state=state,
+            submissions_unknown=list(self.uncertain),
         )
+
+    async def checkpoint(self, selection: str, started_at: Any) -> None:
+        """The manifest so far, marked running: what a killed run leaves besides its records."""
+        try:
+            await self.storage.aput_json(
+                manifest_key(self.brief.campaign), self.manifest(selection, started_at, "running")
+            )
+        except Exception as error:  # noqa: BLE001 — the final write is the one that must work
+            self.logger.warning("Manifest checkpoint not written: %s", error)
+
+    async def finish(
+        self, selection: str, started_at: Any, state: RunState
+    ) -> tuple[CampaignManifest, str]:
+        """Store the manifest (a step, with retries), then publish the cost artifacts."""
+        if state != "cancelled":
+            await self.read_unknown_bills()
+        manifest = self.manifest(selection, started_at, state)
+        uri = cast(str, await save_manifest(manifest, self.storage))
+        try:
+            await publish_campaign_report(manifest)
+            await publish_final_previews(manifest, self.storage)
+        except Exception as error:  # noqa: BLE001 — the manifest is the record; these are views
+            self.logger.error("Campaign artifacts not (all) published: %s", error)
+        self.logger.info(
+            "Manifest: %s — billed %s of budget %s (%s)",
+            uri,
+            usd(manifest.totals.billed_usd),
+            usd(self.brief.budget_usd),
+            state,
+        )
+        return manifest, uri
+
+
+def _charged(billed: Any) -> bool:
+    """Whether a `BilledCost` says money was taken (an unknown bill is not a charge)."""
+    return bool((billed.usd or 0) > 0 or (billed.credits or 0) > 0)
 
 
 @flow(name="evolink-campaign", log_prints=True)
@@ -332,6 +664,8 @@ async def run_campaign(
     poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
     credentials: EvoLinkCredentials | None = None,
     storage: LocalAssetStorage | S3AssetStorage | None = None,
+    spend_cap_block: str | None = None,
+    spend_cap: EvoLinkSpendCap | None = None,
 ) -> CampaignManifest:
     """Run a campaign brief: drafts for every asset, one chosen per asset, finals for those.
 
@@ -339,7 +673,8 @@ async def run_campaign(
     same brief reattaches to every job already submitted and pays only for what is missing.
     Cheap drafts first, then one high-quality final per asset, costs a fraction of generating
     every variant at final quality; the run's artifacts show the estimate, the bill and the
-    saving (`<campaign>-cost`, `-summary`, `-progress`, `-review`, `-<asset>-final`), and the
+    saving (`<campaign>-cost`, `-cost-details`, `-summary`, `-progress`, `-review`, the
+    contact sheet `-finals` and `-<asset>-final`), and the
     manifest `<campaign>/manifest.json` in storage records every job.
 
     Blocks: a block object wins over a block name. Credentials come from `credentials`, else
@@ -350,8 +685,10 @@ async def run_campaign(
     Args:
         brief_path: Path of the campaign brief (YAML), relative to the run's working directory
             (a deployment's project directory). Local reference images are relative to it.
-        selection: 'auto' lets `selector` choose each asset's draft; 'approval' pauses the run
-            until a reviewer picks a draft (or rejects the asset) in the Prefect UI.
+        selection: 'auto' lets `selector` choose each asset's draft; 'approval' waits until
+            a reviewer picks a draft (or rejects the asset) in the Prefect UI: a deployed run
+            suspends (its process exits; the resume reruns it from the top, reattaching the
+            drafts), a local run pauses in its process.
         selector: The function that picks a draft, as 'package.module:function'; with
             'approval' it only suggests the form's defaults.
         credentials_block: Name of a saved EvoLink Credentials block. Ignored when
@@ -361,8 +698,9 @@ async def run_campaign(
         max_concurrent_assets: Most assets worked on at once in this run (the provider limits
             still bound jobs across all runs).
         approval_timeout_seconds: How long an 'approval' run waits for the review; after it
-            no final is sent and the run completes without them.
-        approval_poll_seconds: Seconds between checks for the reviewer's answer.
+            no final is sent: a paused run completes without them, a suspended one is failed
+            by the Prefect server ("never resumed").
+        approval_poll_seconds: Seconds between checks for the reviewer's answer (paused runs).
         poll_deadline_seconds: Most seconds to wait for EvoLink to finish one job before that
             asset fails (a rerun reattaches to the job and pays nothing new).
         credentials: An EvoLink Credentials block (the form offers the saved ones). Wins over
@@ -370,6 +708,12 @@ async def run_campaign(
         storage: A Local or S3 asset storage block (the form offers the saved ones). Wins over
             `storage_block` and the brief's `storage_block`; S3 is needed for local reference
             images, which EvoLink fetches as presigned URLs.
+        spend_cap_block: Name of a saved EvoLink Spend Cap block: before anything is sent, the
+            period's spend plus the campaign's whole estimate (drafts and finals, also for
+            jobs a rerun will reuse) must fit the cap — an estimate check with reservations.
+            Ignored when `spend_cap` is given; with neither, no cap.
+        spend_cap: An EvoLink Spend Cap block (the form offers the saved ones). Wins over
+            `spend_cap_block`.
 
     Returns:
         The campaign manifest: every asset's outcome, every paid job with its estimate and
@@ -380,9 +724,19 @@ async def run_campaign(
             the asset and the field, and nothing is sent.
         BudgetExceededError: The estimate of drafts and finals is over the brief's budget;
             nothing is sent and the message lists the estimate per asset.
+        SpendCapExceededError: The period's spend, the other running runs' reservations and
+            the campaign's estimate are over the spend cap; nothing is sent.
         MissingCredentialsError: No credentials block and no `EVOLINK_API_KEY`.
-        CampaignIncompleteError: Some asset failed or its final was stopped by the budget;
-            raised after the manifest and every artifact were written.
+        CampaignIncompleteError: Some asset failed (any error while working on it: EvoLink
+            past every retry, storage, the selector, …), was stopped by the budget or did not
+            finish; raised after the manifest and every artifact were written, and carrying
+            the manifest (`manifest`) and its storage URI (`manifest_uri`). The other assets
+            always run to their end.
+
+    A run that fails for another reason or is cancelled mid-way still writes its manifest
+    (`run_state` failed/cancelled, every paid job booked — with an unknown bill when it was
+    still generating) and its artifacts, then re-raises. A run killed outright leaves its job
+    records: `prefect-evolink report CAMPAIGN` rebuilds the manifest from them.
 
     Example:
         ```python
@@ -427,7 +781,6 @@ async def run_campaign(
         credentials.poll_schedule(poll_deadline_seconds),
         max_concurrent_assets,
     )
-    run.progress = await Progress.start(brief.campaign, 2 * len(plans))
     logger.info(
         "Campaign %s: %d assets, estimate %s of budget %s",
         brief.campaign,
@@ -435,32 +788,54 @@ async def run_campaign(
         usd(campaign_estimate_usd(plans)),
         usd(brief.budget_usd),
     )
-
-    await run.each_asset(run.drafts)
-    reviewed = True
-    if selection == "approval":
-        reviewed = await run.approve(
-            chosen_selector, approval_timeout_seconds, approval_poll_seconds
-        )
-    else:
-        run.auto_select(chosen_selector)
-    if reviewed:
-        await run.each_asset(run.final)
-
-    manifest = run.manifest(selection, started_at)
-    stored = await asset_storage.aput_json(manifest_key(brief.campaign), manifest)
-    await publish_campaign_report(manifest)
-    await publish_final_previews(manifest, asset_storage)
-    logger.info(
-        "Manifest: %s — billed %s of budget %s",
-        stored.uri,
-        usd(manifest.totals.billed_usd),
-        usd(brief.budget_usd),
+    cap = await resolve_spend_cap(spend_cap, spend_cap_block)  # one check before anything is sent
+    reservation = await reserve_spend(
+        cap, asset_storage, campaign_estimate_usd(plans), f"campaign {brief.campaign}"
     )
+    try:
+        run.progress = await Progress.start(brief.campaign, 2 * len(plans))
+        await run.checkpoint(selection, started_at)
+        await run.each_asset("draft", run.drafts)
+        await run.checkpoint(selection, started_at)  # a review may take a day
+        reviewed = True
+        run.stage = "review" if selection == "approval" else "selection"
+        if selection == "approval":
+            reviewed = await run.approve(
+                chosen_selector, approval_timeout_seconds, approval_poll_seconds
+            )
+        else:
+            run.auto_select(chosen_selector)
+        if reviewed:
+            await run.each_asset("final", run.final)
+    except Pause:
+        # Suspended for review (a deployed run): the process exits, no worker is held. The
+        # manifest says what holds if nobody answers in time (no finals); a resume reruns the
+        # flow, which overwrites it.
+        await run.checkpoint(selection, started_at)
+        raise
+    except BaseException as error:
+        # Failed or cancelled mid-run: the manifest and the artifacts still record every
+        # outcome and every job paid for, then the error goes on its way.
+        stopped: RunState = "failed" if isinstance(error, Exception) else "cancelled"
+        run.interrupt(error)
+        try:
+            _, uri = await run.finish(selection, started_at, stopped)
+        except BaseException as secondary:  # noqa: BLE001 — never hide the original error
+            logger.error("The manifest of the %s run was not written: %r", stopped, secondary)
+        else:
+            error.add_note(f"The run's manifest ({stopped}): {uri}")
+        raise
+    finally:
+        await reservation.release()  # its jobs' records count from here on
+
+    failing = any(o.status in FAILING_STATUSES for o in run.outcomes.values())
+    manifest, uri = await run.finish(selection, started_at, "failed" if failing else "completed")
     if manifest.failed_assets:
         raise CampaignIncompleteError(
             f"{len(manifest.failed_assets)} of {len(plans)} asset(s) did not get a final: "
             + "; ".join(f"{o.asset} ({o.status.value}: {o.detail})" for o in manifest.failed_assets)
-            + f". Manifest: {stored.uri}"
+            + f". Manifest: {uri}",
+            manifest=manifest,
+            manifest_uri=uri,
         )
     return manifest

@@ -6,14 +6,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from evolink.cost import usd
+from evolink.cost import estimate, usd
 from evolink.errors import PaidJobNotStoredError
-from evolink.jobs import JobRecord
+from evolink.jobs import JobRecord, job_key, submit_record_key
 from evolink.models import ImageRequest
 from evolink.polling import DEFAULT_DEADLINE_SECONDS
 from prefect_evolink.blocks import (
     AssetStorage,
     EvoLinkCredentials,
+    EvoLinkSpendCap,
     LocalAssetStorage,
     S3AssetStorage,
     safe_key,
@@ -21,6 +22,7 @@ from prefect_evolink.blocks import (
 from prefect_evolink.flows.parameters import resolve_blocks
 from prefect_evolink.tasks.job import run_image_job
 from prefect_evolink.tasks.reporting import publish_job_report
+from prefect_evolink.tasks.spend import reserve_spend, resolve_spend_cap
 
 
 @flow(name="evolink-generate-image", log_prints=True)
@@ -33,6 +35,8 @@ async def generate_image(
     resubmits: int = 1,
     credentials: EvoLinkCredentials | None = None,
     storage: LocalAssetStorage | S3AssetStorage | None = None,
+    spend_cap_block: str | None = None,
+    spend_cap: EvoLinkSpendCap | None = None,
 ) -> JobRecord:
     """Generate the images of one GPT Image 2 request, store them, and report their cost.
 
@@ -63,6 +67,11 @@ async def generate_image(
             `credentials_block`.
         storage: A Local or S3 asset storage block (the form offers the saved ones). Wins over
             `storage_block`.
+        spend_cap_block: Name of a saved EvoLink Spend Cap block: before the job is sent, the
+            period's spend plus its estimate must fit the cap (an estimate check with
+            reservations). Ignored when `spend_cap` is given; with neither, no cap.
+        spend_cap: An EvoLink Spend Cap block (the form offers the saved ones). Wins over
+            `spend_cap_block`.
 
     Returns:
         The job's record: task id, estimated and billed cost, and every stored image (its
@@ -70,6 +79,8 @@ async def generate_image(
 
     Raises:
         MissingCredentialsError: No credentials block and no `EVOLINK_API_KEY`.
+        SpendCapExceededError: The period's spend and the job's estimate are over the spend
+            cap; nothing was sent.
         TaskFailedError: EvoLink failed the task (failed tasks are not billed).
         PollDeadlineExceeded: The job did not finish within `poll_deadline_seconds`.
         PaidJobNotStoredError: The job was billed but not every image could be stored; the
@@ -102,6 +113,8 @@ async def generate_image(
         storage=storage,
         poll_deadline_seconds=poll_deadline_seconds,
         resubmits=resubmits,
+        spend_cap_block=spend_cap_block,
+        spend_cap=spend_cap,
     )
 
 
@@ -118,6 +131,8 @@ async def run_and_report(
     poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
     resubmits: int = 1,
     identity: dict[str, Any] | None = None,
+    spend_cap_block: str | None = None,
+    spend_cap: EvoLinkSpendCap | None = None,
 ) -> JobRecord:
     """Blocks → one job → cost artifacts: the body every single-request flow shares.
 
@@ -125,6 +140,11 @@ async def run_and_report(
     only in how they name the job (its namespace decides when a rerun reattaches) and where
     the images go; the pipeline itself cannot drift between them. Blocks are chosen by
     `resolve_blocks`: a block object wins over a block name.
+
+    With a spend cap the job's estimate is checked and reserved before anything is sent
+    (`reserve_spend`), and the reservation released when the job ends — unless the job was
+    sent before (its submit record exists): then it is paid for or on its way, and the run
+    only reattaches.
     """
     credentials, storage = await resolve_blocks(
         credentials=credentials,
@@ -132,6 +152,12 @@ async def run_and_report(
         storage=storage,
         storage_block=storage_block,
     )
+    cap = await resolve_spend_cap(spend_cap, spend_cap_block)
+    if cap is not None:
+        first = job_key(namespace, request, identity=identity)
+        if await storage.aexists(submit_record_key(first)):
+            cap = None  # sent before: reattaching costs nothing new
+    reservation = await reserve_spend(cap, storage, estimate(request).usd, namespace)
     try:
         record = await run_image_job(
             request,
@@ -146,6 +172,8 @@ async def run_and_report(
     except PaidJobNotStoredError as error:  # the run fails, but its bill is still shown
         await publish_job_report(error.record, key_prefix=artifact_prefix, failed=str(error))
         raise
+    finally:
+        await reservation.release()
     await publish_job_report(record, key_prefix=artifact_prefix)
     get_run_logger().info(
         "Done: %d image(s), estimated %s, billed %s",

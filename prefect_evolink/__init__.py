@@ -10,7 +10,7 @@ The package is laid out like other Prefect collections:
 - `prefect_evolink.tasks`: the three steps of every job (`submit_job`, `poll_job`,
   `persist_image`), the provider limits and the artifacts they publish;
 - `prefect_evolink.flows`: `generate_image` (ad hoc), `generate_product_asset` (event-triggered)
-  and `run_campaign` (drafts → selection → finals);
+  and `run_campaign` (drafts → selection → finals), `spend_report` (spend across runs);
 - `prefect_evolink.deployments`: the work pool, limits and deployments of `prefect.yaml`;
 - the Prefect-free client and domain model live in the separate top-level package `evolink`,
   and every error either raises is in `evolink.errors` (re-exported here).
@@ -47,6 +47,7 @@ from evolink.errors import (
     RateLimitError,
     ResultExpiredError,
     ServerError,
+    SpendCapExceededError,
     TaskFailedError,
     UnsafeResultLinkError,
 )
@@ -54,6 +55,7 @@ from evolink.models import ImageRequest
 from prefect_evolink.blocks import (
     AssetStorage,
     EvoLinkCredentials,
+    EvoLinkSpendCap,
     LocalAssetStorage,
     S3AssetStorage,
     load_storage,
@@ -62,6 +64,7 @@ from prefect_evolink.blocks import (
 from prefect_evolink.flows.asset_requested import generate_product_asset
 from prefect_evolink.flows.campaign import run_campaign
 from prefect_evolink.flows.generate import generate_image
+from prefect_evolink.flows.spend import spend_report
 from prefect_evolink.tasks.job import run_image_job
 from prefect_evolink.tasks.persist import persist_image
 from prefect_evolink.tasks.poll import poll_job
@@ -84,6 +87,7 @@ __all__ = [
     "CampaignIncompleteError",
     "EvoLinkCredentials",
     "EvoLinkError",
+    "EvoLinkSpendCap",
     "HostError",
     "ImageRequest",
     "InsufficientCreditsError",
@@ -100,6 +104,7 @@ __all__ = [
     "ResultExpiredError",
     "S3AssetStorage",
     "ServerError",
+    "SpendCapExceededError",
     "TaskFailedError",
     "UnsafeResultLinkError",
     "__version__",
@@ -111,5 +116,6 @@ __all__ = [
     "run_campaign",
     "run_image_job",
     "safe_key",
+    "spend_report",
     "submit_job",
 ]

@@ -5,22 +5,53 @@
     prefect-evolink campaign BRIEF       any brief; `--selection approval` pauses for a reviewer
     prefect-evolink simulator            the bundled EvoLink simulator on 127.0.0.1:8787
     prefect-evolink deploy               work pool, provider limits and deployments (prefect.yaml)
+    prefect-evolink report CAMPAIGN      rebuild a campaign's manifest from its job records, print
+                                         its cost (also after a killed run; sends no job)
+    prefect-evolink spend                what storage says EvoLink billed across runs, by campaign,
+                                         deployment, product, month, stage and quality
+    prefect-evolink callbacks --port N   the callback receiver: EvoLink callbacks, confirmed
+                                         with the API, become Prefect events
 
 With `EVOLINK_API_KEY` set (or `--credentials-block NAME`), it calls the real EvoLink API and
 spends real money. Without one it starts the bundled EvoLink simulator on 127.0.0.1 and says so
 loudly: the images are synthetic and nothing is billed.
+
+Before any Prefect server or API is involved, `demo` and `campaign` validate the brief (or the
+request), check the estimate against the brief's budget, and — with credentials from the
+environment — check that the EvoLink API answers at all. An expected failure ends with one short
+message on stderr and its exit code, without a traceback (Prefect's console log lines of the
+failed run lose theirs too; the run's logs in the Prefect API keep them); `--debug` prints the
+traceback.
+
+Exit codes:
+
+    0  done: every asset got its final (or the single job stored its images)
+    1  unexpected error (a bug, or an API error not listed here); --debug shows the traceback
+    2  invalid input: the brief or request breaks a rule (BriefError, InvalidRequestError,
+       HostError, an API 400), or a command-line usage error
+    3  budget: the estimate is over the brief's budget (BudgetExceededError; nothing was sent),
+       the period's spend + reservations + the estimate is over the spend cap
+       (SpendCapExceededError; nothing was sent), or the account is out of credits (HTTP 402)
+    4  credentials: none configured, the named credentials block does not exist
+       (MissingCredentialsError), or the API refused the key (HTTP 401/403)
+    5  EvoLink API unreachable: connection refused, DNS failure or timeout (APIConnectionError)
+    6  partly failed: a campaign ended without every final (CampaignIncompleteError; the
+       manifest, the bill and what was stored are printed), or the single job failed at EvoLink
+       (TaskFailedError — failed or cancelled —, PaidJobNotStoredError, PollDeadlineExceeded)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
+import traceback
 from contextlib import ExitStack
 from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 # A fresh machine's first run migrates Prefect's SQLite database before the temporary API
 # answers, which takes longer than Prefect's default 20 s on two cores. No telemetry: the
@@ -28,15 +59,60 @@ from typing import Literal
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from evolink.campaign import CampaignManifest
+from evolink.brief import check_plans, load_brief
+from evolink.campaign import CampaignManifest, budget_refusal
+from evolink.client import DEFAULT_BASE_URL
 from evolink.cost import estimate, usd
-from evolink.errors import InvalidRequestError
+from evolink.errors import (
+    APIConnectionError,
+    AuthenticationError,
+    BadRequestError,
+    BriefError,
+    BudgetExceededError,
+    CampaignIncompleteError,
+    EvoLinkError,
+    HostError,
+    InsufficientCreditsError,
+    InvalidRequestError,
+    MissingCredentialsError,
+    PaidJobNotStoredError,
+    PermissionDeniedError,
+    PollDeadlineExceeded,
+    SpendCapExceededError,
+    TaskFailedError,
+)
 from evolink.jobs import JobRecord
-from evolink.models import parse_request
+from evolink.models import MASK_EXTENSIONS, REFERENCE_EXTENSIONS, parse_request
 from prefect_evolink.blocks import ENV_ASSETS_DIR
 from prefect_evolink.blocks.credentials import ENV_API_KEY, ENV_BASE_URL
 
 PROG = "prefect-evolink"
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_INVALID = 2
+EXIT_BUDGET = 3
+EXIT_CREDENTIALS = 4
+EXIT_UNREACHABLE = 5
+EXIT_INCOMPLETE = 6
+# (errors, exit code, what the one-line message starts with); the first match wins.
+EXPECTED_FAILURES: tuple[tuple[tuple[type[BaseException], ...], int, str], ...] = (
+    ((BriefError, InvalidRequestError, HostError, BadRequestError), EXIT_INVALID, "invalid input"),
+    (
+        (BudgetExceededError, SpendCapExceededError, InsufficientCreditsError),
+        EXIT_BUDGET,
+        "budget",
+    ),
+    (
+        (MissingCredentialsError, AuthenticationError, PermissionDeniedError),
+        EXIT_CREDENTIALS,
+        "credentials",
+    ),
+    ((APIConnectionError,), EXIT_UNREACHABLE, "EvoLink API unreachable"),
+    ((CampaignIncompleteError,), EXIT_INCOMPLETE, "campaign incomplete"),
+    ((TaskFailedError, PaidJobNotStoredError, PollDeadlineExceeded), EXIT_INCOMPLETE, "job failed"),
+)
+API_CHECK_SECONDS = 10.0
 EXAMPLE_BRIEF = files("prefect_evolink.briefs") / "spring-launch.yaml"
 """The example brief ships inside the package, so `demo` works from any directory."""
 DEMO_PROMPT = (
@@ -81,13 +157,70 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         help="the bundled EvoLink simulator (all options: prefect-evolink simulator --help)",
         add_help=False,
     )
+    report = commands.add_parser(
+        "report",
+        help="rebuild a campaign's manifest from the job records in storage; print its cost",
+        description="Rebuild CAMPAIGN's manifest from the job records in storage (its cost "
+        "rows, what was stored, what is unknown), store it at <campaign>/manifest.json and "
+        "print the cost. With EVOLINK_API_KEY or --credentials-block, EvoLink is asked for the "
+        "bill of every task that has no result record; nothing is ever submitted.",
+    )
+    report.add_argument("campaign", help="the campaign name, as in its brief")
+    where = report.add_mutually_exclusive_group()
+    where.add_argument("--storage-block", default=None, help="the storage block the runs used")
+    where.add_argument(
+        "--assets-dir",
+        default=None,
+        help=f"local storage directory (default: ${ENV_ASSETS_DIR} or ./assets)",
+    )
+    report.add_argument("--credentials-block", default=None, help="EvoLink credentials block")
+    report.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+    _spend_arguments(commands)
+    _callbacks_arguments(commands)
     for sub in (demo, campaign):
         sub.add_argument("--credentials-block", default=None)
         sub.add_argument("--storage-block", default=None)
         sub.add_argument(
             "--assets-dir", default="assets", help="local storage when no block is named"
         )
+        sub.add_argument(
+            "--debug", action="store_true", help="print the traceback of a failure, too"
+        )
+        sub.add_argument(
+            "--spend-cap-block",
+            default=None,
+            help="an EvoLink Spend Cap block: refuse (exit 3) when the period's spend + this "
+            "run's estimate is over it",
+        )
     return parser.parse_args(argv)
+
+
+def _spend_arguments(commands: Any) -> None:
+    spend = commands.add_parser(
+        "spend",
+        help="what storage says EvoLink billed across runs, by campaign, deployment, product, "
+        "month, stage and quality",
+        description="Add up the campaign manifests and the job records in storage (each "
+        "EvoLink task once), print the totals and the estimate-vs-bill drift, and store them "
+        "as _reports/spend/<period>.csv and .json. With EVOLINK_API_KEY or --credentials-block, "
+        "EvoLink is asked for the bills the records do not know; nothing is ever submitted. "
+        "Without --since/--until: every job ever.",
+    )
+    spend.add_argument("--since", default=None, help="first day counted: YYYY-MM or YYYY-MM-DD")
+    spend.add_argument(
+        "--until", default=None, help="last day counted, included: YYYY-MM or YYYY-MM-DD"
+    )
+    spend.add_argument("--timezone", default="UTC", help="IANA zone days begin in (default UTC)")
+    where = spend.add_mutually_exclusive_group()
+    where.add_argument("--storage-block", default=None, help="the storage block the runs used")
+    where.add_argument(
+        "--assets-dir",
+        default=None,
+        help=f"local storage directory (default: ${ENV_ASSETS_DIR} or ./assets)",
+    )
+    spend.add_argument("--credentials-block", default=None, help="EvoLink credentials block")
+    spend.add_argument("--no-store", action="store_true", help="print only; store no report")
+    spend.add_argument("--debug", action="store_true", help="print the traceback of a failure")
 
 
 def _start_simulator(stack: ExitStack) -> None:
@@ -130,30 +263,34 @@ def _print_campaign(manifest: CampaignManifest, manifest_uri: str) -> None:
         f"estimate was {usd(manifest.pre_flight_estimate_usd)}; "
         f"budget {usd(manifest.budget_usd)}, {usd(manifest.budget_left_usd)} left"
     )
-    variants = usd(manifest.high_quality_variants_usd)
-    print(f"  the same finals as k high-quality variants: {variants}")
+    from prefect_evolink.tasks.campaign_report import draft_first_words
+
+    words = draft_first_words(manifest)
+    if words is not None:
+        alternative, _ = words
+        print(f"  the same finals as {alternative}: {usd(manifest.high_quality_variants_usd)}")
     print(f"\nManifest: {manifest_uri}")
     key = manifest.campaign
-    print(f"Artifacts: {key}-cost (table), {key}-summary, {key}-progress, {key}-<asset>-final")
+    print(
+        f"Artifacts: {key}-cost (table), {key}-cost-details, {key}-summary, {key}-finals "
+        f"(contact sheet), {key}-progress, {key}-<asset>-final"
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo" and args.single:
         from prefect_evolink.flows.generate import generate_image
 
-        try:
-            request = parse_request(
-                {
-                    "prompt": args.prompt,
-                    "size": args.size,
-                    "quality": args.quality,
-                    "n": args.n,
-                    **({"resolution": args.resolution} if args.resolution else {}),
-                }
-            )
-        except InvalidRequestError as error:
-            print(error, file=sys.stderr)
-            return 2
+        request = parse_request(  # InvalidRequestError: exit 2, before anything else
+            {
+                "prompt": args.prompt,
+                "size": args.size,
+                "quality": args.quality,
+                "n": args.n,
+                **({"resolution": args.resolution} if args.resolution else {}),
+            }
+        )
+        _check_api_reachable(args)
         cost = estimate(request)
         print(
             f"Request: {request.size} {request.resolution or ''} {request.quality}, n={request.n} "
@@ -165,6 +302,7 @@ def _run(args: argparse.Namespace) -> int:
                 job_name=args.job_name,
                 credentials_block=args.credentials_block,
                 storage_block=args.storage_block,
+                spend_cap_block=args.spend_cap_block,
             )
         )
         _print_job(record)
@@ -180,6 +318,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             brief = args.brief
         print(f"Campaign brief: {brief} (selection: {selection})")
+        _check_brief(Path(brief))  # before any Prefect server: exit 2 or 3, nothing started
+        _check_api_reachable(args)
         manifest = asyncio.run(
             run_campaign(
                 str(brief),
@@ -188,6 +328,7 @@ def _run(args: argparse.Namespace) -> int:
                 credentials_block=args.credentials_block,
                 storage_block=args.storage_block,
                 approval_timeout_seconds=getattr(args, "approval_timeout", 24 * 3600),
+                spend_cap_block=args.spend_cap_block,
             )
         )
     storage = load_storage(args.storage_block)
@@ -206,19 +347,354 @@ def main(argv: list[str] | None = None) -> int:
 
         return deploy_main(argv[1:])
     args = _arguments(argv)
-    with ExitStack() as stack:
-        if args.credentials_block is None and not os.environ.get(ENV_API_KEY):
-            _start_simulator(stack)
-        else:
-            print(
-                f"Using the real EvoLink API at {os.environ.get(ENV_BASE_URL) or 'https://api.evolink.ai'}"
-            )
-        if args.storage_block is None:
-            os.environ.setdefault(ENV_ASSETS_DIR, str(Path(args.assets_dir).resolve()))
-        code = _run(args)
+    if args.command == "report":  # reads storage (and EvoLink): no simulator, no flow
+        return _report(args)
+    if args.command == "spend":  # reads storage (and EvoLink): no simulator, no flow
+        return _spend(args)
+    if args.command == "callbacks":  # a server until Ctrl-C: no simulator, no flow
+        return _callbacks(args)
+    if not getattr(args, "debug", False):
+        _quiet_prefect_tracebacks()
+    try:
+        with ExitStack() as stack:
+            args.simulated = args.credentials_block is None and not os.environ.get(ENV_API_KEY)
+            if args.simulated:
+                _start_simulator(stack)
+            elif args.credentials_block:
+                print(f"Using the real EvoLink API of credentials block {args.credentials_block!r}")
+            else:
+                print(f"Using the real EvoLink API at {_base_url()}")
+            if args.storage_block is None:
+                os.environ.setdefault(ENV_ASSETS_DIR, str(Path(args.assets_dir).resolve()))
+            code = _run(args)
+    except Exception as error:  # noqa: BLE001 — every failure ends in one message and a code
+        return _fail(error, args)
     print("\nSee runs, logs and artifacts in the Prefect UI:")
     print(f"  {_ui_hint()}")
     return code
+
+
+def _report(args: argparse.Namespace) -> int:
+    """`report CAMPAIGN`: the manifest rebuilt from the job records, stored, and its cost."""
+    from evolink.recovery import cost_summary
+    from prefect_evolink.blocks import AssetStorage, LocalAssetStorage, load_storage
+    from prefect_evolink.blocks.credentials import EvoLinkCredentials, resolve_credentials
+    from prefect_evolink.tasks.recovery import manifest_key, rebuild_campaign
+
+    async def rebuild() -> int:
+        storage: AssetStorage
+        if args.assets_dir is not None:
+            storage = LocalAssetStorage(base_dir=str(Path(args.assets_dir).resolve()))
+        else:
+            storage = load_storage(args.storage_block)
+        credentials: EvoLinkCredentials | None = None
+        if args.credentials_block or os.environ.get(ENV_API_KEY):
+            credentials = await resolve_credentials(args.credentials_block)
+            print(f"Asking EvoLink at {credentials.base_url} for the bills not yet recorded")
+        else:
+            print(
+                f"No {ENV_API_KEY} and no --credentials-block: EvoLink is not asked; the bills "
+                "of tasks without a result record stay unknown (counted at their estimates)"
+            )
+        rebuilt = await rebuild_campaign(args.campaign, storage, credentials)
+        if not rebuilt.found:
+            where = storage.uri(manifest_key(args.campaign)).rsplit("/", 2)[0]
+            print(
+                f"{PROG}: no manifest and no job records of campaign {args.campaign!r} in "
+                f"{where}; nothing written",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
+        print("\n".join(cost_summary(rebuilt.manifest)))
+        for problem in rebuilt.problems:
+            print(f"  unreadable record: {problem}")
+        print(f"\nManifest rebuilt from the job records: {rebuilt.uri}")
+        return EXIT_OK
+
+    try:
+        return asyncio.run(rebuild())
+    except Exception as error:  # noqa: BLE001 — one message and a code, as for every command
+        return _fail(error, args)
+
+
+def _spend(args: argparse.Namespace) -> int:
+    """`spend`: the spend across runs in storage, printed and stored as CSV and JSON."""
+    from evolink.spend import parse_bound, summary_lines, zone
+    from prefect_evolink.blocks import AssetStorage, LocalAssetStorage, load_storage
+    from prefect_evolink.blocks.credentials import EvoLinkCredentials, resolve_credentials
+    from prefect_evolink.tasks.spend import gather_spend, store_spend_report
+
+    async def add_up() -> int:
+        where = zone(args.timezone)
+        since = parse_bound(args.since, where, end=False) if args.since else None
+        until = parse_bound(args.until, where, end=True) if args.until else None
+        storage: AssetStorage
+        if args.assets_dir is not None:
+            storage = LocalAssetStorage(base_dir=str(Path(args.assets_dir).resolve()))
+        else:
+            storage = load_storage(args.storage_block)
+        credentials: EvoLinkCredentials | None = None
+        if args.credentials_block or os.environ.get(ENV_API_KEY):
+            credentials = await resolve_credentials(args.credentials_block)
+            print(f"Asking EvoLink at {credentials.base_url} for the bills not yet recorded")
+        report = await gather_spend(
+            storage,
+            since=since,
+            until=until,
+            timezone=args.timezone,
+            credentials=credentials,
+            reservations=None if since is None else report_period(since, until),
+        )
+        print("\n".join(summary_lines(report)))
+        for problem in report.problems:
+            print(f"  unreadable record: {problem}")
+        if not args.no_store:
+            csv_uri, json_uri = await store_spend_report(report, storage)
+            print(f"\nStored: {csv_uri}\n        {json_uri}")
+        return EXIT_OK
+
+    def report_period(since: Any, until: Any) -> str:
+        from evolink.spend import window_label
+
+        return window_label(since, until, zone(args.timezone))
+
+    try:
+        return asyncio.run(add_up())
+    except ValueError as error:  # a bound or a time zone that cannot be read
+        print(f"{PROG}: invalid input: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    except Exception as error:  # noqa: BLE001 — one message and a code, as for every command
+        return _fail(error, args)
+
+
+def _callbacks_arguments(commands: Any) -> None:
+    from evolink.callbacks import MAX_CALLBACK_BYTES
+
+    callbacks = commands.add_parser(
+        "callbacks",
+        help="the callback receiver: EvoLink callbacks, confirmed with the API, become "
+        "Prefect events (evolink.task.completed / evolink.task.failed)",
+        description="Serve the EvoLink callback receiver (ASGI, uvicorn) until Ctrl-C. Each "
+        "callback's task id is looked up in storage (_tasks/<id>.json, written at submit; "
+        "others are ignored), the task is asked for at EvoLink with the key, and an event is "
+        "emitted to the Prefect API (PREFECT_API_URL) from the API's answer — never from the "
+        "body. Point EvoLinkCredentials.callback_url (or EVOLINK_CALLBACK_URL) at its public "
+        "https URL. The first line printed is the URL it listens on.",
+    )
+    callbacks.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    callbacks.add_argument("--port", type=int, default=8788, help="0 picks a free port")
+    callbacks.add_argument("--path", default="/evolink/callback", help="the callback path")
+    where = callbacks.add_mutually_exclusive_group()
+    where.add_argument("--storage-block", default=None, help="the storage block the runs use")
+    where.add_argument(
+        "--assets-dir",
+        default=None,
+        help=f"local storage directory (default: ${ENV_ASSETS_DIR} or ./assets)",
+    )
+    callbacks.add_argument("--credentials-block", default=None, help="EvoLink credentials block")
+    callbacks.add_argument("--ssl-certfile", default=None, help="TLS certificate (PEM)")
+    callbacks.add_argument("--ssl-keyfile", default=None, help="TLS private key (PEM)")
+    callbacks.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="proxies trusted for X-Forwarded-Proto/-For (uvicorn's; default 127.0.0.1): "
+        "behind a TLS proxy, plain http from it counts as https",
+    )
+    callbacks.add_argument("--rate-limit", type=float, default=20.0, help="callbacks/s on average")
+    callbacks.add_argument("--burst", type=int, default=40, help="callbacks at once")
+    callbacks.add_argument(
+        "--max-body-bytes", type=int, default=MAX_CALLBACK_BYTES, help="larger bodies get 413"
+    )
+    callbacks.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+
+
+def _callbacks(args: argparse.Namespace) -> int:
+    """`callbacks`: the receiver under uvicorn until SIGINT/SIGTERM (tasks/callbacks.py)."""
+    from prefect.settings import get_current_settings
+
+    from evolink.urls import ENV_ALLOW_PRIVATE_URLS, private_urls_allowed
+    from prefect_evolink.blocks import AssetStorage, LocalAssetStorage, load_storage
+    from prefect_evolink.blocks.credentials import resolve_credentials
+    from prefect_evolink.tasks.callbacks import CallbackReceiver, ReceiverSettings, bind, serve
+
+    if not get_current_settings().api.url:
+        print(
+            f"{PROG}: invalid input: PREFECT_API_URL is not set; the receiver's events would go "
+            "to a temporary API that ends with it. Point it at your Prefect server.",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        print(
+            f"{PROG}: invalid input: give --ssl-certfile and --ssl-keyfile together",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    try:
+        storage: AssetStorage
+        if args.storage_block is None:
+            assets = args.assets_dir or os.environ.get(ENV_ASSETS_DIR) or "assets"
+            storage = LocalAssetStorage(base_dir=str(Path(assets).resolve()))
+        else:
+            storage = load_storage(args.storage_block)
+        credentials = asyncio.run(resolve_credentials(args.credentials_block))
+        settings = ReceiverSettings(
+            path=args.path,
+            max_body_bytes=args.max_body_bytes,
+            rate=args.rate_limit,
+            burst=args.burst,
+        )
+        receiver = CallbackReceiver(storage, credentials, settings)
+        sock = bind(args.host, args.port)
+    except Exception as error:  # noqa: BLE001 — one message and a code, as for every command
+        return _fail(error, args)
+    scheme = "https" if args.ssl_certfile else "http"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"{scheme}://{host}:{sock.getsockname()[1]}{args.path}"
+
+    def ready() -> None:
+        print(url, flush=True)  # the first line: where it listens (useful with --port 0)
+        print(
+            f"EvoLink callback receiver on {url}: tasks from {storage.uri('_tasks')}, checked "
+            f"with {credentials.base_url}, events to {get_current_settings().api.url}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if scheme == "http" and not private_urls_allowed():
+            print(
+                "Plain http: only requests a trusted proxy marks as https (X-Forwarded-Proto) "
+                f"are accepted (others get 403; {ENV_ALLOW_PRIVATE_URLS}=true is for testing).",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    try:
+        serve(
+            receiver,
+            sock,
+            ssl_certfile=args.ssl_certfile,
+            ssl_keyfile=args.ssl_keyfile,
+            forwarded_allow_ips=args.forwarded_allow_ips,
+            on_ready=ready,
+            log_level="debug" if args.debug else "info",
+        )
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down gracefully, then re-raised it
+        pass
+    except Exception as error:  # noqa: BLE001 — e.g. an unreadable certificate
+        return _fail(error, args)
+    finally:
+        sock.close()
+    return EXIT_OK
+
+
+def _base_url() -> str:
+    return os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+
+
+def _check_brief(path: Path) -> None:
+    """Validate the brief and its estimate against its budget without Prefect: BriefError (or
+    InvalidRequestError inside it) and BudgetExceededError surface here, before any server.
+
+    References other than URLs (files, `s3://`, `storage:`) are resolved only in the flow (they
+    need the storage block); here their extensions are checked and they stand in as placeholder
+    URLs, so the estimate (1,536 input tokens per reference) is the flow's.
+    """
+    from prefect_evolink.tasks.references import reference_format_problems
+
+    try:
+        brief = load_brief(path)
+    except OSError as error:
+        raise BriefError([f"{path}: cannot read the brief ({error.strerror or error})"]) from None
+    problems = reference_format_problems(brief)
+    references: dict[str, tuple[list[str], str | None]] = {}
+    for asset in brief.assets:
+        urls = [
+            _stand_in(spec, f"{asset.id}/{index}", REFERENCE_EXTENSIONS)
+            for index, spec in enumerate(asset.reference_images)
+        ]
+        mask = asset.mask and _stand_in(asset.mask, f"{asset.id}/mask", MASK_EXTENSIONS)
+        references[asset.id] = (urls, mask)
+    try:
+        plans = check_plans(brief, references)
+    except BriefError as error:
+        raise BriefError(problems + error.problems) from None
+    if problems:
+        raise BriefError(problems)
+    refusal = budget_refusal(brief, plans)
+    if refusal:
+        raise BudgetExceededError(refusal)
+
+
+def _stand_in(spec: str, name: str, extensions: tuple[str, ...]) -> str:
+    """A URL reference as it is; anything else, or a URL whose extension was already refused
+    (reported once, under `reference_images` or `mask`), as a placeholder PNG URL."""
+    from prefect_evolink.tasks.references import format_problem
+
+    if spec.startswith(("https://", "http://")) and not format_problem(spec, extensions):
+        return spec
+    return f"https://references.invalid/{name}.png"
+
+
+def _check_api_reachable(args: argparse.Namespace) -> None:
+    """With credentials from the environment, one unauthenticated HEAD to the API's base URL
+    (any answer will do; the key is not sent) so an unreachable API fails before Prefect starts
+    and before any job. A credentials block's URL is only known inside the flow."""
+    if getattr(args, "simulated", False) or getattr(args, "credentials_block", None):
+        return
+    import httpx
+
+    base_url = _base_url()
+    try:
+        httpx.head(base_url, timeout=API_CHECK_SECONDS)
+    except httpx.TransportError as error:
+        raise APIConnectionError(
+            f"no answer from {base_url} ({type(error).__name__}: {error}); "
+            f"check the network or {ENV_BASE_URL}"
+        ) from error
+
+
+def _fail(error: Exception, args: argparse.Namespace) -> int:
+    """One short message on stderr and the documented exit code; the traceback with --debug."""
+    sys.stdout.flush()
+    code, label = EXIT_UNEXPECTED, "unexpected error"
+    for kinds, exit_code, what in EXPECTED_FAILURES:
+        if isinstance(error, kinds):
+            code, label = exit_code, what
+            break
+    if isinstance(error, CampaignIncompleteError):
+        manifest = getattr(error, "manifest", None)
+        uri = getattr(error, "manifest_uri", None)
+        if isinstance(manifest, CampaignManifest):
+            _print_campaign(manifest, uri or "(not stored)")
+            sys.stdout.flush()
+    debug = getattr(args, "debug", False)
+    if debug:
+        traceback.print_exception(error)
+    text = str(error) if isinstance(error, EvoLinkError) else f"{type(error).__name__}: {error}"
+    hint = "" if debug or code != EXIT_UNEXPECTED else " (--debug shows the traceback)"
+    print(f"{PROG}: {label}: {text}{hint}", file=sys.stderr)
+    return code
+
+
+class _NoTraceback(logging.Filter):
+    """Strips the traceback from a record on its way to the console, nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return True
+
+
+def _quiet_prefect_tracebacks() -> None:
+    """Prefect logs a failed task or flow run with its traceback; on the console the CLI's own
+    message says it better. Only the console handler (the root logger's, reached last) loses
+    them: the handlers sending run logs to the Prefect API format their records first."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_NoTraceback())
 
 
 def _ui_hint() -> str:

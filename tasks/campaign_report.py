@@ -1,17 +1,50 @@
-"""Campaign artifacts: cost table, summary, progress, review sheet and final previews.
+"""Campaign artifacts: what reviewers and managers read in the Prefect UI.
 
-Keys are stable per campaign (`<campaign>-cost`, `-summary`, `-progress`, `-review`,
-`-<asset>-final`), so the Prefect UI's Artifacts page shows each one's history across runs.
+Every key is stable per campaign, so the Artifacts page shows each one's history across runs:
+
+- `<campaign>-review` (markdown): every asset's drafts side by side, labelled `image-0` … as the
+  Resume form's options, with the final's estimate and links to the full drafts where storage
+  can presign them (S3; local storage has none).
+- `<campaign>-finals` (markdown): the contact sheet — every asset of the run with its final's
+  thumbnail, size, cost and durable storage URI, or why it has none.
+- `<campaign>-<asset>-final` (markdown): one asset's outcome in the run — its final, or
+  "No current final" and why.
+- `<campaign>-cost` (table): one row per paid job, and one per asset left without a final:
+  Asset, Stage, Quality, Size, Images, Estimated, Billed, Credits, Status.
+- `<campaign>-cost-details` (table): the same jobs' task ids, seconds and tokens.
+- `<campaign>-summary` (markdown): spend by stage, the budget, the draft-first saving in words,
+  every asset's outcome, and paid jobs whose images were not stored.
+- `<campaign>-progress` (progress): jobs finished so far.
+
+The paused run's Resume dialog shows the review grid too: its description
+(`review_description`) is markdown with small thumbnails, so a reviewer chooses while looking at
+the drafts.
+
+History that does not mislead: every run that ends (completed, failed or cancelled) publishes
+`<campaign>-<asset>-final` for **every** asset of its brief, whatever the outcome. An asset the
+reviewer rejected, that failed, or that the budget stopped gets a version saying "No current
+final" with the reason, the run and the date, so the latest version of a key — what the
+Artifacts page shows — is never an older run's final presented as current. Earlier finals stay
+in the key's history, each labelled with the run that made it. Two cases keep an older version
+on top: a run killed outright (it publishes nothing; `prefect-evolink report` rebuilds its
+manifest, not its artifacts) and an asset removed from the brief (no later run mentions it).
+
+Pictures are never published with `create_image_artifact`: the UI prints the data URI as the
+"Image URL" line and stretches the picture. Data URIs appear only as markdown pictures.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any, Final
 from uuid import UUID
 
 from prefect.artifacts import (
-    acreate_image_artifact,
     acreate_markdown_artifact,
     acreate_progress_artifact,
     acreate_table_artifact,
@@ -19,12 +52,87 @@ from prefect.artifacts import (
 )
 
 from evolink.brief import AssetPlan
-from evolink.campaign import AssetOutcome, AssetStatus, CampaignManifest
+from evolink.campaign import AssetOutcome, AssetStatus, CampaignManifest, JobRow
 from evolink.cost import usd
 from evolink.jobs import StoredImage
-from evolink.previews import thumbnail_data_uri
+from evolink.previews import (
+    REVIEW_EDGE,
+    SHEET_EDGE,
+    GridCell,
+    Thumbnail,
+    cell_text,
+    grid,
+    thumbnail,
+)
 from prefect_evolink.blocks import AssetStorage
+from prefect_evolink.tasks.recovery import manifest_key
 from prefect_evolink.tasks.reporting import artifact_key
+from prefect_evolink.tasks.steps import evolink_step
+
+logger = logging.getLogger(__name__)
+
+REVIEW_LINK_MAX_SECONDS: Final = 7 * 24 * 3600
+"""S3 presigned URLs (SigV4) live at most 7 days; the review's links never claim longer."""
+DESCRIPTION_BUDGET_CHARS: Final = 300_000
+"""Most characters of thumbnails in the Resume dialog's description. The API stored and the UI
+rendered descriptions of 40 KB and 400 KB; 4 assets × 4 drafts take about 30 KB."""
+ARTIFACT_BUDGET_CHARS: Final = 1_000_000
+"""Most characters of thumbnails in one artifact: a keyed artifact past about 1.5 MB is not
+published as an event, and the run's Artifacts tab downloads every artifact whole."""
+
+COST_COLUMNS: Final = (
+    "Asset",
+    "Stage",
+    "Quality",
+    "Size",
+    "Images",
+    "Estimated",
+    "Billed",
+    "Credits",
+    "Status",
+)
+DETAIL_COLUMNS: Final = ("Asset", "Stage", "Task id", "Seconds", "Tokens (out / img / text)")
+NONE: Final = "—"
+"""An empty table cell. Not "-": the older UI renders each table cell as markdown, where a lone
+"-" is a list bullet."""
+
+_NO_FINAL: Final = {
+    AssetStatus.REJECTED: "rejected",
+    AssetStatus.NOT_REVIEWED: "not reviewed",
+    AssetStatus.BUDGET_STOPPED: "over budget",
+    AssetStatus.FAILED: "failed",
+    AssetStatus.CANCELLED: "cancelled",
+    AssetStatus.PENDING: "unfinished",
+}
+"""Why an asset has no final, in the few words a table cell holds (the detail is elsewhere)."""
+
+
+@evolink_step("evolink-save-manifest", "save manifest {manifest.campaign}")
+async def save_manifest(manifest: CampaignManifest, storage: AssetStorage) -> str:
+    """Store a campaign's manifest at `<campaign>/manifest.json`, retried like any step.
+
+    The run calls it when it ends — completed, failed or cancelled — so a run that paid for
+    anything always leaves its manifest (a killed run's is rebuilt by `prefect-evolink report`).
+
+    Args:
+        manifest: The campaign manifest to store.
+        storage: Where the campaign's images are; the manifest goes beside them.
+
+    Returns:
+        The manifest's storage URI.
+
+    Raises:
+        ClientError: S3 refused the write for good (no such bucket, access denied); other S3
+            and connection errors are retried.
+
+    Example:
+        A Prefect task: call it inside a flow:
+        ```python
+        uri = await save_manifest(manifest, storage)
+        ```
+    """
+    stored = await storage.aput_json(manifest_key(manifest.campaign), manifest)
+    return stored.uri
 
 
 class Progress:
@@ -46,14 +154,234 @@ class Progress:
         return cls(artifact_id, total_steps)
 
     async def advance(self, steps: int = 1) -> None:
+        """One more job done. A failed update is logged, never raised: progress is a view."""
         async with self._lock:
             self._done = min(self._total, self._done + steps)
-            await aupdate_progress_artifact(self._id, progress=100.0 * self._done / self._total)
+            try:
+                await aupdate_progress_artifact(self._id, progress=100.0 * self._done / self._total)
+            except Exception as error:  # noqa: BLE001
+                logger.warning("Progress artifact not updated: %s", error)
 
 
-def _thumbnail(storage: AssetStorage, image: StoredImage) -> str | None:
-    data = storage.get_bytes(image.key)
-    return thumbnail_data_uri(data) if data else None
+# --- pictures ------------------------------------------------------------------------------
+
+
+def _thumbnail(storage: AssetStorage, image: StoredImage, edge: int) -> Thumbnail | None:
+    """A thumbnail, or None when the image cannot be read (a preview is not worth failing a run
+    for). Blocking: call it in a worker thread."""
+    try:
+        data = storage.get_bytes(image.key)
+        return thumbnail(data, edge) if data else None
+    except Exception as error:  # noqa: BLE001
+        logger.warning("No preview of %s: %s", image.uri, error)
+        return None
+
+
+def _full_size_link(storage: AssetStorage, image: StoredImage, seconds: int) -> str | None:
+    """A temporary HTTPS link to the full image (S3), or None (local storage has none)."""
+    try:
+        return storage.presigned_url(image.key, seconds)
+    except Exception as error:  # noqa: BLE001
+        logger.warning("No link to %s: %s", image.uri, error)
+        return None
+
+
+def _picture(preview: Thumbnail | None, alt: str) -> str:
+    return preview.markdown(alt) if preview is not None else "_no preview_"
+
+
+def _run_label() -> str:
+    """The flow run's name, for the artifacts' history ("run bright-owl")."""
+    from prefect.runtime import flow_run
+
+    name = flow_run.name or "outside a flow run"
+    return f"run {name}"
+
+
+def _folder(uri: str) -> str:
+    return uri.rsplit("/", 1)[0] + "/"
+
+
+# --- review: the Resume dialog and the review artifact -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DraftPreview:
+    """One draft as the review shows it: its option label, thumbnails and full-size link.
+
+    `small` (`REVIEW_EDGE`) goes in the Resume dialog, `large` (`SHEET_EDGE`) in the artifact.
+    """
+
+    label: str
+    image: StoredImage
+    small: Thumbnail | None
+    large: Thumbnail | None
+    link: str | None
+
+
+class _Budget:
+    """Pictures go in while their data URIs fit `chars`; past it, words replace them."""
+
+    def __init__(self, chars: int):
+        self.left = chars
+        self.omitted = 0
+
+    def picture(self, preview: Thumbnail | None, alt: str) -> str:
+        if preview is None:
+            return "_no preview_"
+        if len(preview.data_uri) > self.left:
+            self.omitted += 1
+            return "_not shown_"
+        self.left -= len(preview.data_uri)
+        return preview.markdown(alt)
+
+
+def _reviewable(
+    plans: Sequence[AssetPlan], outcomes: dict[str, AssetOutcome], suggested: dict[str, Any]
+) -> list[AssetPlan]:
+    return [p for p in plans if outcomes[p.asset.id].drafts is not None and p.asset.id in suggested]
+
+
+def _suggestion(suggested: dict[str, int | None], asset: str) -> str:
+    choice = suggested.get(asset)
+    return "reject" if choice is None else f"image-{choice}"
+
+
+def review_description(
+    campaign: str,
+    plans: Sequence[AssetPlan],
+    outcomes: dict[str, AssetOutcome],
+    suggested: dict[str, int | None],
+    drafts: dict[str, list[DraftPreview]],
+    budget_chars: int = DESCRIPTION_BUDGET_CHARS,
+) -> str:
+    """The Resume dialog's markdown: per asset a row of draft thumbnails labelled as the form's
+    options (`image-0` …), with the final's estimate and the suggested choice.
+
+    No links: the dialog is where the choice is made; the review artifact has them. Pictures
+    stop at `budget_chars` of data URIs (a campaign of many assets), and the text says so.
+    """
+    shown = _reviewable(plans, outcomes, suggested)
+    total = sum((p.final_estimate.usd for p in shown), Decimal(0))
+    budget = _Budget(budget_chars)
+    lines = [
+        f"Choose one draft per asset (or **reject**) in the fields below: {len(shown)} final(s) "
+        f"would cost ≈ **{usd(total)}** in all. Larger previews: artifact "
+        f"`{artifact_key(campaign, 'review')}`.",
+        "",
+    ]
+    for plan in shown:
+        asset = plan.asset.id
+        lines += [
+            f"**{asset}** — final ≈ {usd(plan.final_estimate.usd)} · "
+            f"suggested: {_suggestion(suggested, asset)}",
+            "",
+            *grid(
+                [GridCell(d.label, budget.picture(d.small, d.label)) for d in drafts.get(asset, [])]
+            ),
+            "",
+        ]
+    if budget.omitted:
+        lines.append(
+            f"_{budget.omitted} thumbnail(s) not shown, to keep this form small: see the review "
+            "artifact._"
+        )
+    skipped = [p.asset.id for p in plans if p not in shown]
+    if skipped:
+        lines.append(
+            "Not in this review: " + ", ".join(f"{a} ({outcomes[a].status.value})" for a in skipped)
+        )
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def review_markdown(
+    campaign: str,
+    plans: Sequence[AssetPlan],
+    outcomes: dict[str, AssetOutcome],
+    suggested: dict[str, int | None],
+    drafts: dict[str, list[DraftPreview]],
+    links_expire: datetime | None,
+    budget_chars: int = ARTIFACT_BUDGET_CHARS,
+) -> str:
+    """The `<campaign>-review` artifact: the dialog's grid per asset, side by side, with larger
+    thumbnails, full-size links where storage gives them, and where the drafts are stored."""
+    budget = _Budget(budget_chars)
+    lines = [
+        f"# Review drafts — {campaign}",
+        "",
+        "Choose one draft per asset (or reject it) in the paused run's **Resume** dialog, which "
+        "shows these drafts too; its options are the labels below.",
+    ]
+    if links_expire is not None:
+        lines.append(
+            f"The *full size* links are temporary: valid until {links_expire:%Y-%m-%d %H:%M} UTC."
+        )
+    lines.append("")
+    for plan in plans:
+        asset = plan.asset.id
+        outcome = outcomes[asset]
+        lines.append(f"## {asset}")
+        if outcome.drafts is None or asset not in suggested:
+            detail = f": {outcome.detail}" if outcome.detail else ""
+            lines += ["", f"_Nothing to review: {outcome.status.value}{detail}_", ""]
+            continue
+        estimate = plan.final_estimate
+        cells = [
+            GridCell(
+                d.label,
+                budget.picture(d.large or d.small, d.label),
+                (f"[full size]({d.link})",) if d.link else (),
+            )
+            for d in drafts.get(asset, [])
+        ]
+        lines += [
+            "",
+            f"Final ≈ **{usd(estimate.usd)}** ({plan.final_quality}, "
+            f"{estimate.width}x{estimate.height}) · suggested: "
+            f"**{_suggestion(suggested, asset)}**",
+            "",
+            *grid(cells),
+            "",
+        ]
+        if outcome.drafts.images:
+            lines += [f"Stored at `{_folder(outcome.drafts.images[0].uri)}`", ""]
+    if budget.omitted:
+        lines.append(f"_{budget.omitted} thumbnail(s) not shown, to keep this artifact small._")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+async def review_drafts(
+    plans: Sequence[AssetPlan],
+    outcomes: dict[str, AssetOutcome],
+    storage: AssetStorage,
+    suggested: dict[str, int | None],
+    links_valid_seconds: int,
+) -> dict[str, list[DraftPreview]]:
+    """Every reviewable draft's thumbnails and full-size link (each image read once)."""
+
+    def previews(image: StoredImage) -> tuple[Thumbnail | None, Thumbnail | None]:
+        try:
+            data = storage.get_bytes(image.key)
+            if not data:
+                return None, None
+            return thumbnail(data, REVIEW_EDGE), thumbnail(data, SHEET_EDGE)
+        except Exception as error:  # noqa: BLE001 — a preview is not worth failing a run for
+            logger.warning("No preview of %s: %s", image.uri, error)
+            return None, None
+
+    async def one(image: StoredImage) -> DraftPreview:
+        (small, large), link = await asyncio.gather(
+            asyncio.to_thread(previews, image),
+            asyncio.to_thread(_full_size_link, storage, image, links_valid_seconds),
+        )
+        return DraftPreview(f"image-{image.index}", image, small, large, link)
+
+    found: dict[str, list[DraftPreview]] = {}
+    for plan in plans:
+        record = outcomes[plan.asset.id].drafts
+        if record is not None and plan.asset.id in suggested:
+            found[plan.asset.id] = list(await asyncio.gather(*(one(i) for i in record.images)))
+    return found
 
 
 async def publish_review_sheet(
@@ -62,140 +390,360 @@ async def publish_review_sheet(
     outcomes: dict[str, AssetOutcome],
     storage: AssetStorage,
     suggested: dict[str, int | None],
-) -> None:
-    """What the reviewer sees before choosing: every asset's drafts and its final's estimate."""
+    links_valid_seconds: int = 24 * 3600,
+) -> str:
+    """Publish `<campaign>-review` and return the Resume dialog's description (same grid).
+
+    Full-size links are presigned for `links_valid_seconds` (at most 7 days), where the storage
+    can presign (S3); local storage has no links, only the thumbnails and its paths.
+    """
+    seconds = max(60, min(links_valid_seconds, REVIEW_LINK_MAX_SECONDS))
+    drafts = await review_drafts(plans, outcomes, storage, suggested, seconds)
+    has_links = any(d.link for previews in drafts.values() for d in previews)
+    expires = datetime.now(UTC) + timedelta(seconds=seconds) if has_links else None
+    try:
+        await acreate_markdown_artifact(
+            key=artifact_key(campaign, "review"),
+            markdown=review_markdown(campaign, plans, outcomes, suggested, drafts, expires),
+            description=f"Drafts of {campaign} awaiting review ({_run_label()})",
+        )
+    except Exception as error:  # noqa: BLE001 — the Resume dialog still shows the drafts
+        logger.error("Review artifact not published: %s", error)
+    return review_description(campaign, plans, outcomes, suggested, drafts)
+
+
+# --- finals: the contact sheet and each asset's keyed artifact ----------------------------
+
+
+def outcome_words(outcome: AssetOutcome) -> str:
+    """An asset's outcome in a word or two: 'final', 'rejected', 'failed', 'over budget'…"""
+    if outcome.status is AssetStatus.FINAL:
+        return "final"
+    return _NO_FINAL.get(outcome.status, outcome.status.value)
+
+
+def _reason(outcome: AssetOutcome) -> str:
+    """Why an asset has no final, in full: 'rejected by reviewer', 'failed — final: …'."""
+    words = outcome_words(outcome)
+    if not outcome.detail:
+        return words
+    return outcome.detail if words in outcome.detail else f"{words} — {outcome.detail}"
+
+
+def _final_row(manifest: CampaignManifest, asset: str) -> JobRow | None:
+    rows = [r for r in manifest.jobs if r.asset == asset and r.stage == "final" and not r.failed]
+    return rows[-1] if rows else None
+
+
+def _final_cost(manifest: CampaignManifest, outcome: AssetOutcome) -> str:
+    row = _final_row(manifest, outcome.asset)
+    if row is not None:
+        return usd(row.billed_usd) if row.billed_usd is not None else "bill unknown"
+    if outcome.final is not None:
+        return usd(outcome.final.billed_usd)
+    return "unknown"
+
+
+def contact_sheet_markdown(
+    manifest: CampaignManifest, previews: dict[str, Thumbnail | None], run: str
+) -> str:
+    """The `<campaign>-finals` contact sheet: every asset of the run, four to a row — the
+    final's thumbnail, size and cost, or why there is none — then each final's storage URI."""
+    finals = [o for o in manifest.assets if o.status is AssetStatus.FINAL and o.final]
+    cells = []
+    for outcome in manifest.assets:
+        if outcome.status is AssetStatus.FINAL and outcome.final is not None:
+            image = outcome.final.images[0]
+            cells.append(
+                GridCell(
+                    outcome.asset,
+                    _picture(previews.get(outcome.asset), outcome.asset),
+                    (f"{image.width}x{image.height}", _final_cost(manifest, outcome)),
+                )
+            )
+        else:
+            cells.append(
+                GridCell(outcome.asset, f"_no final: {outcome_words(outcome)}_", ("—", "—"))
+            )
+    billed = manifest.totals.by_stage.get("final", "0")
     lines = [
-        f"# Review drafts — {campaign}",
+        f"# Finals — {manifest.campaign}",
         "",
-        "Pick one draft per asset (or reject it) in the form of the paused run.",
+        f"{len(finals)} of {len(manifest.assets)} asset(s) have a final · finals billed "
+        f"**{usd(billed)}** · {run}, {manifest.finished_at:%Y-%m-%d %H:%M} UTC "
+        f"({manifest.run_state})",
+        "",
+        *grid(cells),
         "",
     ]
-    for plan in plans:
-        outcome = outcomes[plan.asset.id]
-        lines.append(f"## {plan.asset.id}")
-        if outcome.drafts is None:
-            lines += [f"_no drafts: {outcome.status.value} {outcome.detail}_", ""]
-            continue
-        lines.append(
-            f"Final would cost about **{usd(plan.final_estimate.usd)}** "
-            f"({plan.final_quality}, {plan.final_estimate.width}x{plan.final_estimate.height}); "
-            f"suggested: image-{suggested.get(plan.asset.id)}"
+    if finals:
+        lines += ["Stored at (durable storage URIs; the manifest lists every image):", ""]
+        lines += [
+            f"- **{o.asset}** — `{o.final.images[0].uri}`"
+            for o in finals
+            if o.final is not None and o.final.images
+        ]
+    missing = [o for o in manifest.assets if o.status is not AssetStatus.FINAL]
+    if missing:
+        lines += ["", "Without a final in this run:", ""]
+        lines += [f"- **{o.asset}** — {_reason(o)}" for o in missing]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def asset_final_markdown(
+    manifest: CampaignManifest, outcome: AssetOutcome, preview: Thumbnail | None, run: str
+) -> tuple[str, str]:
+    """(markdown, description) of `<campaign>-<asset>-final` for this run's outcome.
+
+    Without a final, both say so first ("No current final"), so the Artifacts page — which
+    shows a key's latest version and its description — never presents an older final as
+    current."""
+    when = f"{manifest.finished_at:%Y-%m-%d %H:%M} UTC"
+    if outcome.status is AssetStatus.FINAL and outcome.final is not None:
+        image = outcome.final.images[0]
+        chosen = "-" if outcome.chosen_draft is None else f"image-{outcome.chosen_draft}"
+        lines = [
+            f"# {outcome.asset} — final",
+            "",
+            _picture(preview, outcome.asset),
+            "",
+            f"- size: {image.width}x{image.height} ({outcome.final.request.quality} quality)",
+            f"- final billed: {_final_cost(manifest, outcome)}",
+            f"- from draft: {chosen}",
+            f"- {run}, {when}",
+            f"- stored at: `{image.uri}`",
+            f"- sha256: `{image.sha256[:16]}…`",
+        ]
+        description = (
+            f"Current final of {outcome.asset}: {image.width}x{image.height}, "
+            f"{_final_cost(manifest, outcome)} ({run}, {when})"
         )
-        lines.append("")
-        for image in outcome.drafts.images:
-            uri = await asyncio.to_thread(_thumbnail, storage, image)
-            preview = f"![image-{image.index}]({uri})" if uri else "(preview unavailable)"
-            lines.append(f"**image-{image.index}** {preview} `{image.uri}`")
-            lines.append("")
-    await acreate_markdown_artifact(
-        key=artifact_key(campaign, "review"),
-        markdown="\n".join(lines),
-        description=f"Drafts of {campaign} awaiting review",
-    )
+        return "\n".join(lines) + "\n", description
+    words = outcome_words(outcome)
+    lines = [
+        f"# {outcome.asset} — no current final",
+        "",
+        f"**No current final — {words}** in {run} ({when}).",
+        "",
+        f"Why: {_reason(outcome)}",
+        "",
+        "Finals in earlier versions of this artifact are **not** current: the latest run of "
+        f"campaign {manifest.campaign} did not produce or approve one for this asset.",
+    ]
+    description = f"No current final of {outcome.asset} — {words} ({run}, {when})"
+    return "\n".join(lines) + "\n", description
 
 
 async def publish_final_previews(manifest: CampaignManifest, storage: AssetStorage) -> None:
-    """One image artifact per final, as a data-URI thumbnail (durable, unlike presigned links)."""
+    """The contact sheet `<campaign>-finals`, and `<campaign>-<asset>-final` for every asset of
+    the run — a final, or "no current final" and why (see the module docstring)."""
+    run = _run_label()
+    finals = [o for o in manifest.assets if o.status is AssetStatus.FINAL and o.final]
+    thumbs = await asyncio.gather(
+        *(
+            asyncio.to_thread(_thumbnail, storage, o.final.images[0], SHEET_EDGE)
+            for o in finals
+            if o.final is not None
+        )
+    )
+    previews = {o.asset: t for o, t in zip(finals, thumbs, strict=True)}
+    await acreate_markdown_artifact(
+        key=artifact_key(manifest.campaign, "finals"),
+        markdown=contact_sheet_markdown(manifest, previews, run),
+        description=(
+            f"Finals of {manifest.campaign}: {len(finals)} of {len(manifest.assets)} asset(s) "
+            f"({run})"
+        ),
+    )
     for outcome in manifest.assets:
-        if outcome.status is not AssetStatus.FINAL or outcome.final is None:
-            continue
-        image = outcome.final.images[0]
-        uri = await asyncio.to_thread(_thumbnail, storage, image)
-        if uri is None:
-            continue
-        await acreate_image_artifact(
-            image_url=uri,
+        markdown, description = asset_final_markdown(
+            manifest, outcome, previews.get(outcome.asset), run
+        )
+        await acreate_markdown_artifact(
             key=artifact_key(manifest.campaign, outcome.asset, "final"),
-            description=f"Final of {outcome.asset}: `{image.uri}` (sha256 {image.sha256[:16]}…)",
+            markdown=markdown,
+            description=description,
         )
 
 
-async def publish_campaign_report(manifest: CampaignManifest) -> None:
-    table = [
+# --- cost: the manager's table, the details table, the summary -----------------------------
+
+
+def _job_status(row: JobRow) -> str:
+    """'stored', or 'not stored' for a paid job whose images are (partly) missing — its reason
+    is in the summary. An unknown bill shows as "unknown" in the Billed column."""
+    return "not stored" if row.failed else "stored"
+
+
+def _ended_at(outcome: AssetOutcome) -> str:
+    """The stage an asset without a final ended at: 'review', 'draft', 'final'…"""
+    if outcome.status in (AssetStatus.REJECTED, AssetStatus.NOT_REVIEWED):
+        return "review"
+    stage, colon, _ = outcome.detail.partition(":")
+    return stage if colon and stage.isalpha() else NONE
+
+
+def cost_rows(manifest: CampaignManifest) -> list[dict[str, Any]]:
+    """The `<campaign>-cost` table: what a manager reads, in `COST_COLUMNS` order — one row per
+    paid job, then one per asset left without a final (nothing billed for its final).
+
+    Every cell is a few words, so the table fits the content column of a 1,440-px screen in both
+    Prefect UIs (their table cells do not wrap): task ids, durations and tokens are in
+    `cost_detail_rows`, reasons in the summary, storage locations in the manifest."""
+    rows = [
         {
-            "asset": row.asset,
-            "stage": row.stage,
-            "quality": row.quality,
-            "pixels": row.pixel_size,
-            "images": row.images,
-            "output_tokens": row.output_tokens,
-            "image_input_tokens": row.image_input_tokens,
-            "text_input_tokens": row.text_input_tokens,
-            "estimated_usd": usd(row.estimated_usd),
-            "billed_usd": usd(row.billed_usd),
-            "billed_credits": row.billed_credits or "unknown",
-            "task_id": row.task_id,
-            "duration_s": row.duration_s,
-            "stored_at": f"NOT STORED (paid): {row.failed}"
-            if row.failed
-            else row.stored_at[0].rsplit("/", 1)[0]
-            if row.stored_at
-            else "",
+            "Asset": row.asset,
+            "Stage": row.stage,
+            "Quality": row.quality,
+            "Size": row.pixel_size,
+            "Images": row.images,
+            "Estimated": usd(row.estimated_usd),
+            "Billed": usd(row.billed_usd),
+            "Credits": row.billed_credits or "unknown",
+            "Status": _job_status(row),
         }
         for row in manifest.jobs
     ]
-    failures = [
+    rows += [
         {
-            "asset": o.asset,
-            "stage": "-",
-            "quality": "-",
-            "pixels": "-",
-            "images": 0,
-            "output_tokens": 0,
-            "image_input_tokens": 0,
-            "text_input_tokens": 0,
-            "estimated_usd": "-",
-            "billed_usd": "$0",
-            "billed_credits": "0",
-            "task_id": "-",
-            "duration_s": 0,
-            "stored_at": f"{o.status.value}: {o.detail}",
+            "Asset": o.asset,
+            "Stage": _ended_at(o),
+            "Quality": NONE,
+            "Size": NONE,
+            "Images": 0,
+            "Estimated": NONE,
+            "Billed": NONE,
+            "Credits": NONE,
+            "Status": outcome_words(o),
         }
         for o in manifest.assets
         if o.status is not AssetStatus.FINAL
     ]
+    return rows
+
+
+def cost_detail_rows(manifest: CampaignManifest) -> list[dict[str, Any]]:
+    """The `<campaign>-cost-details` table, in `DETAIL_COLUMNS` order: the same jobs' task ids,
+    seconds from submission to result, and tokens (output / image input / text input, as
+    estimated). Storage locations stay in the manifest (every image's URI), the contact sheet
+    and the review: a URI column would not fit the page."""
+    return [
+        {
+            "Asset": row.asset,
+            "Stage": row.stage,
+            "Task id": row.task_id,
+            "Seconds": row.duration_s,
+            "Tokens (out / img / text)": (
+                f"{row.output_tokens} / {row.image_input_tokens} / {row.text_input_tokens}"
+            ),
+        }
+        for row in manifest.jobs
+    ]
+
+
+async def publish_campaign_report(manifest: CampaignManifest) -> None:
+    """The cost table, its details table and the summary (see the module docstring)."""
+    run = _run_label()
     await acreate_table_artifact(
         key=artifact_key(manifest.campaign, "cost"),
-        table=table + failures,
-        description=f"Every paid job of {manifest.campaign}: estimated before, billed after",
+        table=cost_rows(manifest),
+        description=(
+            f"Cost of {manifest.campaign} per job: estimated before, billed after ({run}). "
+            f"Task ids, seconds and tokens: `{artifact_key(manifest.campaign, 'cost-details')}`"
+        ),
+    )
+    await acreate_table_artifact(
+        key=artifact_key(manifest.campaign, "cost-details"),
+        table=cost_detail_rows(manifest),
+        description=f"Task ids, seconds and tokens of the paid jobs of {manifest.campaign} ({run})",
     )
     await acreate_markdown_artifact(
         key=artifact_key(manifest.campaign, "summary"),
         markdown=summary_markdown(manifest),
-        description=f"Spend, budget and outcome of campaign {manifest.campaign}",
+        description=f"Spend, budget and outcome of campaign {manifest.campaign} ({run})",
     )
+
+
+def _counts(values: Sequence[int]) -> str:
+    """4 → '4'; 2 and 4 → '2–4'."""
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}–{high}"
+
+
+def draft_first_words(manifest: CampaignManifest) -> tuple[str, str] | None:
+    """(the alternative, in words; the saving sentence), or None without a final.
+
+    The alternative to draft-first is generating, per delivered final, as many high-quality
+    variants as there were drafts ("4 high-quality variants per asset") and picking from those.
+    """
+    variants = Decimal(manifest.high_quality_variants_usd)
+    finals = [o for o in manifest.assets if o.status is AssetStatus.FINAL and o.final and o.drafts]
+    if variants <= 0 or not finals:
+        return None
+    drafts = _counts([o.drafts.request.n for o in finals if o.drafts is not None])
+    draft_quality = "/".join(sorted({o.drafts.request.quality for o in finals if o.drafts}))
+    final_quality = "/".join(sorted({o.final.request.quality for o in finals if o.final}))
+    spent = Decimal(manifest.totals.billed_usd)
+    alternative = f"{drafts} {final_quality}-quality variants per asset, no drafts"
+    saving = (
+        f"Draft-first: {drafts} {draft_quality}-quality drafts per asset, then one "
+        f"{final_quality}-quality final from the chosen draft. Getting the same "
+        f"{len(finals)} final(s) by generating {drafts} {final_quality}-quality variants per "
+        f"asset would have cost **{usd(variants)}**; this run billed **{usd(spent)}** in all "
+        f"(drafts of every asset included) — **{spent / variants:.2f}×** of that"
+    )
+    if spent < variants:
+        saving += f", a saving of **{usd(variants - spent)}**."
+    else:
+        saving += "."
+    return alternative, saving
 
 
 def summary_markdown(manifest: CampaignManifest) -> str:
     totals = manifest.totals
     spent = Decimal(totals.billed_usd)
     budget = Decimal(manifest.budget_usd)
-    variants = Decimal(manifest.high_quality_variants_usd)
+    used = f"used {spent / budget:.0%}, " if budget > 0 else ""
+    words = draft_first_words(manifest)
     lines = [
         f"# {manifest.campaign}",
+        "",
+        f"Run: **{manifest.run_state}**",
         "",
         "| | USD |",
         "|---|---|",
         *(f"| {stage} | {usd(amount)} |" for stage, amount in sorted(totals.by_stage.items())),
         f"| **total billed** | **{usd(spent)}** ({totals.billed_credits} credits) |",
         f"| pre-flight estimate | {usd(manifest.pre_flight_estimate_usd)} |",
-        f"| budget | {usd(budget)} — used {spent / budget:.0%}, left {usd(budget - spent)} |",
-        f"| same finals as k high-quality variants | {usd(variants)} |",
-        "",
+        f"| budget | {usd(budget)} — {used}left {usd(budget - spent)} |",
     ]
-    if variants > 0:
-        lines.append(
-            f"Draft-first cost **{spent / variants:.2f}×** of generating every variant at "
-            "final quality."
-        )
+    if words is not None:
+        lines.append(f"| same finals as {words[0]} | {usd(manifest.high_quality_variants_usd)} |")
+    lines.append("")
+    if words is not None:
+        lines.append(words[1])
     if totals.unknown_bills:
         lines.append(
             f"\n{totals.unknown_bills} job(s) reported no bill; counted at their estimate."
         )
-    lines += ["", "| asset | outcome | chosen draft | detail |", "|---|---|---|---|"]
+    unstored = [row for row in manifest.jobs if row.failed]
+    if unstored:
+        lines += ["", "Paid jobs whose images were not (all) stored:", ""]
+        lines += [
+            f"- {row.asset} {row.stage} (`{row.task_id}`, billed {usd(row.billed_usd)}): "
+            f"{row.failed}"
+            for row in unstored
+        ]
+    for job in manifest.submissions_unknown:
+        lines.append(
+            f"\n{job.asset} {job.stage}: {job.note} (`{job.idempotency_key}`, "
+            f"≈{usd(job.estimated_usd)} if EvoLink created it; not counted above)."
+        )
+    lines += ["", "| Asset | Outcome | Chosen draft | Detail |", "|---|---|---|---|"]
     lines += [
         f"| {o.asset} | {o.status.value} | "
-        f"{'-' if o.chosen_draft is None else f'image-{o.chosen_draft}'} | {o.detail} |"
+        f"{'-' if o.chosen_draft is None else f'image-{o.chosen_draft}'} | "
+        f"{cell_text(o.detail)} |"
         for o in manifest.assets
     ]
     return "\n".join(lines)

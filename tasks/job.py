@@ -7,15 +7,17 @@ run in the UI, with its own retries.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import get_run_logger
 
 from evolink.cost import estimate
-from evolink.errors import InvalidImageError, PaidJobNotStoredError, TaskFailedError
+from evolink.errors import InvalidImageError, PaidJobNotStoredError, TaskFailedError, charged
 from evolink.jobs import (
     JobRecord,
     StoredImage,
+    SubmitRecord,
     job_key,
     job_record_key,
     utcnow,
@@ -27,7 +29,19 @@ from prefect_evolink.blocks.credentials import EvoLinkCredentials
 from prefect_evolink.tasks.limits import provider_capacity
 from prefect_evolink.tasks.persist import persist_image
 from prefect_evolink.tasks.poll import poll_job
+from prefect_evolink.tasks.spend import record_bill
 from prefect_evolink.tasks.submit import submit_job
+
+
+@dataclass
+class JobTrail:
+    """How far `run_image_job` got with the attempt in flight, for a caller that must book the
+    cost of a job that failed: the job key whose create is being sent (its intent may have
+    reached EvoLink) and, once the create answered, its submit record (the task will be billed
+    if it completes)."""
+
+    sending: str | None = None
+    submitted: SubmitRecord | None = None
 
 
 async def run_image_job(
@@ -40,12 +54,16 @@ async def run_image_job(
     schedule: PollSchedule | None = None,
     resubmits: int = 1,
     identity: dict[str, Any] | None = None,
+    trail: JobTrail | None = None,
 ) -> JobRecord:
     """Return the job's record, doing only what has not been done yet.
 
     A finished job (its record is in storage) costs nothing to run again. A task that failed with
     a code a new submission may fix is resubmitted up to `resubmits` times — each a deliberate,
-    separately keyed job; a policy failure is never resubmitted. A task that completed (so was
+    separately keyed job; a policy failure, a task EvoLink reports `cancelled` and a task that
+    was charged are never resubmitted (`evolink.errors.resubmit_may_help`). A failed or
+    cancelled task whose body carries a charge raises `PaidJobNotStoredError` with that bill (so
+    it is booked); one without raises its `TaskFailedError`. A task that completed (so was
     billed) but whose images could not all be stored raises `PaidJobNotStoredError` carrying the
     bill, so the cost is reported even though the job failed; a rerun stores what is still
     behind the links without paying again.
@@ -63,17 +81,30 @@ async def run_image_job(
             )
             return JobRecord.model_validate(finished)
 
+        if trail is not None:
+            trail.sending, trail.submitted = key, None
         # One provider slot from just before submit until the poll ends (tasks/limits.py).
         async with provider_capacity():
             submit = await submit_job(
                 namespace, request, credentials, storage, attempt=attempt, identity=identity
             )
+            if trail is not None:
+                trail.submitted = submit
             try:
                 final = await poll_job(submit, credentials, schedule)
             except TaskFailedError as error:
+                status = "cancelled" if error.cancelled else "failed"  # for the spend report
+                await record_bill(
+                    storage, submit, status=status, billed=error.billed, note=str(error)
+                )
                 if error.resubmit_may_help and attempt <= resubmits:
                     logger.warning("%s — resubmitting as attempt %d", error, attempt + 1)
                     continue
+                if error.billed is not None and charged(error.billed):
+                    # Cancelled (or failed) after EvoLink charged for it: the bill is booked
+                    # like any paid job that delivered no image, never dropped.
+                    record = JobRecord.build(submit, cost, error.billed, [], completed_at=utcnow())
+                    raise PaidJobNotStoredError(record, error) from error
                 raise
 
         if not final.results:
@@ -81,6 +112,9 @@ async def run_image_job(
                 f"task {final.id} completed without any result link", task_id=final.id
             )
             record = JobRecord.build(submit, cost, final.billed, [], completed_at=utcnow())
+            await record_bill(
+                storage, submit, status="completed", billed=final.billed, note=str(empty)
+            )
             raise PaidJobNotStoredError(record, empty) from empty
         prefix = f"{dest_prefix}/{key[:12]}"
         metadata = {
@@ -114,6 +148,9 @@ async def run_image_job(
             if not isinstance(failure, Exception):
                 raise failure  # cancellation and the like pass through untouched
             partial = JobRecord.build(submit, cost, final.billed, images, completed_at=utcnow())
+            await record_bill(
+                storage, submit, status="completed", billed=final.billed, note=str(failure)
+            )
             raise PaidJobNotStoredError(partial, failure) from failure
         record = JobRecord.build(submit, cost, final.billed, images, completed_at=utcnow())
         await storage.aput_json(job_record_key(key), record.model_dump(mode="json"))

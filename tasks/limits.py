@@ -220,7 +220,8 @@ async def _skippable_limits() -> frozenset[str]:
     _missing_seen[api] = (time.monotonic(), missing)
     if missing and _warned.get(api) != missing:
         _warned[api] = missing
-        _logger().warning(
+        _logger().log(
+            _missing_limits_level(),
             "Provider limits %s do not exist or are inactive on this Prefect API, so EvoLink jobs "
             "run without them. Create them with `prefect-evolink deploy`"
             " (or `prefect gcl create`), and set %s=true to make this an error.",
@@ -228,6 +229,18 @@ async def _skippable_limits() -> frozenset[str]:
             ENV_STRICT,
         )
     return missing
+
+
+def _missing_limits_level() -> int:
+    """INFO on a temporary local API (a demo, an ad-hoc run: no limits is expected there, and
+    it is the first thing a new user sees); WARNING on a real server or in a deployed run,
+    where a missing limit means jobs may exceed what the EvoLink account allows."""
+    from prefect.context import FlowRunContext
+
+    on_real_server = bool(get_current_settings().api.url)
+    context = FlowRunContext.get()
+    deployed = bool(context and context.flow_run and context.flow_run.deployment_id)
+    return logging.WARNING if on_real_server or deployed else logging.INFO
 
 
 def forget_limit_lookups() -> None:

@@ -10,14 +10,19 @@ from evolink.cost import estimate
 from evolink.jobs import (
     SentRequest,
     SubmitRecord,
+    TaskIndex,
     idempotency_key,
     intent_record_key,
+    is_task_id,
     job_key,
     submit_record_key,
+    task_index_key,
 )
 from evolink.models import ImageRequest
+from evolink.spend import ORIGIN_FIELD
 from prefect_evolink.blocks import AssetStorage
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
+from prefect_evolink.tasks.spend import run_origin, with_origin
 from prefect_evolink.tasks.steps import evolink_step
 
 
@@ -37,6 +42,11 @@ async def submit_job(
     response was lost is replayed by EvoLink, not repeated), and retries only for errors the
     error family marks retryable. The request is written down (as an intent record) before it
     is sent, so a retry resends exactly what may already have reached EvoLink.
+
+    A request without a `callback_url` is sent with the credentials block's (if it has one):
+    where EvoLink reports is delivery, not the job, so it is not part of the job key. A task
+    sent with one is indexed (`_tasks/<task id>.json`), so the callback receiver tells our
+    tasks from any others in one read.
 
     Args:
         namespace: The logical job's name (e.g. `adhoc/<job_name>`); with the request it makes
@@ -79,6 +89,9 @@ async def submit_job(
             record.task_id,
             record.submitted_at.isoformat(),
         )
+        needs_index = bool(record.request.callback_url) and is_task_id(record.task_id)
+        if needs_index and not await storage.aexists(task_index_key(record.task_id)):
+            await index_task(storage, record, existing.get(ORIGIN_FIELD))  # an older record
         return record
 
     intent = await storage.aget_json(intent_record_key(key))
@@ -87,6 +100,8 @@ async def submit_job(
             intent
         )  # resend exactly what may have reached EvoLink
     else:
+        if request.callback_url is None and credentials.callback_url:
+            request = request.model_copy(update={"callback_url": credentials.callback_url})
         await storage.aput_json(intent_record_key(key), request.to_payload())
 
     cost = estimate(request)
@@ -112,10 +127,33 @@ async def submit_job(
         replayed=created.replayed,
         estimated_time=created.task.estimated_time,
     )
-    await storage.aput_json(record_key, record.model_dump(mode="json"))
+    # The run it came from (flow run, deployment) rides along for the spend report.
+    origin = await run_origin()
+    if request.callback_url:
+        await index_task(storage, record, origin)  # first: the callback may come soon
+    stored = with_origin(record.model_dump(mode="json"), origin)
+    await storage.aput_json(record_key, stored)
     logger.info(
         "Task %s %s",
         record.task_id,
         "was already created earlier (idempotent replay)" if created.replayed else "created",
     )
     return record
+
+
+async def index_task(storage: AssetStorage, record: SubmitRecord, origin: object) -> None:
+    """Store `_tasks/<task id>.json` (task id → job key, namespace, flow run): how the callback
+    receiver knows a task is ours in one read. Best effort: a task that is not indexed only
+    has its callbacks ignored — polling, the source of truth, still finishes the job."""
+    if not is_task_id(record.task_id):
+        get_run_logger().warning("Task id %r is not indexed for callbacks", record.task_id[:40])
+        return
+    index = TaskIndex.of(record, origin if isinstance(origin, dict) else None)
+    try:
+        await storage.aput_json(task_index_key(record.task_id), index.model_dump(mode="json"))
+    except Exception as error:  # noqa: BLE001 — bookkeeping must not fail a paid job
+        get_run_logger().warning(
+            "Task %s not indexed for callbacks (%s): its callbacks will be ignored",
+            record.task_id,
+            error,
+        )

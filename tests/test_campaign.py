@@ -202,18 +202,26 @@ def test_example_campaign_end_to_end(
     artifacts = asyncio.run(artifacts_with_prefix("aurora-spring-launch-%"))
     assert {
         "aurora-spring-launch-cost",
+        "aurora-spring-launch-cost-details",
         "aurora-spring-launch-summary",
         "aurora-spring-launch-progress",
+        "aurora-spring-launch-finals",
         "aurora-spring-launch-launch-banner-final",
     } <= set(artifacts)
     rows = json.loads(artifacts["aurora-spring-launch-cost"].data)
-    assert len(rows) == 8 and {r["stage"] for r in rows} == {"draft", "final"}
-    assert {r["task_id"] for r in rows} == {e.task_id for e in ledger}
+    assert len(rows) == 8 and {r["Stage"] for r in rows} == {"draft", "final"}
+    assert {r["Billed"] for r in rows} == {f"${Decimal(str(e.billed_usd)):.6f}" for e in ledger}
+    details = json.loads(artifacts["aurora-spring-launch-cost-details"].data)
+    assert {r["Task id"] for r in details} == {e.task_id for e in ledger}
     assert artifacts["aurora-spring-launch-progress"].data == 100.0
     assert "total billed" in artifacts["aurora-spring-launch-summary"].data
-    assert artifacts["aurora-spring-launch-launch-banner-final"].data.startswith(
-        "data:image/jpeg;base64,"
-    )
+    assert "2 low-quality drafts per asset" in artifacts["aurora-spring-launch-summary"].data
+    banner = artifacts["aurora-spring-launch-launch-banner-final"]
+    assert banner.type == "markdown" and "](data:image/jpeg;base64," in banner.data
+    assert banner.description.startswith("Current final of launch-banner")
+    sheet = artifacts["aurora-spring-launch-finals"].data
+    assert sheet.count("](data:image/jpeg;base64,") == 4
+    assert all(o.final.images[0].uri in sheet for o in manifest.assets if o.final)
 
     # a rerun pays for nothing new
     again = campaign(small_brief(tmp_path))
@@ -240,10 +248,12 @@ def test_one_asset_failing_does_not_stop_the_others(
     assert len(evolink_env.ledger()) == 1 + 3 * 2  # no resubmission of the policy failure
     artifacts = asyncio.run(artifacts_with_prefix("aurora-spring-launch-%"))
     assert "content_policy_violation" in artifacts["aurora-spring-launch-summary"].data
-    assert any(
-        "content_policy_violation" in r["stored_at"]
-        for r in json.loads(artifacts["aurora-spring-launch-cost"].data)
-    )
+    assert {"Asset": "social-square", "Stage": "draft", "Status": "failed"}.items() <= next(
+        r for r in json.loads(artifacts["aurora-spring-launch-cost"].data) if r["Billed"] == "—"
+    ).items()
+    square = artifacts["aurora-spring-launch-social-square-final"]
+    assert square.description.startswith("No current final of social-square — failed")
+    assert "content_policy_violation" in square.data
 
 
 # --- budget --------------------------------------------------------------------------------

@@ -356,7 +356,7 @@ def test_the_key_appears_nowhere(
     assert any(name.startswith("artifact #aurora-spring-launch-cost") for name in stored), stored[
         "read back"
     ]
-    assert any("(image)" in name for name in stored) and any(
+    assert any("(markdown)" in name for name in stored) and any(
         "(progress)" in name for name in stored
     )
     assert any(name.startswith("task run #persist") for name in stored)

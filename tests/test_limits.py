@@ -165,3 +165,16 @@ def test_ensure_limits_is_idempotent_and_keeps_tuned_values(no_limits: None) -> 
 def test_one_slot_means_one_job_at_a_time(no_limits: None) -> None:
     asyncio.run(ensure_limits(active_jobs=1, submits_per_minute=6000, submit_burst=10))
     assert asyncio.run(Occupancy(strict=True).peak_of_two()) == 1
+
+
+def test_missing_limits_are_info_on_a_temporary_api_and_a_warning_on_a_real_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new user's first local run should not open with an orange WARNING about limits that
+    only a production setup needs; a real server or a deployed run keeps the WARNING."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: None}):
+        assert limits._missing_limits_level() == logging.INFO
+    with temporary_settings({PREFECT_API_URL: "http://prefect.internal:4200/api"}):
+        assert limits._missing_limits_level() == logging.WARNING

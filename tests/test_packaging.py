@@ -142,6 +142,7 @@ def test_the_wheel_installs_two_packages_and_nothing_generic(wheel: Path) -> Non
         assert f"prefect_evolink/{sub}/__init__.py" in names
     assert "prefect_evolink/briefs/spring-launch.yaml" in names
     assert "prefect_evolink/deployments/prefect.yaml" in names
+    assert "prefect_evolink/deployments/automations.yaml" in names
     assert "[prefect.collections]\nprefect_evolink = prefect_evolink" in entry_points
     assert "prefect-evolink = prefect_evolink.cli:main" in entry_points
 

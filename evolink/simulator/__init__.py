@@ -4,9 +4,10 @@ It exists so the client, the Prefect tasks and the flows can be tested end to en
 the failures the real service cannot be asked to produce — without a key and without spending
 money. Standard library only; no Prefect imports.
 
-    from evolink.simulator import EvoLinkSimulator, Fault
+    from evolink.simulator import EvoLinkSimulator, Fault, FaultRates
 """
 
+from evolink.simulator.chaos import FaultRates
 from evolink.simulator.faults import Fault
 from evolink.simulator.ledger import LedgerEntry, max_concurrent
 from evolink.simulator.png import png_size, render_png
@@ -17,6 +18,7 @@ __all__ = [
     "DEFAULT_API_KEY",
     "EvoLinkSimulator",
     "Fault",
+    "FaultRates",
     "LedgerEntry",
     "max_concurrent",
     "png_size",

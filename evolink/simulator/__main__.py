@@ -2,6 +2,14 @@
 
 The first line printed to stdout is the base URL alone, so a script or test that starts this as a
 subprocess can read where to connect (useful with --port 0).
+
+    python -m evolink.simulator --seed 3 --faults '[{"kind": "rate_limit", "times": 2}]'
+    python -m evolink.simulator --seed 3 --chaos '{"create": 0.05, "get": 0.03, "download": 0.03,
+        "burst_length": 6, "fail_task": 0.05, "cancel_task": 0.03}'      # or --chaos @FILE
+
+`--faults` arms scripted faults (`evolink.simulator.faults`); `--chaos` turns on random faults
+by rate per endpoint, drawn from `--seed` (`evolink.simulator.chaos`; change them later with
+POST /_sim/chaos).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from evolink.simulator.chaos import FaultRates
 from evolink.simulator.faults import Fault
 from evolink.simulator.server import EvoLinkSimulator
 from evolink.simulator.service import DEFAULT_API_KEY
@@ -35,6 +44,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="JSON list of fault specs to arm at start (or @FILE to read them from a file)",
     )
+    parser.add_argument(
+        "--chaos",
+        default=None,
+        help="random faults by rate, a JSON object of FaultRates fields such as "
+        '\'{"create": 0.05, "get": 0.03, "burst_length": 6}\' (or @FILE); drawn from --seed',
+    )
+    parser.add_argument(
+        "--callback-ca-file",
+        default=None,
+        help="CA bundle (PEM) trusted for callback_url, e.g. the CA of a local receiver's "
+        "certificate; default: the system's",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return parser.parse_args(argv)
 
@@ -43,6 +64,11 @@ def _load_faults(spec: str) -> list[Fault]:
     text = Path(spec[1:]).read_text(encoding="utf-8") if spec.startswith("@") else spec
     data = json.loads(text)
     return [Fault.from_dict(item) for item in (data if isinstance(data, list) else [data])]
+
+
+def _load_chaos(spec: str) -> FaultRates:
+    text = Path(spec[1:]).read_text(encoding="utf-8") if spec.startswith("@") else spec
+    return FaultRates.from_dict(json.loads(text))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         generation_seconds=args.generation_seconds,
         result_ttl_seconds=args.result_ttl_seconds,
         seed=args.seed,
+        chaos=_load_chaos(args.chaos) if args.chaos else None,
+        callback_ca_file=args.callback_ca_file,
     )
     if args.faults:
         sim.add_faults(_load_faults(args.faults))
@@ -73,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         print(sim.base_url, flush=True)
         print(
             f"EvoLink simulator on {sim.base_url} (API key {sim.api_key}); "
-            f"admin: {sim.base_url}/_sim/health, /_sim/ledger, /_sim/faults, /_sim/reset. "
+            f"admin: {sim.base_url}/_sim/health, /_sim/ledger, /_sim/faults, /_sim/chaos, "
+            "/_sim/callbacks, "
+            "/_sim/reset. "
             "Ctrl-C stops.",
             file=sys.stderr,
             flush=True,

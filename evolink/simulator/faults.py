@@ -8,9 +8,12 @@ same seed and the same request order fails the same way.
 
 Two families:
 - request faults (latency, rate_limit, server_error, drop_connection) act on one HTTP request;
-- task faults (lose_create_response, fail_task, slow_task, expire_links) are drawn only when a
-  create request really creates a task (not on a replay, not on a refused request) and shape that
-  task for its whole life.
+- task faults (lose_create_response, fail_task, cancel_task, slow_task, expire_links) are drawn
+  only when a create request really creates a task (not on a replay, not on a refused request)
+  and shape that task for its whole life.
+
+Random faults by rate per endpoint, for soak tests, are `evolink.simulator.chaos.FaultRates`;
+they are drawn after the scripted faults here.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 REQUEST_KINDS: Final = frozenset({"latency", "rate_limit", "server_error", "drop_connection"})
-TASK_KINDS: Final = frozenset({"lose_create_response", "fail_task", "slow_task", "expire_links"})
+TASK_KINDS: Final = frozenset(
+    {"lose_create_response", "fail_task", "cancel_task", "slow_task", "expire_links"}
+)
 KINDS: Final = REQUEST_KINDS | TASK_KINDS
 ROUTES: Final = frozenset({"create", "get", "download", "any"})
 
@@ -50,6 +55,8 @@ class Fault:
       (the N in the body's "retry after N seconds" when `retry_after` is None);
     - server_error: `status` 500 / 502 / 503;
     - fail_task: `error_code`, `error_message` (the task's `error` at completion time);
+    - cancel_task: the task ends `cancelled` when it would have finished (no `error` object);
+      `billed_fraction` of its estimate is charged (0 = refunded, like a failed task);
     - slow_task: `seconds` (the task's generation time); latency: `seconds` (delay before handling);
     - expire_links: `ttl_seconds` (links valid this long after completion; 0 = already expired).
     """
@@ -66,6 +73,7 @@ class Fault:
     error_message: str | None = None
     seconds: float | None = None
     ttl_seconds: float = 0
+    billed_fraction: float = 0.0
     fired: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +99,8 @@ class Fault:
             raise ValueError("retry_after: must be >= 0")
         if self.ttl_seconds < 0:
             raise ValueError("ttl_seconds: must be >= 0")
+        if not 0.0 <= self.billed_fraction <= 1.0:
+            raise ValueError("billed_fraction: must be between 0 and 1")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Fault:

@@ -17,7 +17,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One task as of the read. Billed figures and token counts are 0 unless it completed.
+    """One task as of the read. Billed figures and token counts are 0 unless it completed
+    (a task cancelled with a charge, the `cancel_task` fault, has billed figures, no tokens).
 
     `started_at` is when the task enters (or will enter) processing; `finished_at` is None until
     it has finished. `expected_finish_at` is when it finishes (or finished). Times are Unix seconds.
@@ -47,7 +48,7 @@ class LedgerEntry:
 
     @property
     def billed(self) -> bool:
-        return self.status == "completed"
+        return self.status == "completed" or self.billed_usd > 0  # a charged cancellation too
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready; Decimals become strings so no digit is lost on the way."""

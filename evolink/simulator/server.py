@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Final
 
+from evolink.simulator.callbacks import CallbackAttempt
+from evolink.simulator.chaos import FaultRates
 from evolink.simulator.faults import Fault
 from evolink.simulator.ledger import LedgerEntry, max_concurrent
 from evolink.simulator.replies import Reply, error_reply, invalid_request
@@ -139,6 +141,13 @@ class EvoLinkSimulator:
         sim.add_fault(Fault(kind="rate_limit", retry_after=1))
         ...
         assert len(sim.ledger()) == 1
+
+    Random faults by rate, for soak tests (see `evolink.simulator.chaos`):
+    `EvoLinkSimulator(seed=3, chaos=FaultRates(create=0.05, get=0.03, download=0.03))`.
+
+    A request with a `callback_url` gets the finished task POSTed there, in the background
+    (`evolink.simulator.callbacks`; `sim.callbacks` lists the attempts). The URL is https-only,
+    so `callback_ca_file` names the CA a local receiver's certificate is signed by.
     """
 
     def __init__(
@@ -151,6 +160,8 @@ class EvoLinkSimulator:
         result_ttl_seconds: float = 86400,
         seed: int = 0,
         png_cache_bytes: int = 128 * 1024 * 1024,
+        chaos: FaultRates | None = None,
+        callback_ca_file: str | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -160,6 +171,8 @@ class EvoLinkSimulator:
             result_ttl_seconds=result_ttl_seconds,
             seed=seed,
             png_cache_bytes=png_cache_bytes,
+            chaos=chaos,
+            callback_ca_file=callback_ca_file,
         )
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -188,6 +201,7 @@ class EvoLinkSimulator:
         server, self._server = self._server, None
         if server is None:
             return
+        self.service.close()  # callbacks not yet sent are dropped
         server.shutdown()
         server.close_open_connections()
         server.server_close()
@@ -289,8 +303,24 @@ class EvoLinkSimulator:
         """How many times each fault kind fired."""
         return self.service.fault_book.counts()
 
+    @property
+    def chaos(self) -> FaultRates | None:
+        """Random faults by rate per endpoint (None: off); settable while running, like
+        POST /_sim/chaos. See `evolink.simulator.chaos`."""
+        return self.service.chaos.rates
+
+    @chaos.setter
+    def chaos(self, rates: FaultRates | None) -> None:
+        self.service.chaos.rates = rates
+
+    @property
+    def chaos_counts(self) -> dict[str, int]:
+        """What the random faults did: {"<route>.<kind>": n, "task.<kind>": n}."""
+        return self.service.chaos.counts()
+
     def reset(self) -> None:
-        """Forget tasks, keys, counts, faults and clock offset (same as POST /_sim/reset)."""
+        """Forget tasks, keys, counts, faults and clock offset (same as POST /_sim/reset); the
+        chaos rates stay, their draws restart."""
         self.service.reset()
 
     # --- the books ------------------------------------------------------------------------
@@ -317,6 +347,12 @@ class EvoLinkSimulator:
     def connections_accepted(self) -> int:
         """TCP connections accepted so far: shows whether a client reuses keep-alive connections."""
         return self._server.connections_accepted if self._server else 0
+
+    @property
+    def callbacks(self) -> list[CallbackAttempt]:
+        """Every callback POST so far (also GET /_sim/callbacks), in the order they were made:
+        task id, URL without its query, attempt number, HTTP status or error."""
+        return self.service.callbacks.attempts()
 
     def task(self, task_id: str) -> dict[str, Any] | None:
         """The task object as GET /v1/tasks/{id} would show it now (None if unknown)."""

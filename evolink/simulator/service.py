@@ -25,6 +25,8 @@ from pydantic import ValidationError
 
 from evolink.cost import estimate
 from evolink.models import ImageRequest, validation_problems
+from evolink.simulator.callbacks import CallbackSender
+from evolink.simulator.chaos import Chaos, FaultRates, request_key
 from evolink.simulator.faults import SERVER_ERROR_CODES, Fault, FaultBook
 from evolink.simulator.ledger import LedgerEntry, max_concurrent
 from evolink.simulator.png import PngCache
@@ -75,6 +77,8 @@ class SimulatorService:
         seed: int = 0,
         clock: Callable[[], float] = time.time,
         png_cache_bytes: int = 128 * 1024 * 1024,
+        chaos: FaultRates | None = None,
+        callback_ca_file: str | None = None,
     ) -> None:
         self.api_key = api_key
         self.generation_seconds = generation_seconds
@@ -85,7 +89,12 @@ class SimulatorService:
         self._clock_offset = 0.0
         self.base_url = "http://127.0.0.1"  # set by the server once bound
         self.fault_book = FaultBook(seed)
+        self.chaos = Chaos(seed, chaos)  # random faults by rate (evolink/simulator/chaos.py)
         self.png_cache = PngCache(png_cache_bytes)
+        # POSTs finished tasks to their callback_url (evolink/simulator/callbacks.py).
+        self.callbacks = CallbackSender(
+            self.task_status, self.task_object, ca_file=callback_ca_file
+        )
         self._signer = LinkSigner(secrets.token_bytes(32))
         self._lock = threading.RLock()
         self._reset_state()
@@ -96,6 +105,7 @@ class SimulatorService:
         self._tasks: dict[str, SimTask] = {}
         self._order: list[str] = []
         self._idempotency: dict[str, str] = {}  # key → task id
+        self._chaos_streams: dict[str, str] = {}  # task id → what its chaos draws are about
         self._counts: dict[str, int] = dict.fromkeys(ROUTE_NAMES, 0)
         self._clock_offset = 0.0
 
@@ -120,7 +130,13 @@ class SimulatorService:
         with self._lock:
             self._reset_state()
         self.fault_book.reset()
+        self.chaos.reset()
         self.png_cache.clear()
+        self.callbacks.forget()
+
+    def close(self) -> None:
+        """Stop sending callbacks (the server calls this when it stops)."""
+        self.callbacks.close()
 
     def ledger(self) -> list[LedgerEntry]:
         now = self.now()
@@ -130,6 +146,11 @@ class SimulatorService:
     def request_counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+    def task_status(self, task_id: str) -> str | None:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            return None if task is None else task.status_at(self.now())
 
     def task_object(self, task_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -141,6 +162,7 @@ class SimulatorService:
         return {
             "request_counts": self.request_counts(),
             "fault_counts": self.fault_book.counts(),
+            "chaos_counts": self.chaos.counts(),
             "tasks": len(entries),
             "max_concurrent_processing": max_concurrent(entries, now=self.now()),
             "clock_offset_seconds": self._clock_offset,
@@ -201,12 +223,13 @@ class SimulatorService:
         )
         return error_reply(401, "unauthorized", message, "authentication_error")
 
-    def _request_faults(self, route: str, prompt: str | None) -> Reply | None:
-        """Apply latency, then answer with the terminal fault if one fires."""
+    def _request_faults(self, route: str, prompt: str | None, chaos_key: str) -> Reply | None:
+        """Apply latency, then answer with the terminal fault if one fires — a scripted one
+        first, else a random one (chaos) drawn for what the request is about (`chaos_key`)."""
         decision = self.fault_book.for_request(route, prompt)
         if decision.delay_seconds > 0:
             time.sleep(decision.delay_seconds)
-        fault = decision.terminal
+        fault = decision.terminal or self.chaos.for_request(route, chaos_key)
         if fault is None:
             return None
         if fault.kind == "drop_connection":
@@ -239,7 +262,10 @@ class SimulatorService:
         except ValueError:
             body = None
         prompt = body.get("prompt") if isinstance(body, dict) else None
-        refused = self._request_faults("create", prompt if isinstance(prompt, str) else None)
+        chaos_key = request_key(body)
+        refused = self._request_faults(
+            "create", prompt if isinstance(prompt, str) else None, chaos_key
+        )
         if refused:
             return refused
 
@@ -274,7 +300,7 @@ class SimulatorService:
                 field, message = validation_problems(error)[0]
                 param = None if field == "request" else field
                 return invalid_request(f"{field}: {message}", param=param)
-            task = self._new_task(request, key, fingerprint, now)
+            task = self._new_task(request, key, fingerprint, now, chaos_key)
             reply = json_reply(task.to_api(now, self.base_url, self._signer))
         if task.response_lost:
             return Reply(drop=True)
@@ -288,12 +314,20 @@ class SimulatorService:
                 return task_id
 
     def _new_task(
-        self, request: ImageRequest, key: str | None, fingerprint: str, now: float
+        self,
+        request: ImageRequest,
+        key: str | None,
+        fingerprint: str,
+        now: float,
+        chaos_key: str = "",
     ) -> SimTask:
-        """Create and record a task (lock held), shaped by whichever task faults fire."""
+        """Create and record a task (lock held), shaped by whichever task faults fire
+        (scripted ones first, then random ones for the kinds they left)."""
         faults = self.fault_book.for_new_task(request.prompt)
+        stream, random_faults = self.chaos.for_new_task(chaos_key, taken=faults)
+        faults = {**faults, **random_faults}
         slow, fail = faults.get("slow_task"), faults.get("fail_task")
-        links = faults.get("expire_links")
+        links, cancel = faults.get("expire_links"), faults.get("cancel_task")
         seconds = slow.seconds if slow and slow.seconds is not None else self.generation_seconds
         task = SimTask(
             id=self._new_task_id(now),
@@ -306,11 +340,15 @@ class SimulatorService:
             idempotency_key=key,
             fingerprint=fingerprint,
             failure=(fail.error_code, fail.failure_message) if fail else None,
+            cancel_billed_fraction=cancel.billed_fraction if cancel else None,
             faults=tuple(sorted(faults)),
             response_lost="lose_create_response" in faults,
         )
         self._tasks[task.id] = task
+        self._chaos_streams[task.id] = stream
         self._order.append(task.id)
+        if request.callback_url:
+            self.callbacks.watch(task.id, request.callback_url)
         if key is not None:
             self._idempotency[key] = task.id
         return task
@@ -324,7 +362,8 @@ class SimulatorService:
             return refused
         with self._lock:
             task = self._tasks.get(task_id)
-        refused = self._request_faults("get", task.request.prompt if task else None)
+            stream = self._chaos_streams.get(task_id, f"unknown/{task_id}")
+        refused = self._request_faults("get", task.request.prompt if task else None, stream)
         if refused:
             return refused
         if task is None:
@@ -339,7 +378,10 @@ class SimulatorService:
         self._count("download")
         with self._lock:
             task = self._tasks.get(task_id)
-        refused = self._request_faults("download", task.request.prompt if task else None)
+            stream = self._chaos_streams.get(task_id, f"unknown/{task_id}")
+        refused = self._request_faults(
+            "download", task.request.prompt if task else None, f"{stream}/{index}"
+        )
         if refused:
             return refused
         params = parse_qs(query)
@@ -380,6 +422,12 @@ class SimulatorService:
             return json_reply([fault.to_dict() for fault in self.fault_book.snapshot()])
         if (method, path) == ("POST", "/_sim/faults"):
             return self._add_faults(body)
+        if (method, path) == ("GET", "/_sim/callbacks"):
+            return json_reply([attempt.to_json() for attempt in self.callbacks.attempts()])
+        if (method, path) == ("GET", "/_sim/chaos"):
+            return self._chaos_reply()
+        if (method, path) == ("POST", "/_sim/chaos"):
+            return self._set_chaos(body)
         if (method, path) == ("POST", "/_sim/clock"):
             return self._advance_clock(body)
         if (method, path) == ("POST", "/_sim/reset"):
@@ -397,6 +445,22 @@ class SimulatorService:
             return invalid_request(str(error))
         armed = [self.fault_book.add(fault) for fault in faults]
         return json_reply({"added": len(armed), "faults": [f.to_dict() for f in armed]})
+
+    def _chaos_reply(self) -> Reply:
+        rates = self.chaos.rates
+        return json_reply(
+            {"rates": None if rates is None else rates.to_dict(), "counts": self.chaos.counts()}
+        )
+
+    def _set_chaos(self, raw: bytes) -> Reply:
+        """Body: the `FaultRates` fields as an object (missing ones default), or null for off."""
+        try:
+            data = json.loads(raw or b"null")
+            rates = None if data is None else FaultRates.from_dict(data)
+        except (ValueError, TypeError) as error:
+            return invalid_request(str(error))
+        self.chaos.rates = rates
+        return self._chaos_reply()
 
     def _advance_clock(self, raw: bytes) -> Reply:
         """Body: {"advance": seconds}."""

@@ -1,7 +1,8 @@
 """A simulated task: its timeline, its task object as the API shows it, and its signed links.
 
 A task's state is a pure function of the clock: pending for the first 10% of its generation time,
-processing (progress rising) until `finish_at`, then completed or failed. Nothing runs in the
+processing (progress rising) until `finish_at`, then completed, failed or cancelled (a
+`cancel_task` fault; `cancel_billed_fraction` of the estimate is charged). Nothing runs in the
 background, so a thousand tasks cost nothing while nobody looks, and every read agrees with every
 other read at the same instant.
 """
@@ -16,7 +17,7 @@ from decimal import Decimal
 from typing import Any, Final
 from urllib.parse import urlencode
 
-from evolink.cost import CostEstimate
+from evolink.cost import CREDIT_PLACES, USD_PLACES, CostEstimate
 from evolink.models import ImageRequest
 from evolink.simulator.ledger import LedgerEntry
 
@@ -40,7 +41,8 @@ class LinkSigner:
 
 @dataclass
 class SimTask:
-    """One task as the simulator keeps it; `failure` is (code, message) if it is to fail."""
+    """One task as the simulator keeps it; `failure` is (code, message) if it is to fail,
+    `cancel_billed_fraction` the share of its estimate charged if it is to end cancelled."""
 
     id: str
     request: ImageRequest
@@ -52,6 +54,7 @@ class SimTask:
     idempotency_key: str | None = None
     fingerprint: str | None = None
     failure: tuple[str, str] | None = None
+    cancel_billed_fraction: float | None = None
     faults: tuple[str, ...] = ()
     response_lost: bool = False
     _links_cache: list[str] | None = field(default=None, repr=False)
@@ -73,13 +76,15 @@ class SimTask:
 
     def status_at(self, now: float) -> str:
         if now >= self.finish_at:
+            if self.cancel_billed_fraction is not None:
+                return "cancelled"
             return "failed" if self.failure else "completed"
         return "processing" if now >= self.started_at else "pending"
 
     def progress_at(self, now: float) -> int:
         status = self.status_at(now)
         if status in ("completed", "failed"):
-            return 100
+            return 100  # a cancelled task keeps the progress it had (99 at most)
         if status == "pending" or self.generation_seconds <= 0:
             return 0
         fraction = (now - self.created_at) / self.generation_seconds
@@ -139,6 +144,16 @@ class SimTask:
                 "charged_credits": reserved,
                 "refunded_credits": 0,
             }
+        elif status == "cancelled":
+            charged = self._cancel_charge()
+            credits = float(charged[1])
+            usage.update(credits_used=credits, cost={"credits": credits, "usd": float(charged[0])})
+            task["billing"] = {
+                "charge_status": "charged" if credits > 0 else "refunded",
+                "reserved_credits": reserved,
+                "charged_credits": credits,
+                "refunded_credits": max(0.0, reserved - credits),
+            }
         elif status == "failed" and self.failure is not None:
             code, message = self.failure
             task["error"] = {"code": code, "message": message}
@@ -151,25 +166,34 @@ class SimTask:
             }
         return task
 
+    def _cancel_charge(self) -> tuple[Decimal, Decimal]:
+        """(USD, credits) charged for a cancelled task: its share of the estimate."""
+        share = Decimal(str(self.cancel_billed_fraction or 0))
+        est = self.estimate
+        return (est.usd * share).quantize(USD_PLACES), (est.credits * share).quantize(CREDIT_PLACES)
+
     def ledger_entry(self, now: float) -> LedgerEntry:
         status = self.status_at(now)
         charged = status == "completed"
         est = self.estimate
+        billed_usd, billed_credits = (est.usd, est.credits) if charged else (_ZERO, _ZERO)
+        if status == "cancelled":
+            billed_usd, billed_credits = self._cancel_charge()
         return LedgerEntry(
             task_id=self.id,
             idempotency_key=self.idempotency_key,
             request=dict(self.payload),
             created_at=self.created_at,
             started_at=self.started_at,
-            finished_at=self.finish_at if status in ("completed", "failed") else None,
+            finished_at=self.finish_at if status in ("completed", "failed", "cancelled") else None,
             expected_finish_at=self.finish_at,
             status=status,
             output_tokens=est.output_tokens if charged else 0,
             image_input_tokens=est.image_input_tokens if charged else 0,
             text_input_tokens=est.text_input_tokens if charged else 0,
             reserved_credits=est.credits,
-            billed_usd=est.usd if charged else _ZERO,
-            billed_credits=est.credits if charged else _ZERO,
+            billed_usd=billed_usd,
+            billed_credits=billed_credits,
             error_code=self.failure[0] if self.failure and status == "failed" else None,
             faults=self.faults,
             response_lost=self.response_lost,
