@@ -166,15 +166,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         "bill of every task that has no result record; nothing is ever submitted.",
     )
     report.add_argument("campaign", help="the campaign name, as in its brief")
-    where = report.add_mutually_exclusive_group()
-    where.add_argument("--storage-block", default=None, help="the storage block the runs used")
-    where.add_argument(
-        "--assets-dir",
-        default=None,
-        help=f"local storage directory (default: ${ENV_ASSETS_DIR} or ./assets)",
-    )
-    report.add_argument("--credentials-block", default=None, help="EvoLink credentials block")
-    report.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+    _storage_arguments(report)
     _spend_arguments(commands)
     _callbacks_arguments(commands)
     for sub in (demo, campaign):
@@ -195,6 +187,20 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _storage_arguments(parser: Any, runs: str = "used") -> None:
+    """--storage-block | --assets-dir, --credentials-block and --debug: the options of every
+    command that reads what earlier runs stored."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--storage-block", default=None, help=f"the storage block the runs {runs}")
+    where.add_argument(
+        "--assets-dir",
+        default=None,
+        help=f"local storage directory (default: ${ENV_ASSETS_DIR} or ./assets)",
+    )
+    parser.add_argument("--credentials-block", default=None, help="EvoLink credentials block")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+
+
 def _spend_arguments(commands: Any) -> None:
     spend = commands.add_parser(
         "spend",
@@ -211,16 +217,8 @@ def _spend_arguments(commands: Any) -> None:
         "--until", default=None, help="last day counted, included: YYYY-MM or YYYY-MM-DD"
     )
     spend.add_argument("--timezone", default="UTC", help="IANA zone days begin in (default UTC)")
-    where = spend.add_mutually_exclusive_group()
-    where.add_argument("--storage-block", default=None, help="the storage block the runs used")
-    where.add_argument(
-        "--assets-dir",
-        default=None,
-        help=f"local storage directory (default: ${ENV_ASSETS_DIR} or ./assets)",
-    )
-    spend.add_argument("--credentials-block", default=None, help="EvoLink credentials block")
+    _storage_arguments(spend)
     spend.add_argument("--no-store", action="store_true", help="print only; store no report")
-    spend.add_argument("--debug", action="store_true", help="print the traceback of a failure")
 
 
 def _start_simulator(stack: ExitStack) -> None:
@@ -484,14 +482,7 @@ def _callbacks_arguments(commands: Any) -> None:
     callbacks.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     callbacks.add_argument("--port", type=int, default=8788, help="0 picks a free port")
     callbacks.add_argument("--path", default="/evolink/callback", help="the callback path")
-    where = callbacks.add_mutually_exclusive_group()
-    where.add_argument("--storage-block", default=None, help="the storage block the runs use")
-    where.add_argument(
-        "--assets-dir",
-        default=None,
-        help=f"local storage directory (default: ${ENV_ASSETS_DIR} or ./assets)",
-    )
-    callbacks.add_argument("--credentials-block", default=None, help="EvoLink credentials block")
+    _storage_arguments(callbacks, runs="use")
     callbacks.add_argument("--ssl-certfile", default=None, help="TLS certificate (PEM)")
     callbacks.add_argument("--ssl-keyfile", default=None, help="TLS private key (PEM)")
     callbacks.add_argument(
@@ -505,7 +496,6 @@ def _callbacks_arguments(commands: Any) -> None:
     callbacks.add_argument(
         "--max-body-bytes", type=int, default=MAX_CALLBACK_BYTES, help="larger bodies get 413"
     )
-    callbacks.add_argument("--debug", action="store_true", help="print the traceback of a failure")
 
 
 def _callbacks(args: argparse.Namespace) -> int:

@@ -16,9 +16,9 @@ import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from evolink.campaign import CampaignManifest
 from evolink.jobs import JOBS_PREFIX, JobRecord, SubmitRecord, job_record_key, submit_record_key
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 JOURNAL_DIR: Final = "_journal"
 READERS: Final = 16  # storage reads at once
+M = TypeVar("M", bound=BaseModel)
 ASKERS: Final = 4  # EvoLink status queries at once
 
 _RECORD_FILES: Final = ("intent.json", "submit.json", "result.json")
@@ -83,18 +84,27 @@ async def read_manifest(storage: AssetStorage, campaign: str) -> CampaignManifes
     return None if data is None else CampaignManifest.model_validate(data)
 
 
+async def read_models(
+    storage: AssetStorage, prefix: str, model: type[M], what: str, problems: list[str]
+) -> list[M]:
+    """Every JSON record under `prefix` as a `model`; unreadable ones go to `problems`, named."""
+    keys = [k for k in await storage.alist_keys(prefix) if k.endswith(".json")]
+    raw = await _bounded([storage.aget_json(k) for k in keys], READERS)
+    found: list[M] = []
+    for key, data in zip(keys, raw, strict=True):
+        try:
+            found.append(model.model_validate(data))
+        except ValidationError as error:
+            problems.append(f"{key}: unreadable {what} ({error.error_count()} error(s))")
+    return found
+
+
 async def read_journal(
     storage: AssetStorage, campaign: str, problems: list[str]
 ) -> list[JournalEntry]:
-    keys = [k for k in await storage.alist_keys(journal_prefix(campaign)) if k.endswith(".json")]
-    entries: list[JournalEntry] = []
-    raw = await _bounded([storage.aget_json(k) for k in keys], READERS)
-    for key, data in zip(keys, raw, strict=True):
-        try:
-            entries.append(JournalEntry.model_validate(data))
-        except ValidationError as error:
-            problems.append(f"{key}: unreadable journal entry ({error.error_count()} error(s))")
-    return entries
+    return await read_models(
+        storage, journal_prefix(campaign), JournalEntry, "journal entry", problems
+    )
 
 
 async def read_job_records(

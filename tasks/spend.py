@@ -89,7 +89,13 @@ from evolink.spend import (
 from prefect_evolink.blocks import AssetStorage, safe_key
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
 from prefect_evolink.blocks.spend_cap import EvoLinkSpendCap
-from prefect_evolink.tasks.recovery import READERS, _bounded, ask_evolink, manifest_key
+from prefect_evolink.tasks.recovery import (
+    READERS,
+    _bounded,
+    ask_evolink,
+    manifest_key,
+    read_models,
+)
 from prefect_evolink.tasks.reporting import artifact_key
 
 logger = logging.getLogger(__name__)
@@ -215,15 +221,9 @@ async def read_manifests(
 async def read_reservations(
     storage: AssetStorage, period: str, problems: list[str]
 ) -> list[Reservation]:
-    keys = [k for k in await storage.alist_keys(reservations_prefix(period)) if k.endswith(".json")]
-    raw = await _bounded([storage.aget_json(k) for k in keys], READERS)
-    found: list[Reservation] = []
-    for key, data in zip(keys, raw, strict=True):
-        try:
-            found.append(Reservation.model_validate(data))
-        except ValidationError as error:
-            problems.append(f"{key}: unreadable reservation ({error.error_count()} errors)")
-    return found
+    return await read_models(
+        storage, reservations_prefix(period), Reservation, "reservation", problems
+    )
 
 
 async def ended_flow_runs(ids: list[str]) -> set[str]:
