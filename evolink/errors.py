@@ -19,6 +19,7 @@ Import any of them from here, or from `prefect_evolink` (which re-exports the lo
     ├── InvalidImageError          a download was not a usable image (retryable)
     │   └── UnsafeResultLinkError  a link we refuse to fetch
     ├── PaidJobNotStoredError      billed, but its images could not all be stored
+    ├── SubmitRecordNotStoredError the task was created, but its submit record not stored
     ├── BudgetExceededError        the campaign's estimate is over its budget; nothing sent
     ├── SpendCapExceededError      the period's spend + reservations + estimate is over the cap
     ├── ProviderLimitsError        strict mode and a provider limit is missing
@@ -42,7 +43,7 @@ from evolink.cost import BilledCost, usd
 
 if TYPE_CHECKING:
     from evolink.campaign import CampaignManifest
-    from evolink.jobs import JobRecord
+    from evolink.jobs import JobRecord, SubmitRecord
 
 # Task failure codes that a fresh submission will not fix (EvoLink's own client's verdict).
 NOT_WORTH_RESUBMITTING: Final = frozenset(
@@ -279,6 +280,30 @@ class PaidJobNotStoredError(EvoLinkError):
         super().__init__(
             f"{type(cause).__name__}: {cause} (task {record.task_id} was billed {billed}, "
             f"{len(record.images)} of its images stored)",
+            task_id=record.task_id,
+        )
+
+
+class SubmitRecordNotStoredError(EvoLinkError):
+    """EvoLink created the task — it is billed if it completes — but its submit record could
+    not be stored.
+
+    Carries the submit record that was not stored (`record`: task id, job key, the request as
+    sent, the estimate) so whoever books cost can count the job, and ask EvoLink for its bill
+    by `task_id`: a storage failure after the create must not make the task disappear.
+    Retryable when the storage failure is (`retryable` is given by the step that raises it):
+    a retry finds the intent record and resends the create with the same Idempotency-Key, so
+    EvoLink replays the same task (nothing new is paid) and the write is tried again. The
+    storage failure is the `__cause__` and leads the message.
+    """
+
+    def __init__(self, record: SubmitRecord, cause: BaseException, *, retryable: bool = False):
+        self.record = record
+        self.job_key = record.job_key
+        self.retryable = retryable
+        super().__init__(
+            f"{type(cause).__name__}: {cause} (task {record.task_id} was created, its submit "
+            "record not stored: it is billed if it completes)",
             task_id=record.task_id,
         )
 

@@ -6,8 +6,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from evolink.campaign import submitted_job_record
 from evolink.cost import estimate, usd
-from evolink.errors import PaidJobNotStoredError
+from evolink.errors import PaidJobNotStoredError, SubmitRecordNotStoredError
 from evolink.jobs import JobRecord, job_key, submit_record_key
 from evolink.models import ImageRequest
 from evolink.polling import DEFAULT_DEADLINE_SECONDS
@@ -85,6 +86,8 @@ async def generate_image(
         PollDeadlineExceeded: The job did not finish within `poll_deadline_seconds`.
         PaidJobNotStoredError: The job was billed but not every image could be stored; the
             cost artifacts still show the bill, and a rerun stores what is missing for free.
+        SubmitRecordNotStoredError: EvoLink created the task but its submit record could not
+            be stored; the cost artifacts show the job (task id, bill unknown).
 
     Example:
         ```python
@@ -171,6 +174,10 @@ async def run_and_report(
         )
     except PaidJobNotStoredError as error:  # the run fails, but its bill is still shown
         await publish_job_report(error.record, key_prefix=artifact_prefix, failed=str(error))
+        raise
+    except SubmitRecordNotStoredError as error:  # created: shown, bill unknown, with its id
+        record = submitted_job_record(error.record)
+        await publish_job_report(record, key_prefix=artifact_prefix, failed=str(error))
         raise
     finally:
         await reservation.release()

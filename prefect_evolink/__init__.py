@@ -48,6 +48,7 @@ from evolink.errors import (
     ResultExpiredError,
     ServerError,
     SpendCapExceededError,
+    SubmitRecordNotStoredError,
     TaskFailedError,
     UnsafeResultLinkError,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "S3AssetStorage",
     "ServerError",
     "SpendCapExceededError",
+    "SubmitRecordNotStoredError",
     "TaskFailedError",
     "UnsafeResultLinkError",
     "__version__",

@@ -13,7 +13,13 @@ from typing import Any
 from prefect import get_run_logger
 
 from evolink.cost import estimate
-from evolink.errors import InvalidImageError, PaidJobNotStoredError, TaskFailedError, charged
+from evolink.errors import (
+    InvalidImageError,
+    PaidJobNotStoredError,
+    SubmitRecordNotStoredError,
+    TaskFailedError,
+    charged,
+)
 from evolink.jobs import (
     JobRecord,
     StoredImage,
@@ -66,7 +72,9 @@ async def run_image_job(
     it is booked); one without raises its `TaskFailedError`. A task that completed (so was
     billed) but whose images could not all be stored raises `PaidJobNotStoredError` carrying the
     bill, so the cost is reported even though the job failed; a rerun stores what is still
-    behind the links without paying again.
+    behind the links without paying again. A task created whose submit record could not be
+    stored raises `SubmitRecordNotStoredError` (after the step's retries), with the submit
+    record in `trail.submitted` too: a paid job whose bill is still unknown.
     """
     logger = get_run_logger()
     cost = estimate(request)
@@ -85,9 +93,14 @@ async def run_image_job(
             trail.sending, trail.submitted = key, None
         # One provider slot from just before submit until the poll ends (tasks/limits.py).
         async with provider_capacity():
-            submit = await submit_job(
-                namespace, request, credentials, storage, attempt=attempt, identity=identity
-            )
+            try:
+                submit = await submit_job(
+                    namespace, request, credentials, storage, attempt=attempt, identity=identity
+                )
+            except SubmitRecordNotStoredError as error:
+                if trail is not None:  # created, so billed if it completes: book it by its id
+                    trail.submitted = error.record
+                raise
             if trail is not None:
                 trail.submitted = submit
             try:

@@ -7,6 +7,7 @@ from typing import Any
 from prefect import get_run_logger
 
 from evolink.cost import estimate
+from evolink.errors import SubmitRecordNotStoredError
 from evolink.jobs import (
     SentRequest,
     SubmitRecord,
@@ -23,7 +24,7 @@ from evolink.spend import ORIGIN_FIELD
 from prefect_evolink.blocks import AssetStorage
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
 from prefect_evolink.tasks.spend import run_origin, with_origin
-from prefect_evolink.tasks.steps import evolink_step
+from prefect_evolink.tasks.steps import evolink_step, is_retryable
 
 
 @evolink_step("evolink-submit", "submit {namespace}")
@@ -70,6 +71,9 @@ async def submit_job(
         RateLimitError: Too many requests; the task retries after a delay.
         APIConnectionError: No usable response; the task retries, and the Idempotency-Key
             makes the repeated create reattach instead of paying again.
+        SubmitRecordNotStoredError: The task was created but its submit record could not be
+            stored; carries the record (task id, job key) so the job can still be booked.
+            Retried like the storage error it wraps (the create replays the same task).
 
     Example:
         A Prefect task: call it inside a flow (`run_image_job` runs submit → poll → persist):
@@ -132,7 +136,12 @@ async def submit_job(
     if request.callback_url:
         await index_task(storage, record, origin)  # first: the callback may come soon
     stored = with_origin(record.model_dump(mode="json"), origin)
-    await storage.aput_json(record_key, stored)
+    try:
+        await storage.aput_json(record_key, stored)
+    except Exception as error:
+        # The task exists (it is billed if it completes): the error carries its id. A retry
+        # resends the stored intent with the same Idempotency-Key — EvoLink replays this task.
+        raise SubmitRecordNotStoredError(record, error, retryable=is_retryable(error)) from error
     logger.info(
         "Task %s %s",
         record.task_id,
