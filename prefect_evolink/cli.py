@@ -187,6 +187,25 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+async def _stored_runs(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The storage earlier runs wrote to (--assets-dir or --storage-block) and, when a key is
+    configured, the credentials to ask EvoLink for bills the records do not know (never to
+    submit): what `report` and `spend` read."""
+    from prefect_evolink.blocks import AssetStorage, LocalAssetStorage, load_storage
+    from prefect_evolink.blocks.credentials import EvoLinkCredentials, resolve_credentials
+
+    storage: AssetStorage
+    if args.assets_dir is not None:
+        storage = LocalAssetStorage(base_dir=str(Path(args.assets_dir).resolve()))
+    else:
+        storage = load_storage(args.storage_block)
+    credentials: EvoLinkCredentials | None = None
+    if args.credentials_block or os.environ.get(ENV_API_KEY):
+        credentials = await resolve_credentials(args.credentials_block)
+        print(f"Asking EvoLink at {credentials.base_url} for the bills not yet recorded")
+    return storage, credentials
+
+
 def _storage_arguments(parser: Any, runs: str = "used") -> None:
     """--storage-block | --assets-dir, --credentials-block and --debug: the options of every
     command that reads what earlier runs stored."""
@@ -375,21 +394,11 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args: argparse.Namespace) -> int:
     """`report CAMPAIGN`: the manifest rebuilt from the job records, stored, and its cost."""
     from evolink.recovery import cost_summary
-    from prefect_evolink.blocks import AssetStorage, LocalAssetStorage, load_storage
-    from prefect_evolink.blocks.credentials import EvoLinkCredentials, resolve_credentials
     from prefect_evolink.tasks.recovery import manifest_key, rebuild_campaign
 
     async def rebuild() -> int:
-        storage: AssetStorage
-        if args.assets_dir is not None:
-            storage = LocalAssetStorage(base_dir=str(Path(args.assets_dir).resolve()))
-        else:
-            storage = load_storage(args.storage_block)
-        credentials: EvoLinkCredentials | None = None
-        if args.credentials_block or os.environ.get(ENV_API_KEY):
-            credentials = await resolve_credentials(args.credentials_block)
-            print(f"Asking EvoLink at {credentials.base_url} for the bills not yet recorded")
-        else:
+        storage, credentials = await _stored_runs(args)
+        if credentials is None:
             print(
                 f"No {ENV_API_KEY} and no --credentials-block: EvoLink is not asked; the bills "
                 "of tasks without a result record stay unknown (counted at their estimates)"
@@ -418,23 +427,13 @@ def _report(args: argparse.Namespace) -> int:
 def _spend(args: argparse.Namespace) -> int:
     """`spend`: the spend across runs in storage, printed and stored as CSV and JSON."""
     from evolink.spend import parse_bound, summary_lines, zone
-    from prefect_evolink.blocks import AssetStorage, LocalAssetStorage, load_storage
-    from prefect_evolink.blocks.credentials import EvoLinkCredentials, resolve_credentials
     from prefect_evolink.tasks.spend import gather_spend, store_spend_report
 
     async def add_up() -> int:
         where = zone(args.timezone)
         since = parse_bound(args.since, where, end=False) if args.since else None
         until = parse_bound(args.until, where, end=True) if args.until else None
-        storage: AssetStorage
-        if args.assets_dir is not None:
-            storage = LocalAssetStorage(base_dir=str(Path(args.assets_dir).resolve()))
-        else:
-            storage = load_storage(args.storage_block)
-        credentials: EvoLinkCredentials | None = None
-        if args.credentials_block or os.environ.get(ENV_API_KEY):
-            credentials = await resolve_credentials(args.credentials_block)
-            print(f"Asking EvoLink at {credentials.base_url} for the bills not yet recorded")
+        storage, credentials = await _stored_runs(args)
         report = await gather_spend(
             storage,
             since=since,
