@@ -1,7 +1,8 @@
 """Benchmark 2 (issue #5): polls per job and completion-detection lag, ours vs. a fixed 3 s poll.
 
-    python3 dev.py run python bench/polling.py                  # ~2 min, real time
+    python3 dev.py run python bench/polling.py                  # ~2 min, real time, 54 groups
     python3 dev.py run python bench/polling.py --durations 20 --jobs 3   # quick
+    python3 dev.py run python bench/polling.py --factors 1 --curves linear stall   # a subset
 
 Real time, no clock tricks: every job of every policy runs at once, so the whole benchmark takes
 about as long as the longest job (100 s + 1.2 s + lag). For each nominal job time T (20, 60,
@@ -14,13 +15,16 @@ divided by the number of jobs is exactly the GETs per job (the create is not cou
 client is the project's `EvoLinkClient.wait_for_task`:
 
 - ``ours``: `PollSchedule()` defaults, called as `tasks/poll.py` calls it right after submit:
-  the create response is the first reading (no GET at t = 0); the next query goes at half the
-  predicted remaining time, or just past the predicted end once the progress rate and the
-  `estimated_time` agree (see `evolink/polling.py`);
+  the create response is the first reading (no GET at t = 0); the next query goes at the
+  earliest end still plausible, and just past the predicted end once two predictions from the
+  progress agree (see `evolink/polling.py`);
 - ``fixed-3s``: `PollSchedule(min_interval=3, max_interval=3)` — a query every 3 s, as
   EvoLink's own tools poll images (no create reading: it asks at t = 0 too);
-- ``previous``: the pacing shipped before the aim existed, for comparison — halving only
-  (`agreement=-1` never agrees) and a GET at t = 0.
+
+Scenarios (issue #12): each (estimate factor, progress curve) pair — `--factors 0.5 1 1.5`,
+`--curves linear ease-out ease-in` by default — runs both policies on simulators configured
+with `estimate_factor` and `progress_curve`, in the same run, so the ratio to fixed-3s is
+measured under the same load.
 
 Lag = when `wait_for_task` returned (time.time()) − the task's `finished_at` in the ledger.
 """
@@ -38,6 +42,7 @@ from common import load_average, machine_line, median, print_table
 from evolink.client import EvoLinkClient
 from evolink.polling import PollSchedule
 from evolink.simulator import EvoLinkSimulator
+from evolink.simulator.tasks import PROGRESS_CURVES
 
 REQUEST = {"prompt": "polling benchmark", "size": "1:1", "quality": "low", "n": 1}
 
@@ -45,26 +50,38 @@ REQUEST = {"prompt": "polling benchmark", "size": "1:1", "quality": "low", "n": 
 POLICIES: dict[str, Any] = {
     "ours": PollSchedule(),
     "fixed-3s": PollSchedule(min_interval=3.0, max_interval=3.0),
-    "previous": PollSchedule(agreement=-1.0),
 }
+FACTORS = (0.5, 1.0, 1.5)
+"""`estimated_time` = true time × factor: EvoLink's estimate half, exactly, 1.5× the truth."""
+CURVES = ("linear", "ease-out", "ease-in")
+"""Progress curves of `evolink/simulator/tasks.py` (also "stall", via --curves)."""
 
 
 @dataclass
 class JobResult:
     policy: str
+    factor: float
+    curve: str
     nominal: float
     gets_client: int
     lag: float
     job_seconds: float
 
 
-async def run_group(
-    policy: str, nominal: float, jobs: int, spread: float
-) -> tuple[list[JobResult], int]:
+Group = tuple[str, float, str, float]  # policy, estimate factor, progress curve, nominal time
+
+
+async def run_group(group: Group, jobs: int, spread: float) -> tuple[list[JobResult], int]:
     """`jobs` jobs of about `nominal` seconds under one policy, on a simulator of their own."""
+    policy, factor, curve, nominal = group
     schedule = POLICIES[policy]
     offsets = [(-spread / 2 + spread * (i + 0.5) / jobs) for i in range(jobs)]
-    sim = EvoLinkSimulator(generation_seconds=nominal, seed=int(nominal)).start()
+    sim = EvoLinkSimulator(
+        generation_seconds=nominal,
+        seed=int(nominal),
+        estimate_factor=factor,
+        progress_curve=curve,
+    ).start()
     try:
         async with EvoLinkClient(sim.api_key, base_url=sim.base_url) as client:
             gets: dict[str, int] = {}
@@ -97,6 +114,8 @@ async def run_group(
         results.append(
             JobResult(
                 policy=policy,
+                factor=factor,
+                curve=curve,
                 nominal=nominal,
                 gets_client=gets.get(result.task.id, 0),
                 lag=seen - entry.finished_at,
@@ -106,14 +125,18 @@ async def run_group(
     return results, server_gets
 
 
-async def run_all(args: argparse.Namespace) -> list[tuple[str, float, list[JobResult], int]]:
-    groups = [(policy, float(t)) for t in args.durations for policy in args.policies]
-    outcomes = await asyncio.gather(
-        *(run_group(policy, t, args.jobs, args.spread) for policy, t in groups)
-    )
+async def run_all(args: argparse.Namespace) -> list[tuple[Group, list[JobResult], int]]:
+    groups: list[Group] = [
+        (policy, factor, curve, float(t))
+        for t in args.durations
+        for factor in args.factors
+        for curve in args.curves
+        for policy in args.policies
+    ]
+    outcomes = await asyncio.gather(*(run_group(group, args.jobs, args.spread) for group in groups))
     return [
-        (policy, t, results, server_gets)
-        for (policy, t), (results, server_gets) in zip(groups, outcomes, strict=True)
+        (group, results, server_gets)
+        for group, (results, server_gets) in zip(groups, outcomes, strict=True)
     ]
 
 
@@ -123,6 +146,12 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=5, help="jobs per (policy, duration)")
     parser.add_argument("--spread", type=float, default=3.0, help="seconds the job times span")
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    parser.add_argument(
+        "--factors", type=float, nargs="+", default=list(FACTORS), help="estimate = truth x this"
+    )
+    parser.add_argument(
+        "--curves", nargs="+", default=list(CURVES), choices=sorted(PROGRESS_CURVES)
+    )
     args = parser.parse_args()
     if max(args.durations) > 600 or not 1 <= args.jobs <= 50:
         parser.error("durations up to 600 s, 1..50 jobs")
@@ -131,7 +160,8 @@ def main() -> int:
     print(
         f"{args.jobs} jobs per (policy, nominal time), generation times spread over "
         f"{args.spread} s around each nominal time; all {len(args.policies)} policies x "
-        f"{len(args.durations)} durations run concurrently in real time"
+        f"{len(args.durations)} durations x {len(args.factors)} estimate factors x "
+        f"{len(args.curves)} progress curves run concurrently in real time"
     )
     started = time.perf_counter()
     groups = asyncio.run(run_all(args))
@@ -139,17 +169,22 @@ def main() -> int:
     print(f"ran in {wall:.1f} s; load average {load_average()}\n")
 
     rows = []
-    fixed = {t: gets / len(res) for p, t, res, gets in groups if p == "fixed-3s"}
-    for policy, nominal, results, server_gets in sorted(groups, key=lambda g: (g[1], g[0])):
+    fixed = {g[1:]: gets / len(res) for g, res, gets in groups if g[0] == "fixed-3s"}
+    for (policy, factor, curve, nominal), results, server_gets in sorted(
+        groups, key=lambda g: (g[0][3], g[0][1], g[0][2], g[0][0])
+    ):
         per_job = server_gets / len(results)
         lags = [r.lag for r in results]
         lag_pct = [100 * r.lag / r.job_seconds for r in results]
         client_gets = sorted(r.gets_client for r in results)
         assert sum(client_gets) == server_gets, (policy, nominal, client_gets, server_gets)
-        ratio = per_job / fixed[nominal] if nominal in fixed else float("nan")
+        baseline = fixed.get((factor, curve, nominal))
+        ratio = per_job / baseline if baseline else float("nan")
         rows.append(
             [
                 f"{nominal:.0f}",
+                f"{factor:g}",
+                curve,
                 policy,
                 f"{per_job:.1f}",
                 f"{min(client_gets)}-{max(client_gets)}",
@@ -165,6 +200,8 @@ def main() -> int:
     print_table(
         [
             "job s",
+            "estimate x",
+            "progress",
             "policy",
             "GETs/job",
             "GETs range",

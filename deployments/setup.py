@@ -1,10 +1,13 @@
-"""Deploy everything against the current Prefect API: work pool, provider limits, deployments.
+"""Deploy everything against the current Prefect API: work pool, provider limits, the zombie-run
+automation, deployments.
 
-    prefect-evolink deploy [--active-jobs N] [--submits-per-minute R]     (or python3 dev.py deploy)
+    prefect-evolink deploy [--active-jobs N] [--submits-per-minute R] [--zombie-after S]
+                                                                    (or python3 dev.py deploy)
 
 Idempotent — run it after every change: a work pool or limit that exists is kept (a limit is
-changed only in the values you pass), and `prefect deploy` updates deployments in place. The
-last step is exactly
+changed only in the values you pass), the automations in automations.yaml's
+`deployed_automations` are updated in place by name, and `prefect deploy` updates deployments in
+place. The last step is exactly
 
     EVOLINK_PROJECT_DIR=$PWD prefect --no-prompt deploy --all \
         --prefect-file <site-packages>/prefect_evolink/deployments/prefect.yaml
@@ -30,14 +33,21 @@ from typing import Any, Final
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.events.schemas.automations import AutomationCore, EventTrigger
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import get_current_settings
 from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
+from pydantic import ValidationError
 
 from prefect_evolink.tasks.limits import ENV_STRICT, ensure_limits
 
 PREFECT_FILE: Final = Path(__file__).resolve().parent / "prefect.yaml"
+AUTOMATIONS_FILE: Final = Path(__file__).resolve().parent / "automations.yaml"
+DEPLOYED_AUTOMATIONS: Final = "deployed_automations"  # the section of AUTOMATIONS_FILE deployed
+ZOMBIE_AUTOMATION: Final = "evolink-crash-zombie-runs"
 ENV_PROJECT_DIR: Final = "EVOLINK_PROJECT_DIR"
+ENV_HEARTBEAT: Final = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+HEARTBEAT_SLACK_SECONDS: Final = 5
 
 
 def work_pool_names(prefect_file: Path = PREFECT_FILE) -> list[str]:
@@ -69,6 +79,80 @@ async def ensure_work_pool(name: str, pool_type: str = "process") -> str:
             return f"work pool {name!r} ({pool_type}): created"
         note = "" if pool.type == pool_type else f" (kept its type; {pool_type!r} was asked for)"
         return f"work pool {name!r} ({pool.type}): exists{note}"
+
+
+def heartbeat_seconds(prefect_file: Path = PREFECT_FILE) -> list[int]:
+    """The heartbeat periods prefect.yaml gives the deployed runs (its job variables' env)."""
+    config: dict[str, Any] = yaml.safe_load(prefect_file.read_text())
+    found = set()
+    for deployment in config.get("deployments", []):
+        env = (deployment.get("work_pool") or {}).get("job_variables", {}).get("env", {})
+        if env.get(ENV_HEARTBEAT) is not None:
+            found.add(int(env[ENV_HEARTBEAT]))
+    return sorted(found)
+
+
+def deployed_automations(
+    zombie_after: float | None = None,
+    automations_file: Path = AUTOMATIONS_FILE,
+    prefect_file: Path = PREFECT_FILE,
+) -> list[AutomationCore]:
+    """The automations `deploy` owns, validated as Prefect validates them.
+
+    The zombie automation's window must outlast a heartbeat period with room to spare, or it
+    would mark healthy runs Crashed between two heartbeats; a window that does not is refused
+    here rather than found in production.
+
+    Args:
+        zombie_after: Seconds without a heartbeat after which a run is marked Crashed; None
+            keeps the `within` written in automations.yaml.
+        automations_file: The file holding the `deployed_automations` section.
+        prefect_file: The deployments whose heartbeat period the window is checked against.
+
+    Returns:
+        The automations, in file order.
+    """
+    config: dict[str, Any] = yaml.safe_load(automations_file.read_text())
+    items: list[dict[str, Any]] = config[DEPLOYED_AUTOMATIONS]
+    if zombie_after is not None:  # before validation: Prefect's own checks apply to it
+        [item] = [item for item in items if item["name"] == ZOMBIE_AUTOMATION]
+        item["trigger"]["within"] = zombie_after
+    try:
+        automations = [AutomationCore.model_validate(item) for item in items]
+    except ValidationError as error:
+        raise SystemExit(f"{automations_file.name}, {DEPLOYED_AUTOMATIONS}: {error}") from None
+    [zombie] = [a for a in automations if a.name == ZOMBIE_AUTOMATION]
+    if not isinstance(zombie.trigger, EventTrigger):
+        raise SystemExit(f"{ZOMBIE_AUTOMATION}: its trigger must be an event trigger")
+    periods = heartbeat_seconds(prefect_file)
+    within = zombie.trigger.within.total_seconds()
+    # One heartbeat period plus slack for a busy machine and the event's way to the server.
+    if not periods or within < max(periods) + HEARTBEAT_SLACK_SECONDS:
+        raise SystemExit(
+            f"{ZOMBIE_AUTOMATION}: a window of {within:g} s needs heartbeats at least "
+            f"{HEARTBEAT_SLACK_SECONDS} s more often; prefect.yaml sets {ENV_HEARTBEAT} to "
+            f"{periods or 'nothing'} (Prefect's minimum is 30)"
+        )
+    return automations
+
+
+async def ensure_automation(automation: AutomationCore) -> str:
+    """Create the automation, or update every one of its name: a re-deploy never duplicates it,
+    and a copy made by hand with `prefect automation create` is brought up to date too."""
+    async with get_client() as client:
+        existing = [
+            found
+            for found in await client.read_automations_by_name(automation.name)
+            if found.name == automation.name
+        ]
+        for found in existing:
+            await client.update_automation(found.id, automation)
+        if existing:
+            return f"automation {automation.name!r}: updated" + (
+                f" ({len(existing)} of that name)" if len(existing) > 1 else ""
+            )
+        await client.create_automation(automation)
+        return f"automation {automation.name!r}: created"
 
 
 def deploy_command(prefect_file: Path = PREFECT_FILE) -> list[str]:
@@ -125,12 +209,23 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="type for a work pool that does not exist yet (default process)",
     )
     parser.add_argument(
-        "--skip-deploy", action="store_true", help="only the work pool and the limits"
+        "--zombie-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="mark a deployed run Crashed when its heartbeats (every 30 s) stop for this long: "
+        "its worker, machine or container died (default: the `within` in automations.yaml, 90)",
+    )
+    parser.add_argument(
+        "--skip-deploy",
+        action="store_true",
+        help="only the work pool, the limits and the automations",
     )
     return parser.parse_args(argv)
 
 
 async def prepare(args: argparse.Namespace) -> None:
+    automations = deployed_automations(args.zombie_after)  # a bad window stops before any change
     for name in work_pool_names():
         print(await ensure_work_pool(name, args.pool_type), flush=True)
     changes = await ensure_limits(
@@ -140,6 +235,8 @@ async def prepare(args: argparse.Namespace) -> None:
     )
     for name, change in changes.items():
         print(f"global concurrency limit {name!r}: {change}", flush=True)
+    for automation in automations:
+        print(await ensure_automation(automation), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,12 @@ from evolink.sizes import Resolution
 
 ASSET_ID: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 PLACEHOLDER_DRAFT_URL: Final = "https://drafts.invalid/chosen-draft.png"  # estimates only
+MAX_ASSETS: Final = 10_000
+"""Most assets in one brief. The budget is the guard on spend; this ceiling only catches a
+generated brief gone wrong (a loop, a pasted catalogue) before it is parsed, planned and
+estimated in full. The run's memory does not grow with it beyond small per-asset records
+(`flows/campaign.py`, README "Campaign scale"); 10,000 assets are planned in a few seconds
+and their manifest is a few tens of MB. Larger catalogues: split them into several briefs."""
 
 
 class CampaignDefaults(BaseModel):
@@ -80,7 +86,22 @@ class CampaignBrief(BaseModel):
     campaign: str = Field(min_length=1, max_length=80, description="Campaign name.")
     budget_usd: Decimal = Field(gt=0, description="Most the run may spend, drafts and finals.")
     defaults: CampaignDefaults = Field(default_factory=CampaignDefaults)
-    assets: list[AssetBrief] = Field(min_length=1, max_length=200)
+    assets: list[AssetBrief] = Field(
+        min_length=1,
+        max_length=MAX_ASSETS,
+        description=f"The images to make (1 to {MAX_ASSETS:,}); the budget limits the spend.",
+    )
+
+    @field_validator("assets", mode="before")
+    @classmethod
+    def _assets_ceiling(cls, value: Any) -> Any:
+        """Say what to do about a brief over the ceiling, before validating 10,000+ items."""
+        if isinstance(value, list) and len(value) > MAX_ASSETS:
+            raise ValueError(
+                f"{len(value):,} assets; a brief holds at most {MAX_ASSETS:,} (the budget "
+                "limits the spend): split the catalogue into several briefs"
+            )
+        return value
 
     @model_validator(mode="after")
     def _unique_ids(self) -> CampaignBrief:

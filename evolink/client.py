@@ -213,6 +213,7 @@ class EvoLinkClient:
         from now (a rerun resuming an old task still gets its full wait).
         """
         schedule = schedule or PollSchedule()
+        pacer = schedule.pacer()  # remembers this wait's progress readings
         started = time.monotonic()
         snapshot = first or await self.get_task(task_id)
         while True:
@@ -236,9 +237,7 @@ class EvoLinkClient:
                     task_id, waited, snapshot.status.value, snapshot.progress
                 )
             await self._sleep(
-                schedule.next_delay(
-                    elapsed, snapshot.progress, snapshot.estimated_time, waited=waited
-                )
+                pacer.next_delay(elapsed, snapshot.progress, snapshot.estimated_time, waited=waited)
             )
             snapshot = await self.get_task(task_id)
 

@@ -1,7 +1,17 @@
-"""Flow: one product image asked for by another system through a `marketing.asset.requested` event.
+"""One product image asked for by another system, as a flow run or as a background task.
 
-A shop, PIM or DAM emits the event (see README, "Deploying and operating"); the deployment's
-trigger turns its payload into this flow's parameters. The job is named after the product, so a
+A shop, PIM or DAM emits a `marketing.asset.requested` event (see README, "Deploying and
+operating"). Two ways run it, with the same body (`run_product_job`), so the same payload is the
+same job either way:
+
+- `generate_product_asset`, a flow: the deployment `product-asset-on-request`'s trigger turns
+  each event into a flow run. A process worker starts a Python process per run (~1.3 s of CPU
+  before any work), which is right for a trickle of products.
+- `product_image`, a background task: served by long-lived task workers
+  (`prefect-evolink serve-products`, see `prefect_evolink.deployments.task_workers`), one task
+  run per product, many at once in one event loop. For catalogue syncs of hundreds or
+  thousands of products.
+ The job is named after the product, so a
 repeated event for the same product and the same request reattaches to the job already paid for
 (or returns its stored result) instead of paying again; a different prompt, size or quality for
 the same product is a new job.
@@ -11,7 +21,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 
 from evolink.errors import InvalidRequestError
 from evolink.jobs import JobRecord
@@ -154,6 +165,50 @@ async def generate_product_asset(
         )
         ```
     """
+    return await run_product_job(
+        product_id,
+        prompt,
+        size=size,
+        resolution=resolution,
+        quality=quality,
+        n=n,
+        reference_image_url=reference_image_url,
+        reference_image_key=reference_image_key,
+        credentials_block=credentials_block,
+        storage_block=storage_block,
+        poll_deadline_seconds=poll_deadline_seconds,
+        credentials=credentials,
+        storage=storage,
+        spend_cap_block=spend_cap_block,
+        spend_cap=spend_cap,
+    )
+
+
+async def run_product_job(
+    product_id: str,
+    prompt: str,
+    *,
+    size: str = "1:1",
+    resolution: str | None = None,
+    quality: str = "high",
+    n: int = 1,
+    reference_image_url: str | None = None,
+    reference_image_key: str | None = None,
+    credentials_block: str | None = None,
+    storage_block: str | None = None,
+    poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+    credentials: EvoLinkCredentials | None = None,
+    storage: LocalAssetStorage | S3AssetStorage | None = None,
+    spend_cap_block: str | None = None,
+    spend_cap: EvoLinkSpendCap | None = None,
+) -> JobRecord:
+    """Validate a product request, run its job and report its cost: the body of both ways a
+    product image is made — this flow (one run per event) and the background task
+    `prefect_evolink.tasks.catalogue.product_image` (many products per long-lived worker).
+
+    Sharing it means the two cannot drift: the same payload gives the same job key either way,
+    so a product made by one is reused, never paid again, by the other.
+    """
     namespace = product_namespace(product_id)
     request = build_request(
         prompt=prompt,
@@ -180,4 +235,81 @@ async def generate_product_asset(
         identity=identity,
         spend_cap_block=spend_cap_block,
         spend_cap=spend_cap,
+    )
+
+
+@task(
+    name="evolink-product-image",
+    task_run_name="product {product_id}",
+    cache_policy=NO_CACHE,  # the job records are what remember finished work
+    log_prints=True,
+)
+async def product_image(
+    product_id: str,
+    prompt: str,
+    size: str = "1:1",
+    resolution: str | None = None,
+    quality: str = "high",
+    n: int = 1,
+    reference_image_url: str | None = None,
+    reference_image_key: str | None = None,
+    credentials_block: str | None = None,
+    storage_block: str | None = None,
+    poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+    spend_cap_block: str | None = None,
+) -> JobRecord:
+    """One product's images as a background task: the catalogue-scale twin of the
+    `generate_product_asset` flow, with the same parameters (blocks by name only, since a
+    background task's parameters are stored as JSON until a worker picks it up).
+
+    Each call is one task run in the UI (`product <id>`), with the submit, poll and persist
+    steps nested under it and the product's cost artifacts attached. The provider limits are
+    the same global concurrency limits every flow uses, so any number of task workers share
+    them; the job key is the same as the flow's, so a product already made (by either way) is
+    reused, never paid again. Not retried as a whole: its steps retry what is safe to retry,
+    and running it again reattaches to the job.
+
+    Args:
+        product_id: The product the image is for; names the job.
+        prompt: What to draw, at most 32,000 characters.
+        size: 'auto', a ratio such as '1:1' or '16:9', or an explicit 'WxH' (multiples of 16).
+        resolution: Pixel budget of a ratio size: '1K', '2K' or '4K'; empty means 1K.
+        quality: 'low', 'medium' or 'high'.
+        n: Number of images, 1-10; each one is billed.
+        reference_image_url: Optional https URL of a reference image.
+        reference_image_key: Optional stable id of the reference image (see the flow).
+        credentials_block: Name of a saved EvoLink Credentials block; without it,
+            `EVOLINK_API_KEY` of the task worker is used.
+        storage_block: Name of a saved storage block; without it, the worker's local `assets/`.
+        poll_deadline_seconds: Most seconds to wait for EvoLink to finish the job.
+        spend_cap_block: Name of a saved EvoLink Spend Cap block; without it, no cap.
+
+    Returns:
+        The job's record (task id, estimated and billed cost, stored images).
+
+    Example:
+        Ask for many products at once from your own code; task workers run them:
+        ```python
+        from prefect_evolink.flows.asset_requested import product_image
+
+        futures = [
+            product_image.apply_async(kwargs={"product_id": sku, "prompt": prompt})
+            for sku, prompt in catalogue.items()
+        ]
+        records = [future.result() for future in futures]
+        ```
+    """
+    return await run_product_job(
+        product_id,
+        prompt,
+        size=size,
+        resolution=resolution,
+        quality=quality,
+        n=n,
+        reference_image_url=reference_image_url,
+        reference_image_key=reference_image_key,
+        credentials_block=credentials_block,
+        storage_block=storage_block,
+        poll_deadline_seconds=poll_deadline_seconds,
+        spend_cap_block=spend_cap_block,
     )

@@ -14,6 +14,7 @@ records, from which `prefect-evolink report` rebuilds the manifest
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from decimal import Decimal
@@ -85,7 +86,7 @@ from prefect_evolink.tasks.campaign_report import (
     publish_review_sheet,
     save_manifest,
 )
-from prefect_evolink.tasks.job import JobTrail, run_image_job
+from prefect_evolink.tasks.job import JobTrail, forget_results, run_image_job
 from prefect_evolink.tasks.lookup import fetch_task, lookup_result_url
 from prefect_evolink.tasks.recovery import journal_key, manifest_key
 from prefect_evolink.tasks.references import PRESIGN_SECONDS, AssetReferences, resolve_references
@@ -94,6 +95,11 @@ from prefect_evolink.tasks.spend import reserve_spend, resolve_spend_cap
 DEFAULT_SELECTOR = "evolink.campaign:largest_file"
 RESUBMITS: Final = 1
 """A task that failed with a code a new submission may fix is resubmitted once per job."""
+
+DRAFT_LINK_REUSE_SECONDS: Final = 3600.0
+"""A final is made from its chosen draft's result link. The link the draft job's poll returned
+is reused (kept in memory, never stored) while younger than this — links live 24 h — instead of
+a look-up task and query per asset; an older one (a long review, a rerun) is looked up."""
 
 REVIEW_KEY: Final = "review"
 """The pause key of the review: a rerun of a suspended run finds the answer under it."""
@@ -205,32 +211,50 @@ class CampaignRun:
         self.rows: list[JobRow] = []
         self.uncertain: list[UncertainSubmission] = []
         self.stage = "start"
-        self._slots = asyncio.Semaphore(max(1, max_concurrent_assets))
+        self.workers = max(1, max_concurrent_assets)
         self.progress: Progress | None = None
+        self.draft_links: dict[str, tuple[float, list[str]]] = {}
+        """Per asset, when its drafts completed and their result links (see
+        `DRAFT_LINK_REUSE_SECONDS`); taken out by its final."""
         self.logger = get_run_logger()
 
     def namespace(self, asset: str, stage: str) -> str:
         return campaign_namespace(self.brief.campaign, asset, stage)
 
     async def each_asset(self, stage: str, work: Callable[[AssetPlan], Awaitable[None]]) -> None:
-        """Run one stage for every asset, each inside the asset boundary."""
+        """Run one stage for every asset, each inside the asset boundary, `workers` at a time.
+
+        A fixed pool of workers pulls the next plan from one shared iterator, so the run holds
+        `workers` coroutines whatever the campaign's size, not one per asset (a 10,000-asset
+        brief would otherwise create 10,000 waiting tasks up front). Each worker takes its
+        next asset only when the last one is settled, which is also what bounds the memory of
+        the jobs in flight. An asset a cancellation left unstarted stays PENDING here and is
+        recorded by `interrupt`.
+        """
         self.stage = stage
+        queue = iter(self.plans)
 
-        async def bounded(plan: AssetPlan) -> None:
-            asset = plan.asset.id
-            try:
-                async with self._slots:
-                    await work(plan)
-            except Exception as error:  # noqa: BLE001 — the asset boundary
-                self.fail(asset, stage, error)
-            except BaseException as error:  # cancellation: recorded, then on its way
-                self.cancelled(asset, stage, error)
-                raise
-            finally:
-                if self.progress is not None:
-                    await self.progress.advance()
+        async def worker() -> None:
+            for plan in queue:  # one iterator shared by every worker: each plan runs once
+                await self.guarded(stage, plan, work)
 
-        await asyncio.gather(*(bounded(plan) for plan in self.plans))
+        await asyncio.gather(*(worker() for _ in range(min(self.workers, len(self.plans)))))
+
+    async def guarded(
+        self, stage: str, plan: AssetPlan, work: Callable[[AssetPlan], Awaitable[None]]
+    ) -> None:
+        """One asset's stage inside the asset boundary (see the class docstring)."""
+        asset = plan.asset.id
+        try:
+            await work(plan)
+        except Exception as error:  # noqa: BLE001 — the asset boundary
+            self.fail(asset, stage, error)
+        except BaseException as error:  # cancellation: recorded, then on its way
+            self.cancelled(asset, stage, error)
+            raise
+        finally:
+            if self.progress is not None:
+                await self.progress.advance()
 
     def update(self, asset: str, **changes: Any) -> None:
         self.outcomes[asset] = self.outcomes[asset].model_copy(update=changes)
@@ -323,6 +347,8 @@ class CampaignRun:
             await self.book_unsettled(asset, stage, trail, amount, estimate, error)
             raise
         await self.book(asset, stage, record, amount, estimate)
+        if stage == "draft" and trail.result_links is not None and trail.completed_at:
+            self.draft_links[asset] = (trail.completed_at, trail.result_links)
         return record
 
     async def journal(
@@ -451,11 +477,20 @@ class CampaignRun:
         if record is not None:
             self.update(plan.asset.id, drafts=record)
 
-    async def draft_url(self, drafts: JobRecord, image: StoredImage) -> str:
-        """A URL EvoLink can fetch the chosen draft from: presigned S3, else its result link."""
+    async def draft_url(self, asset: str, drafts: JobRecord, image: StoredImage) -> str:
+        """A URL EvoLink can fetch the chosen draft from: presigned S3, else its result link —
+        the one its poll returned while fresh (`DRAFT_LINK_REUSE_SECONDS`), else looked up."""
+        fresh = self.draft_links.pop(asset, None)
         url = await self.storage.apresigned_url(image.key, PRESIGN_SECONDS)
         if url is not None:
             return url
+        if fresh is not None:
+            completed_at, links = fresh
+            if (
+                time.monotonic() - completed_at < DRAFT_LINK_REUSE_SECONDS
+                and 0 <= image.index < len(links)
+            ):
+                return links[image.index]
         return cast(str, await lookup_result_url(drafts.task_id, image.index, self.credentials))
 
     async def final(self, plan: AssetPlan) -> None:
@@ -467,13 +502,17 @@ class CampaignRun:
         ):
             return
         [image] = [i for i in outcome.drafts.images if i.index == outcome.chosen_draft]
-        request = plan.final_request(await self.draft_url(outcome.drafts, image))
+        draft_url = await self.draft_url(plan.asset.id, outcome.drafts, image)
+        request = plan.final_request(draft_url)
         identity = {
             "request": request.model_dump(exclude={"image_urls", "mask_url"}),
             "draft_sha256": image.sha256,
             "references": self.references[plan.asset.id].identities,
         }
-        record = await self.paid_job(plan, "final", request, plan.final_estimate, identity)
+        try:
+            record = await self.paid_job(plan, "final", request, plan.final_estimate, identity)
+        finally:
+            forget_results(draft_url)  # the look-up's result: see `forget_results`
         if record is not None:
             self.update(plan.asset.id, status=AssetStatus.FINAL, final=record, detail="")
 

@@ -135,13 +135,20 @@ async def save_manifest(manifest: CampaignManifest, storage: AssetStorage) -> st
     return stored.uri
 
 
+PROGRESS_STEP_PERCENT: Final = 1.0
+"""The progress artifact is rewritten when the share done has grown by this many points (and
+at 100 %), not after every job: a 1,000-asset campaign makes 2,000 jobs, and each update is
+an API write. The artifact shows whole percents anyway."""
+
+
 class Progress:
-    """A progress artifact advanced as draft and final jobs finish."""
+    """A progress artifact advanced as draft and final jobs finish (see `PROGRESS_STEP_PERCENT`)."""
 
     def __init__(self, artifact_id: UUID, total_steps: int):
         self._id = artifact_id
         self._total = max(1, total_steps)
         self._done = 0
+        self._shown = 0.0
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -157,8 +164,12 @@ class Progress:
         """One more job done. A failed update is logged, never raised: progress is a view."""
         async with self._lock:
             self._done = min(self._total, self._done + steps)
+            percent = 100.0 * self._done / self._total
+            if percent < 100.0 and percent - self._shown < PROGRESS_STEP_PERCENT:
+                return
+            self._shown = percent
             try:
-                await aupdate_progress_artifact(self._id, progress=100.0 * self._done / self._total)
+                await aupdate_progress_artifact(self._id, progress=percent)
             except Exception as error:  # noqa: BLE001
                 logger.warning("Progress artifact not updated: %s", error)
 
@@ -217,6 +228,8 @@ class DraftPreview:
     small: Thumbnail | None
     large: Thumbnail | None
     link: str | None
+    omitted: bool = False
+    """No thumbnails were made: the review's budgets were spent by the drafts before it."""
 
 
 class _Budget:
@@ -234,6 +247,14 @@ class _Budget:
             return "_not shown_"
         self.left -= len(preview.data_uri)
         return preview.markdown(alt)
+
+    def skip(self) -> str:
+        """A picture left out because the budget was known to be spent before it was made."""
+        self.omitted += 1
+        return "_not shown_"
+
+    def room(self, chars: int = 1) -> bool:
+        return self.left >= chars
 
 
 def _reviewable(
@@ -277,7 +298,12 @@ def review_description(
             f"suggested: {_suggestion(suggested, asset)}",
             "",
             *grid(
-                [GridCell(d.label, budget.picture(d.small, d.label)) for d in drafts.get(asset, [])]
+                [
+                    GridCell(
+                        d.label, budget.skip() if d.omitted else budget.picture(d.small, d.label)
+                    )
+                    for d in drafts.get(asset, [])
+                ]
             ),
             "",
         ]
@@ -329,7 +355,7 @@ def review_markdown(
         cells = [
             GridCell(
                 d.label,
-                budget.picture(d.large or d.small, d.label),
+                budget.skip() if d.omitted else budget.picture(d.large or d.small, d.label),
                 (f"[full size]({d.link})",) if d.link else (),
             )
             for d in drafts.get(asset, [])
@@ -357,7 +383,9 @@ async def review_drafts(
     suggested: dict[str, int | None],
     links_valid_seconds: int,
 ) -> dict[str, list[DraftPreview]]:
-    """Every reviewable draft's thumbnails and full-size link (each image read once)."""
+    """Every reviewable draft's thumbnails and full-size link (each image read once), until
+    the thumbnails made would fill both the dialog's and the artifact's budget: the drafts
+    after that are `omitted` (no image read), so memory does not grow with the campaign."""
 
     def previews(image: StoredImage) -> tuple[Thumbnail | None, Thumbnail | None]:
         try:
@@ -369,12 +397,22 @@ async def review_drafts(
             logger.warning("No preview of %s: %s", image.uri, error)
             return None, None
 
+    made = [0, 0]  # characters of small and large thumbnails made so far
+
     async def one(image: StoredImage) -> DraftPreview:
+        label = f"image-{image.index}"
+        if made[0] > DESCRIPTION_BUDGET_CHARS and made[1] > ARTIFACT_BUDGET_CHARS:
+            # Neither the dialog nor the artifact has room left: a campaign of many assets
+            # would otherwise hold thousands of thumbnails only to leave them out.
+            link = await asyncio.to_thread(_full_size_link, storage, image, links_valid_seconds)
+            return DraftPreview(label, image, None, None, link, omitted=True)
         (small, large), link = await asyncio.gather(
             asyncio.to_thread(previews, image),
             asyncio.to_thread(_full_size_link, storage, image, links_valid_seconds),
         )
-        return DraftPreview(f"image-{image.index}", image, small, large, link)
+        made[0] += len(small.data_uri) if small is not None else 0
+        made[1] += len(large.data_uri) if large is not None else 0
+        return DraftPreview(label, image, small, large, link)
 
     found: dict[str, list[DraftPreview]] = {}
     for plan in plans:
@@ -445,19 +483,31 @@ def _final_cost(manifest: CampaignManifest, outcome: AssetOutcome) -> str:
 
 
 def contact_sheet_markdown(
-    manifest: CampaignManifest, previews: dict[str, Thumbnail | None], run: str
+    manifest: CampaignManifest,
+    previews: dict[str, Thumbnail | None],
+    run: str,
+    budget_chars: int = ARTIFACT_BUDGET_CHARS,
 ) -> str:
     """The `<campaign>-finals` contact sheet: every asset of the run, four to a row — the
-    final's thumbnail, size and cost, or why there is none — then each final's storage URI."""
+    final's thumbnail, size and cost, or why there is none — then each final's storage URI.
+    Thumbnails stop at `budget_chars` of data URIs (about 120 finals); each asset's own
+    `<campaign>-<asset>-final` artifact still shows its picture."""
     finals = [o for o in manifest.assets if o.status is AssetStatus.FINAL and o.final]
+    budget = _Budget(budget_chars)
     cells = []
     for outcome in manifest.assets:
         if outcome.status is AssetStatus.FINAL and outcome.final is not None:
             image = outcome.final.images[0]
+            preview = previews.get(outcome.asset)
+            picture = (
+                budget.picture(preview, outcome.asset)
+                if outcome.asset in previews
+                else budget.skip()
+            )
             cells.append(
                 GridCell(
                     outcome.asset,
-                    _picture(previews.get(outcome.asset), outcome.asset),
+                    picture,
                     (f"{image.width}x{image.height}", _final_cost(manifest, outcome)),
                 )
             )
@@ -476,6 +526,12 @@ def contact_sheet_markdown(
         *grid(cells),
         "",
     ]
+    if budget.omitted:
+        lines += [
+            f"_{budget.omitted} thumbnail(s) not shown, to keep this artifact small: each "
+            f"asset's `{artifact_key(manifest.campaign, '<asset>', 'final')}` shows its final._",
+            "",
+        ]
     if finals:
         lines += ["Stored at (durable storage URIs; the manifest lists every image):", ""]
         lines += [
@@ -534,36 +590,51 @@ def asset_final_markdown(
     return "\n".join(lines) + "\n", description
 
 
+PREVIEW_WORKERS: Final = 4
+"""Finals thumbnailed and published at once at the end of a run: each reads a whole image, so
+a 1,000-asset run holds 4 images in memory, not 1,000."""
+
+
 async def publish_final_previews(manifest: CampaignManifest, storage: AssetStorage) -> None:
     """The contact sheet `<campaign>-finals`, and `<campaign>-<asset>-final` for every asset of
-    the run — a final, or "no current final" and why (see the module docstring)."""
+    the run — a final, or "no current final" and why (see the module docstring).
+
+    Assets are done `PREVIEW_WORKERS` at a time, each thumbnail made, published in its asset's
+    artifact and dropped — except the first ones whose data URIs fit the contact sheet's budget
+    (`ARTIFACT_BUDGET_CHARS`), kept for the sheet. So memory stays flat however many assets."""
     run = _run_label()
     finals = [o for o in manifest.assets if o.status is AssetStatus.FINAL and o.final]
-    thumbs = await asyncio.gather(
-        *(
-            asyncio.to_thread(_thumbnail, storage, o.final.images[0], SHEET_EDGE)
-            for o in finals
-            if o.final is not None
-        )
-    )
-    previews = {o.asset: t for o, t in zip(finals, thumbs, strict=True)}
+    sheet: dict[str, Thumbnail | None] = {}
+    kept = 0
+    queue = iter(manifest.assets)
+
+    async def worker() -> None:
+        nonlocal kept
+        for outcome in queue:  # shared by the workers: each asset once
+            preview = None
+            if outcome.status is AssetStatus.FINAL and outcome.final is not None:
+                image = outcome.final.images[0]
+                preview = await asyncio.to_thread(_thumbnail, storage, image, SHEET_EDGE)
+                size = len(preview.data_uri) if preview is not None else 0
+                if kept + size <= ARTIFACT_BUDGET_CHARS:
+                    sheet[outcome.asset] = preview
+                    kept += size
+            markdown, description = asset_final_markdown(manifest, outcome, preview, run)
+            await acreate_markdown_artifact(
+                key=artifact_key(manifest.campaign, outcome.asset, "final"),
+                markdown=markdown,
+                description=description,
+            )
+
+    await asyncio.gather(*(worker() for _ in range(PREVIEW_WORKERS)))
     await acreate_markdown_artifact(
         key=artifact_key(manifest.campaign, "finals"),
-        markdown=contact_sheet_markdown(manifest, previews, run),
+        markdown=contact_sheet_markdown(manifest, sheet, run),
         description=(
             f"Finals of {manifest.campaign}: {len(finals)} of {len(manifest.assets)} asset(s) "
             f"({run})"
         ),
     )
-    for outcome in manifest.assets:
-        markdown, description = asset_final_markdown(
-            manifest, outcome, previews.get(outcome.asset), run
-        )
-        await acreate_markdown_artifact(
-            key=artifact_key(manifest.campaign, outcome.asset, "final"),
-            markdown=markdown,
-            description=description,
-        )
 
 
 # --- cost: the manager's table, the details table, the summary -----------------------------

@@ -6,11 +6,13 @@ run in the UI, with its own retries.
 
 from __future__ import annotations
 
-import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from prefect import get_run_logger
+from prefect.context import FlowRunContext
+from prefect.utilities.collections import visit_collection
 
 from evolink.cost import estimate
 from evolink.errors import (
@@ -22,7 +24,6 @@ from evolink.errors import (
 )
 from evolink.jobs import (
     JobRecord,
-    StoredImage,
     SubmitRecord,
     job_key,
     job_record_key,
@@ -33,7 +34,7 @@ from evolink.polling import PollSchedule
 from prefect_evolink.blocks import AssetStorage
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
 from prefect_evolink.tasks.limits import provider_capacity
-from prefect_evolink.tasks.persist import persist_image
+from prefect_evolink.tasks.persist import persist_images, stored_images
 from prefect_evolink.tasks.poll import poll_job
 from prefect_evolink.tasks.spend import record_bill
 from prefect_evolink.tasks.submit import submit_job
@@ -48,6 +49,35 @@ class JobTrail:
 
     sending: str | None = None
     submitted: SubmitRecord | None = None
+    result_links: list[str] | None = None
+    """The completed task's result links, signed for 24 h: in memory only (never logged or
+    stored), so a caller that needs one right away (a campaign's final is made from the
+    chosen draft's link) need not ask EvoLink for it again."""
+    completed_at: float | None = None
+    """`time.monotonic()` when the result links were read, to tell how fresh they are."""
+
+
+def forget_results(*results: Any) -> None:
+    """Drop Prefect's in-memory record of these task results, once the job no longer needs it.
+
+    Prefect keeps, for the whole flow run, an entry per task result *and per field of it*
+    (`FlowRunContext.run_results`, about 50 entries and 10 KB per campaign asset), only to draw
+    the arrow "this task's input came from that task" when a result is passed to a later task.
+    Within a job that arrow matters (submit → poll → persist) and is drawn before this is
+    called; after the job nothing passes these objects to a task, so keeping them would only
+    make the flow process grow with every job — 10 MB per 1,000 assets, 100 MB at 10,000.
+    Removing an entry can only lose such an arrow, never a result or a state on the server.
+    """
+    context = FlowRunContext.get()
+    if context is None:
+        return
+    tracked = context.run_results
+
+    def drop(item: Any) -> None:
+        tracked.pop(id(item), None)
+
+    for result in results:
+        visit_collection(result, visit_fn=drop, max_depth=1)
 
 
 async def run_image_job(
@@ -140,31 +170,27 @@ async def run_image_job(
             "estimated_usd": str(cost.usd),
             "billed_usd": str(final.billed.usd) if final.billed.known else "unknown",
         }
-        outcomes = await asyncio.gather(
-            *(
-                persist_image(
-                    url,
-                    task_id=final.id,
-                    index=index,
-                    dest_prefix=prefix,
-                    metadata=metadata,
-                    credentials=credentials,
-                    storage=storage,
-                )
-                for index, url in enumerate(final.results)
-            ),
-            return_exceptions=True,  # every image gets its chance before the job is judged
-        )
-        images = [image for image in outcomes if isinstance(image, StoredImage)]
-        failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
-        if failure is not None:
-            if not isinstance(failure, Exception):
-                raise failure  # cancellation and the like pass through untouched
-            partial = JobRecord.build(submit, cost, final.billed, images, completed_at=utcnow())
+        try:
+            images = await persist_images(
+                final.results,  # the poll's own list: the UI draws poll → persist
+                task_id=final.id,
+                dest_prefix=prefix,
+                metadata=metadata,
+                credentials=credentials,
+                storage=storage,
+            )
+        except Exception as failure:
+            # Paid for: book it with whatever images did make it (their sidecars say so).
+            stored = await stored_images(storage, prefix, len(final.results))
+            partial = JobRecord.build(submit, cost, final.billed, stored, completed_at=utcnow())
             await record_bill(
                 storage, submit, status="completed", billed=final.billed, note=str(failure)
             )
+            forget_results(submit, final)
             raise PaidJobNotStoredError(partial, failure) from failure
+        if trail is not None:
+            trail.result_links, trail.completed_at = list(final.results), time.monotonic()
+        forget_results(submit, final, images)
         record = JobRecord.build(submit, cost, final.billed, images, completed_at=utcnow())
         await storage.aput_json(job_record_key(key), record.model_dump(mode="json"))
         return record

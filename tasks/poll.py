@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Final
+
 from prefect import get_run_logger
 
 from evolink.jobs import SubmitRecord, utcnow
@@ -9,6 +12,10 @@ from evolink.polling import PollSchedule
 from evolink.states import TaskSnapshot, TaskStatus
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
 from prefect_evolink.tasks.steps import evolink_step
+
+PROGRESS_LOG_SECONDS: Final = 30.0
+"""A poll logs every status change, but a mere progress change only this long after its last
+line: run logs are API writes, and a campaign polls thousands of jobs."""
 
 
 @evolink_step("evolink-poll", "poll {submit.task_id}")
@@ -21,7 +28,8 @@ async def poll_job(
     paced by the schedule (from the credentials block's poll intervals) and predicted from the
     task's age since submission, while the deadline counts from the start of this poll, so a
     rerun resuming an old task still gets its full wait; right after a create, its response
-    serves as the first reading instead of a query. Status and progress changes go to the log.
+    serves as the first reading instead of a query. Status changes go to the log, progress at
+    most every `PROGRESS_LOG_SECONDS`.
 
     Args:
         submit: The submit record of the job, with the EvoLink task id to poll.
@@ -47,11 +55,15 @@ async def poll_job(
     """
     logger = get_run_logger()
     last: tuple[str, int] | None = None
+    logged_at = 0.0
 
     def report(snapshot: TaskSnapshot, elapsed: float) -> None:
-        nonlocal last
-        if (snapshot.status.value, snapshot.progress) != last:
-            last = (snapshot.status.value, snapshot.progress)
+        nonlocal last, logged_at
+        now = time.monotonic()
+        status_changed = last is None or snapshot.status.value != last[0]
+        progressed = last is not None and snapshot.progress != last[1]
+        if status_changed or (progressed and now - logged_at >= PROGRESS_LOG_SECONDS):
+            last, logged_at = (snapshot.status.value, snapshot.progress), now
             logger.info(
                 "Task %s %s %d%% after %.1fs",
                 snapshot.id,

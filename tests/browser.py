@@ -1,53 +1,53 @@
-"""A real headless Chromium, driven over the Chrome DevTools Protocol, for tests of the Prefect UI.
+"""A real headless Chromium, driven by Playwright, for tests of the Prefect UI.
 
-Debian's `chromium` package is the browser (`.ci/run` and the `chromium` fixture of
-tests/test_ui.py install it where it is missing). The protocol is spoken over a WebSocket with
-the `websockets` package, which Prefect already depends on, so no browser driver and no browser
-download are needed. `PrefectServer` starts a real `prefect server` (UI included) on a free
-loopback port for the browser to look at.
+Debian's `chromium` package is the browser (the `chromium_executable` fixture of
+tests/test_ui.py installs it with apt-get where it is missing and it can). Playwright's Python
+package (a test dependency) brings its driver, not a browser: `launch(executable_path=...)`
+starts Debian's Chromium, so none of Playwright's own browsers is used or downloaded, and
+`playwright install` is never run. `PrefectServer` starts a real `prefect server` (UI included)
+on a free loopback port for the browser to look at.
 
-    with PrefectServer(home) as server, Chromium() as browser:
+    with PrefectServer(home, log) as server, Chromium() as browser:
         page = browser.new_page(width=1440, height=900)
         page.goto(f"{server.url}/runs")
         page.wait_for("document.querySelector('h1') !== null")
+        page.click("button", text="Resume")  # a real click: mouse events, as a person's
         page.screenshot(Path("runs.png"))
+
+The sync API runs Playwright's event loop in the calling thread and marks it as that thread's
+running loop while a browser is open: from that thread, call Prefect's sync-compatible
+functions (and `asyncio.run`) in another thread.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import itertools
-import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
+import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from websockets.sync.client import ClientConnection, connect
 
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--hide-scrollbars",
-    "--remote-debugging-address=127.0.0.1",
-    "--remote-debugging-port=0",
-)
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Locator, Playwright
+    from playwright.sync_api import Page as PlaywrightPage
+
+CHROMIUM_ARGS = ("--disable-gpu", "--disable-quic")
+"""Added to Playwright's own (`--headless`, `--no-sandbox`, `--hide-scrollbars`, no background
+networking, component updates or sync, no /dev/shm...)."""
+
+MARKER = "--evolink-test-browser"
+"""A switch Chromium ignores, carried by the browser process: how `Chromium` finds its own
+processes when Playwright could not close them (never anyone else's Chromium)."""
 
 
 def chromium_path() -> str | None:
@@ -58,53 +58,59 @@ class BrowserError(AssertionError):
     """What the page did not do; an AssertionError so pytest shows it as a test failure."""
 
 
+class BrowserUnavailable(RuntimeError):
+    """Playwright is missing, or its driver could not start this Chromium."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "message", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _launch_failure(error: BaseException) -> str:
+    """Playwright's reason, with what the browser printed and how it exited (from its log)."""
+    lines = str(getattr(error, "message", None) or error).splitlines()
+    said = [
+        line.strip().removeprefix("- ")
+        for line in lines
+        if "Call log" not in line and ("[err]" in line or "process did exit" in line)
+    ]
+    said = list(dict.fromkeys(said))[-4:]  # the log repeats the browser's lines
+    return "; ".join([_first_line(error), *said])
+
+
 class Page:
-    """One tab: navigate, evaluate JavaScript, wait for a condition, take a screenshot."""
+    """One tab: navigate, evaluate JavaScript, wait for a condition, click as a person does
+    (Playwright's actions: real mouse events, once the element is visible, stable, enabled and
+    not covered), take a screenshot. `tab` is the Playwright page itself."""
 
-    def __init__(self, socket: ClientConnection, target_id: str):
-        self._socket = socket
-        self.target_id = target_id
-        self._ids = itertools.count(1)
+    def __init__(self, tab: PlaywrightPage):
+        self.tab = tab
 
-    def send(self, method: str, params: dict[str, Any] | None = None, timeout: float = 30) -> Any:
-        message_id = next(self._ids)
-        self._socket.send(json.dumps({"id": message_id, "method": method, "params": params or {}}))
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BrowserError(f"no answer to {method} within {timeout}s")
-            reply = json.loads(self._socket.recv(timeout=left))
-            if reply.get("id") != message_id:
-                continue  # an event
-            if "error" in reply:
-                raise BrowserError(f"{method}: {reply['error']}")
-            return reply.get("result", {})
+    def goto(self, url: str, timeout: float = 45) -> None:
+        """Navigate and wait for the document's load event (a single-page app renders later:
+        follow with `wait_for`)."""
+        from playwright.sync_api import Error
 
-    def set_viewport(self, width: int, height: int) -> None:
-        self.send(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
-        )
+        try:
+            self.tab.goto(url, wait_until="load", timeout=timeout * 1000)
+        except Error as error:
+            raise BrowserError(f"could not load {url}: {_first_line(error)}") from None
 
-    def goto(self, url: str) -> None:
-        self.send("Page.navigate", {"url": url})
-
-    def evaluate(self, expression: str, timeout: float = 30) -> Any:
+    def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression (promises are awaited)."""
-        result = self.send(
-            "Runtime.evaluate",
-            {"expression": expression, "returnByValue": True, "awaitPromise": True},
-            timeout=timeout,
-        )
-        if "exceptionDetails" in result:
-            details = result["exceptionDetails"]
-            text = details.get("exception", {}).get("description") or details.get("text")
-            raise BrowserError(f"JavaScript error in {expression[:80]!r}: {text}")
-        return result.get("result", {}).get("value")
+        from playwright.sync_api import Error
+
+        try:
+            return self.tab.evaluate(expression)
+        except Error as error:
+            raise BrowserError(
+                f"JavaScript error in {expression[:80]!r}: {_first_line(error)}"
+            ) from None
 
     def wait_for(self, expression: str, timeout: float = 30, what: str | None = None) -> Any:
-        """Poll a JavaScript expression until it is truthy; return its value."""
+        """Poll a JavaScript expression until it is truthy; return its value. Errors while
+        polling (a page still loading) count as not yet; the last value or error is reported."""
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
@@ -115,72 +121,102 @@ class Page:
             else:
                 if last:
                     return last
-            time.sleep(0.25)
+            self.tab.wait_for_timeout(250)
         raise BrowserError(f"timed out after {timeout}s waiting for {what or expression}: {last}")
 
-    def click_text(self, selector: str, text: str) -> None:
-        """Click the first element matching `selector` whose text contains `text`."""
-        clicked = self.evaluate(
-            f"""(() => {{
-                const wanted = {json.dumps(text)};
-                const found = [...document.querySelectorAll({json.dumps(selector)})]
-                    .find(e => e.textContent.includes(wanted));
-                if (!found) return false;
-                found.scrollIntoView(); found.click(); return true;
-            }})()"""
-        )
-        if not clicked:
-            raise BrowserError(f"no {selector} with text {text!r} to click")
+    def find(self, selector: str, text: str | re.Pattern[str] | None = None) -> Locator:
+        """The first element matching `selector` (CSS) whose text contains `text` (or matches
+        the pattern), if given."""
+        found = self.tab.locator(selector)
+        if text is not None:
+            found = found.filter(has_text=text)
+        return found.first
+
+    def click(
+        self, selector: str, text: str | re.Pattern[str] | None = None, timeout: float = 15
+    ) -> None:
+        """Click the first element matching `selector` whose text contains `text` (or matches
+        the pattern)."""
+        from playwright.sync_api import Error
+
+        try:
+            self.find(selector, text).click(timeout=timeout * 1000)
+        except Error as error:
+            wanted = selector if text is None else f"{selector} with text {text!r}"
+            raise BrowserError(f"could not click {wanted}: {_first_line(error)}") from None
 
     def screenshot(self, path: Path, full_page: bool = False) -> Path:
-        params: dict[str, Any] = {"format": "png"}
-        if full_page:
-            params["captureBeyondViewport"] = True
-        data = self.send("Page.captureScreenshot", params, timeout=60)["data"]
-        path.write_bytes(base64.b64decode(data))
+        self.tab.screenshot(path=str(path), full_page=full_page, timeout=60_000)
         return path
 
 
 class Chromium:
-    """A headless Chromium process with its own profile; stopped on exit, also on failure."""
+    """Debian's Chromium, headless, launched by Playwright; every process of it is stopped on
+    exit, also on failure (Playwright closes the browser; what survives that is killed).
 
-    def __init__(self, executable: str | None = None):
+    Raises `BrowserUnavailable` (with why) when Playwright is missing or cannot start it."""
+
+    def __init__(self, executable: str | None = None, launch_timeout: float = 60):
         found = executable or chromium_path()
         if found is None:
-            raise RuntimeError("Chromium is not installed: apt-get install -y chromium")
+            raise BrowserUnavailable("Chromium is not installed: apt-get install -y chromium")
         self.executable = found
-        self._profile = Path(tempfile.mkdtemp(prefix="evolink-chromium-"))
-        self._process: subprocess.Popen[bytes] | None = None
-        self._sockets: list[ClientConnection] = []
-        self.port = 0
+        self._launch_timeout = launch_timeout
+        self._marker = f"{MARKER}={uuid.uuid4().hex}"
+        self._playwright: Playwright | None = None
+        self._browser: Browser | None = None
+        self._group: int | None = None
 
     def __enter__(self) -> Chromium:
-        self._process = subprocess.Popen(
-            [self.executable, *CHROMIUM_FLAGS, f"--user-data-dir={self._profile}", "about:blank"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        active = self._profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not (active.exists() and active.read_text().strip()):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.__exit__(None, None, None)
-                raise RuntimeError("Chromium did not start its DevTools endpoint")
-            time.sleep(0.1)
-        self.port = int(active.read_text().split()[0])
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError as error:
+            raise BrowserUnavailable(f"Playwright is not installed: {error}") from None
+        try:
+            self._playwright = sync_playwright().start()
+        except Exception as error:
+            self.__exit__(None, None, None)
+            raise BrowserUnavailable(
+                f"Playwright's driver did not start: {_first_line(error)}"
+            ) from error
+        try:
+            self._browser = self._playwright.chromium.launch(
+                executable_path=self.executable,
+                headless=True,
+                args=[*CHROMIUM_ARGS, self._marker],
+                timeout=self._launch_timeout * 1000,
+            )
+        except Exception as error:
+            self.__exit__(None, None, None)
+            raise BrowserUnavailable(
+                f"Playwright could not start {self.executable}: {_launch_failure(error)}"
+            ) from error
+        self.processes()  # note its process group
         return self
 
+    @property
+    def version(self) -> str:
+        assert self._browser is not None, "not started"
+        return self._browser.version
+
     def new_page(self, width: int = 1440, height: int = 900) -> Page:
-        target = httpx.put(f"http://127.0.0.1:{self.port}/json/new?about:blank", timeout=10)
-        target.raise_for_status()
-        info = target.json()
-        socket = connect(info["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
-        self._sockets.append(socket)
-        page = Page(socket, info["id"])
-        page.send("Page.enable")
-        page.send("Runtime.enable")
-        page.set_viewport(width, height)
-        return page
+        """A tab in a fresh context: a `width`×`height` CSS-pixel viewport at scale 1."""
+        assert self._browser is not None, "not started"
+        context = self._browser.new_context(
+            viewport={"width": width, "height": height}, device_scale_factor=1
+        )
+        return Page(context.new_page())
+
+    def processes(self) -> list[int]:
+        """The ids of this browser's processes still running: its process group (Playwright
+        starts the browser as the leader of a group of its own; helpers such as the zygotes
+        stay in it), found through the marker the browser process carries."""
+        marked = _pids_with(self._marker)
+        if self._group is None:
+            self._group = next((pid for pid in marked if _group_of(pid) == pid), None)
+        if self._group is None:
+            return marked
+        return [pid for pid in _all_pids() if _group_of(pid) == self._group]
 
     def __exit__(
         self,
@@ -188,16 +224,61 @@ class Chromium:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for connection in self._sockets:
-            connection.close()
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=10)
-        shutil.rmtree(self._profile, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            self.processes()  # note the group while the browser is up
+        browser, self._browser = self._browser, None
+        driver, self._playwright = self._playwright, None
+        try:
+            if browser is not None:
+                with contextlib.suppress(Exception):
+                    browser.close()
+        finally:
+            if driver is not None:
+                with contextlib.suppress(Exception):
+                    driver.stop()  # the driver kills any browser it launched on its way out
+            self._stop_leftovers()
+
+    def _stop_leftovers(self, grace: float = 5) -> None:
+        """Give the group's helpers `grace` seconds to exit after the browser (about 1.5 s),
+        then kill the group (or, had the browser no group of its own, its marked processes),
+        and wait until it is gone."""
+        deadline = time.monotonic() + grace
+        while self.processes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while self.processes() and time.monotonic() < deadline:
+            for pid in [self._group] if self._group is not None else self.processes():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    if pid == self._group:
+                        os.killpg(pid, signal.SIGKILL)
+                    else:
+                        os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+
+
+def _all_pids() -> list[int]:
+    if not Path("/proc").is_dir():
+        return []  # not Linux: Playwright's own cleanup is all there is
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _pids_with(argument: str) -> list[int]:
+    found = []
+    for pid in _all_pids():
+        with contextlib.suppress(OSError):
+            if argument.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                found.append(pid)
+    return found
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[2])
 
 
 def free_port() -> int:

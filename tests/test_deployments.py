@@ -130,6 +130,92 @@ def test_deployments_share_the_pool_the_pull_step_and_strict_limits() -> None:
         assert isinstance(getattr(importlib.import_module(module), name), Flow), name
 
 
+def test_deployed_runs_heartbeat_and_the_zombie_automation_watches_only_them() -> None:
+    """A run whose worker dies is marked Crashed by `evolink-crash-zombie-runs` once its
+    heartbeats stop: every deployment sends them, the window outlasts one, and only runs tagged
+    `evolink` are watched (a workspace's other flows keep Prefect's default 180 s heartbeat,
+    which a 90 s window would otherwise crash)."""
+    from prefect.server.events.schemas.automations import EventTrigger as ServerEventTrigger
+    from prefect.server.events.schemas.events import ReceivedEvent
+
+    from prefect_evolink.deployments.setup import (
+        ZOMBIE_AUTOMATION,
+        deployed_automations,
+        heartbeat_seconds,
+    )
+
+    config = yaml.safe_load(PREFECT_FILE.read_text())
+    for deployment in config["deployments"]:
+        env = deployment["work_pool"]["job_variables"]["env"]
+        assert env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30", deployment["name"]
+        assert "evolink" in deployment["tags"], deployment["name"]
+    assert heartbeat_seconds() == [30]
+
+    [zombie] = deployed_automations()
+    assert zombie.name == ZOMBIE_AUTOMATION and zombie.enabled
+    [action] = zombie.actions
+    assert action.type == "change-flow-run-state" and action.state.value == "CRASHED"
+    trigger = ServerEventTrigger.model_validate(zombie.trigger.model_dump())
+    assert trigger.posture == "Proactive" and trigger.within.total_seconds() == 90
+    assert trigger.after == {"prefect.flow-run.heartbeat"}
+    assert trigger.for_each == {"prefect.resource.id"}
+    # A suspended run (approval) has no process on purpose: that must not count as a zombie.
+    finals = {"Completed", "Failed", "Cancelled", "Crashed", "Suspended"}
+    assert trigger.expect == {"prefect.flow-run.heartbeat"} | {
+        f"prefect.flow-run.{s}" for s in finals
+    }
+
+    def heartbeat(*tags: str) -> ReceivedEvent:
+        return ReceivedEvent(
+            occurred=datetime.now(UTC),
+            event="prefect.flow-run.heartbeat",
+            resource={"prefect.resource.id": f"prefect.flow-run.{uuid.uuid4()}"},
+            related=[
+                {"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"}
+                for tag in tags
+            ],
+            id=uuid.uuid4(),
+        )
+
+    assert trigger.covers(heartbeat("evolink", "event"))
+    assert not trigger.covers(heartbeat("someone-else"))
+
+    [shorter] = deployed_automations(zombie_after=40)
+    assert ServerEventTrigger.model_validate(shorter.trigger.model_dump()).within.seconds == 40
+    with pytest.raises(SystemExit, match="10 seconds"):  # Prefect's minimum for the window
+        deployed_automations(zombie_after=5)
+    with pytest.raises(SystemExit, match="heartbeats at least 5 s more often"):
+        deployed_automations(zombie_after=33)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_deploy_creates_the_zombie_automation_once_and_updates_it_in_place() -> None:
+    from prefect.client.orchestration import get_client
+
+    from prefect_evolink.deployments.setup import (
+        ZOMBIE_AUTOMATION,
+        deployed_automations,
+        ensure_automation,
+    )
+
+    async def deploy_twice() -> tuple[list[str], list[Any]]:
+        changes = [await ensure_automation(deployed_automations()[0])]
+        changes.append(await ensure_automation(deployed_automations(zombie_after=45)[0]))
+        async with get_client() as client:
+            found = await client.read_automations_by_name(ZOMBIE_AUTOMATION)
+            for automation in found:  # no zombie watch for later tests on this server
+                await client.delete_automation(automation.id)
+        return changes, found
+
+    changes, found = asyncio.run(deploy_twice())
+    assert changes == [
+        f"automation {ZOMBIE_AUTOMATION!r}: created",
+        f"automation {ZOMBIE_AUTOMATION!r}: updated",
+    ]
+    [automation] = found
+    assert automation.trigger.within.total_seconds() == 45
+
+
 # --------------------------------------------------------------------------------------------
 # The stack (slow): server, simulator, S3, setup, worker
 # --------------------------------------------------------------------------------------------
@@ -337,6 +423,18 @@ def _save_blocks(stack: Stack) -> None:
         storage.save("evolink-assets", overwrite=True)
 
 
+def _start_worker(
+    stack: Stack, processes: Processes, name: str, *, log: Path, limit: int | None = None
+) -> subprocess.Popen[bytes]:
+    """`prefect worker start --pool evolink-process`, as the README tells a user to run it; it
+    asks for work every second (production default 10 s) so the tests do not wait for it."""
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--name", name]
+    if limit is not None:
+        command += ["--limit", str(limit)]
+    env = {**stack.env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
+    return processes.start(command, env=env, log=log, stop_signal=signal.SIGINT)
+
+
 def _deploy_and_start_worker(stack: Stack, processes: Processes) -> None:
     """The documented deploy command; the worker starts as soon as the pool exists, so its
     start-up overlaps `prefect deploy` (both cost seconds of CPU)."""
@@ -360,27 +458,7 @@ def _deploy_and_start_worker(stack: Stack, processes: Processes) -> None:
         return httpx.get(f"{stack.api_url}/work_pools/{POOL}", timeout=5).status_code == 200
 
     _wait_for(pool_exists, timeout=60, what="the work pool")
-    worker_env = {
-        **stack.env,
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-    }
-    processes.start(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "worker",
-            "start",
-            "--pool",
-            POOL,
-            "--name",
-            f"e2e-{processes.marker[:8]}",
-        ],
-        env=worker_env,
-        log=stack.logs / "worker.log",
-        stop_signal=signal.SIGINT,
-    )
+    _start_worker(stack, processes, f"e2e-{processes.marker[:8]}", log=stack.logs / "worker.log")
     code = setup.wait(timeout=120)
     assert code == 0, f"prefect-evolink deploy failed:\n{_tail(stack.logs / 'setup.log')}"
 

@@ -4,7 +4,10 @@ process workers on one pool.
 
 It shows that the provider limit holds across workers (the simulator's peak of active tasks
 stays at the limit), that 30 `marketing.asset.requested` events give 30 completed runs spread
-over both workers, with one billed task per product and the reported cost equal to the ledger.
+over both workers, with one billed task per product and the reported cost equal to the ledger;
+that a run whose flow-run process is killed, or whose whole worker is killed (the worker's
+process tree: a lost machine or container), ends Crashed and its rerun pays for nothing new.
+The tests run in file order and the worker-kill test must stay last: it leaves one worker.
 Every process (postgres, server, workers, flow runs) is stopped at the end, also on failure.
 Skipped when PostgreSQL is not installed and cannot be installed (apt-get, as root).
 """
@@ -32,8 +35,11 @@ from typing import Any
 import pytest
 
 from evolink.simulator import EvoLinkSimulator, max_concurrent
+from prefect_evolink.tasks.limits import LEASE_SECONDS
+from tests.postgres import Postgres, find_postgres
 from tests.test_deployments import (
     ACTIVE_JOBS,
+    BUCKET,
     EVENT_DEPLOYMENT,
     POOL,
     Processes,
@@ -45,6 +51,7 @@ from tests.test_deployments import (
     _free_port,
     _save_blocks,
     _start_server,
+    _start_worker,
     _tail,
     _wait_for,
 )
@@ -53,79 +60,16 @@ WORKERS = ("pg-worker-a", "pg-worker-b")
 EVENTS = 30
 GENERATION_SECONDS = 0.4  # short: 30 jobs, two at a time
 WORKER_LIMIT = 6  # flow-run processes per worker at once (each costs ~2 s of CPU to start)
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    return found[-1].parent if found else None
+# The zombie automation's window: heartbeats come every 30 s (prefect.yaml; Prefect's minimum),
+# so this is one heartbeat plus 10 s for a busy machine. Production keeps 90 s.
+ZOMBIE_AFTER = 40
 
 
 def _ensure_postgres() -> Path:
-    if (found := _pg_bin()) is not None:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(
-            ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"],
-            env=env,
-            capture_output=True,
-            timeout=600,
-            check=False,
-        )
-        if (found := _pg_bin()) is not None:
-            return found
-    pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-
-
-@dataclass
-class Postgres:
-    bin: Path
-    dir: Path
-    port: int
-
-    def _as_owner(self, *args: str) -> list[str]:
-        command = [str(self.bin / args[0]), *args[1:]]
-        return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
-
-    def start(self) -> None:
-        if os.geteuid() == 0:  # initdb refuses root
-            shutil.chown(self.dir, "postgres")
-        data = self.dir / "data"
-        subprocess.run(
-            self._as_owner("initdb", "-D", str(data), "-A", "trust", "-U", "postgres"),
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
-        options += " -c fsync=off -c synchronous_commit=off -c max_connections=200"
-        subprocess.run(
-            self._as_owner(
-                "pg_ctl", "-D", str(data), "-o", options, "-l", str(self.log), "-w", "start"
-            ),
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-
-    @property
-    def log(self) -> Path:
-        return self.dir / "postgres.log"
-
-    def stop(self) -> None:
-        subprocess.run(
-            self._as_owner("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop"),
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-
-    def running(self) -> bool:
-        return (self.dir / "data" / "postmaster.pid").exists()
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+    found = find_postgres()
+    if found is None:
+        pytest.skip("PostgreSQL is not installed and cannot be (apt-get install postgresql)")
+    return found
 
 
 @dataclass
@@ -133,11 +77,17 @@ class PgStack:
     stack: Stack
     postgres: Postgres
     workers: dict[str, Path]  # name -> log
+    worker_processes: dict[str, subprocess.Popen[bytes]]
 
 
-def _deploy_and_start_workers(stack: Stack, processes: Processes) -> dict[str, Path]:
+def _deploy_and_start_workers(
+    stack: Stack, processes: Processes
+) -> dict[str, subprocess.Popen[bytes]]:
     setup = processes.start(
-        [sys.executable, "dev.py", "deploy", "--active-jobs", str(ACTIVE_JOBS)],
+        [
+            *(sys.executable, "dev.py", "deploy", "--active-jobs", str(ACTIVE_JOBS)),
+            *("--zombie-after", str(ZOMBIE_AFTER)),
+        ],
         env=stack.env,
         log=stack.logs / "setup.log",
     )
@@ -150,35 +100,15 @@ def _deploy_and_start_workers(stack: Stack, processes: Processes) -> dict[str, P
         return httpx.get(f"{stack.api_url}/work_pools/{POOL}", timeout=5).status_code == 200
 
     _wait_for(pool_exists, timeout=90, what="the work pool")
-    worker_env = {
-        **stack.env,
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-    }
-    logs = {}
-    for name in WORKERS:
-        logs[name] = stack.logs / f"{name}.log"
-        processes.start(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "worker",
-                "start",
-                "--pool",
-                POOL,
-                "--name",
-                name,
-                "--limit",
-                str(WORKER_LIMIT),
-            ],
-            env=worker_env,
-            log=logs[name],
-            stop_signal=signal.SIGINT,
+    workers = {
+        name: _start_worker(
+            stack, processes, name, log=stack.logs / f"{name}.log", limit=WORKER_LIMIT
         )
+        for name in WORKERS
+    }
     code = setup.wait(timeout=180)
     assert code == 0, f"deploy failed:\n{_tail(stack.logs / 'setup.log')}"
-    return logs
+    return workers
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +148,8 @@ def pg_stack() -> Iterator[PgStack]:
                 print(f"--- {name} ---\n{_tail(logs / name, 80)}", file=sys.stderr)
             print(f"--- postgres.log ---\n{_tail(postgres.log, 40)}", file=sys.stderr)
             raise
-        yield PgStack(stack, postgres, workers)
+        logs_by_worker = {name: logs / f"{name}.log" for name in WORKERS}
+        yield PgStack(stack, postgres, logs_by_worker, workers)
 
 
 def _runs_by_worker(workers: dict[str, Path]) -> dict[str, set[str]]:
@@ -420,3 +351,155 @@ def test_a_killed_flow_run_crashes_and_its_rerun_pays_nothing_new(pg_stack: PgSt
     assert [e.task_id for e in paid()] == [entry.task_id]  # 0 new paid tasks
     [row] = _cost_rows(stack, done, product)
     assert row["task_id"] == entry.task_id
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and every descendant, from /proc: flow-run processes may start sessions of their
+    own, so the worker's process group alone would miss them."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # "pid (comm) state ppid ..."
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(current := todo.pop())
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def _kill_tree(pid: int) -> set[int]:
+    """Lose a machine: stop the whole tree first, so no process in it can notice the others
+    dying (and report a crash, or start a child), then SIGKILL all of it at once."""
+    stopped: set[int] = set()
+    while new := [p for p in _process_tree(pid) if p not in stopped]:
+        for member in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGSTOP)
+        stopped.update(new)
+    for member in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+    return stopped
+
+
+def _submit_record(stack: Stack, task_id: str, since: float) -> dict[str, Any] | None:
+    """The job's `_jobs/<key>/submit.json` naming `task_id`: once it is stored, a rerun finds
+    the task instead of sending the job again."""
+    s3 = stack.s3()
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="evolink/_jobs/")
+    for page in pages:
+        for item in page.get("Contents", []):
+            if item["Key"].endswith("/submit.json") and item["LastModified"].timestamp() >= since:
+                record = json.loads(s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read())
+                if record.get("task_id") == task_id:
+                    return dict(record)
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_worker_leaves_a_crashed_run_and_its_rerun_pays_nothing_new(
+    pg_stack: PgStack,
+) -> None:
+    """The worker that owns a run dies with its flow-run process while the job is at EvoLink,
+    as when its machine or container is lost: nobody is left to report the run. The deployed
+    runs' heartbeats stop, and the `evolink-crash-zombie-runs` automation that
+    `prefect-evolink deploy` created marks the run Crashed (its message, not a state this test
+    sets). `prefect flow-run retry`, what a user runs, schedules it again; the surviving worker
+    runs it, it reattaches to the same EvoLink task, pays for nothing new, and reports what the
+    ledger billed. Must run last: it leaves the module with one worker."""
+    from tests.test_suspend import _flow_run_pids, _read_run
+
+    stack = pg_stack.stack
+    assert all(p.poll() is None for p in pg_stack.worker_processes.values()), "a worker is down"
+    stack.simulator.generation_seconds = 8.0  # still processing when the worker is killed
+    product = "pg-lost-worker-lamp"
+    payload = {"product_id": product, "prompt": "lost-worker lamp, dusk", "quality": "low"}
+    started = time.time()
+    _emit_rest(stack, [payload])
+
+    def paid() -> list[Any]:
+        return [e for e in stack.simulator.ledger() if e.request["prompt"] == payload["prompt"]]
+
+    def the_run() -> Any:
+        runs = [
+            run
+            for run in _flow_runs(stack, EVENT_DEPLOYMENT)
+            if run.parameters.get("product_id") == product
+        ]
+        return runs[0] if runs else None
+
+    try:
+        [entry] = _wait_for(paid, timeout=90, what="the task at EvoLink", interval=0.2)
+        run = _wait_for(the_run, timeout=10, what="the flow run")
+        _wait_for(
+            lambda: _submit_record(stack, entry.task_id, started - 5),
+            timeout=20,
+            what="the job's submit record",
+            interval=0.2,
+        )
+        [owner] = [
+            name for name, ids in _runs_by_worker(pg_stack.workers).items() if str(run.id) in ids
+        ]
+        [survivor] = [name for name in WORKERS if name != owner]
+        flow_run_pids = set(_flow_run_pids(run.id))
+        assert flow_run_pids, "no process runs the flow"
+
+        worker = pg_stack.worker_processes[owner]
+        killed = _kill_tree(worker.pid)
+        killed_at = time.time()
+        worker.wait(timeout=10)  # reaped: no zombie left behind
+        assert flow_run_pids <= killed, (flow_run_pids, killed)  # the run died with its worker
+        survivor_log = pg_stack.workers[survivor]
+        survivor_seen = len(survivor_log.read_bytes())
+        assert _read_run(stack, run.id).state.is_running()  # and nobody said so
+
+        crashed = _wait_for(
+            lambda: (r := _read_run(stack, run.id)).state.is_crashed() and r,
+            timeout=ZOMBIE_AFTER + 30 + 30,  # window after the last heartbeat, + slack
+            what="the zombie automation to mark the run crashed",
+            interval=0.5,
+        )
+        crashed_at = time.time()
+        assert "No heartbeat from this run" in (crashed.state.message or ""), crashed.state
+
+        stack.simulator.generation_seconds = GENERATION_SECONDS
+        retried_at = time.time()
+        stack.run_cli(sys.executable, "-m", "prefect", "flow-run", "retry", str(run.id))
+
+        def rerun_final() -> Any:
+            r = _read_run(stack, run.id)
+            return r.state.is_final() and r.state.timestamp.timestamp() > retried_at and r
+
+        # A killed run keeps its `evolink-active-jobs` slot until the slot's lease runs out
+        # (LEASE_SECONDS); with the previous test's killed run holding the other, the rerun
+        # may wait for one of them (about 30 s here).
+        done = _wait_for(rerun_final, timeout=LEASE_SECONDS + 60, what="the rerun", interval=0.5)
+    except AssertionError:
+        for name, log in pg_stack.workers.items():
+            print(f"--- {name} ---\n{_tail(log, 60)}", file=sys.stderr)
+        raise
+    finally:
+        stack.simulator.generation_seconds = GENERATION_SECONDS
+    assert done.state.is_completed(), f"{done.state.type}: {done.state.message}"
+    # The survivor ran the rerun.
+    rerun_lines = survivor_log.read_bytes()[survivor_seen:].decode(errors="replace")
+    assert f"submitting flow run '{run.id}'" in rerun_lines
+    assert f"Aborted submission of flow run '{run.id}'" not in rerun_lines
+    # Same task, 0 new paid tasks; billed = reported.
+    [billed] = paid()
+    assert billed.task_id == entry.task_id and billed.billed_usd > 0
+    [row] = _cost_rows(stack, done, product)
+    assert row["task_id"] == entry.task_id
+    assert Decimal(row["billed_usd"].lstrip("$")) == billed.billed_usd.quantize(Decimal("0.000001"))
+    print(
+        f"\nworker {owner} killed ({len(killed)} processes); crashed by the automation after "
+        f"{crashed_at - killed_at:.1f}s; rerun on {survivor} done {time.time() - retried_at:.1f}s "
+        f"after `prefect flow-run retry`; test {time.time() - started:.1f}s",
+        file=sys.stderr,
+    )

@@ -639,3 +639,71 @@ def test_a_client_hanging_up_is_one_debug_line_and_a_bug_is_a_traceback(
     except KeyError:
         server.handle_error(None, ("127.0.0.1", 5))
     assert "KeyError: 'a simulator bug'" in capfd.readouterr().err
+
+
+# --- a wrong estimate, non-linear progress (issue #12: pacing under realistic timing) --------
+
+
+def test_estimate_factor_makes_estimated_time_wrong_on_purpose(
+    sim: EvoLinkSimulator, client: httpx.Client
+) -> None:
+    sim.generation_seconds = 20
+    assert create(client).json()["task_info"]["estimated_time"] == 20  # default: exact
+    sim.estimate_factor = 0.5
+    task_id = create(client, {"prompt": "under"}).json()["id"]
+    assert client.get(f"/v1/tasks/{task_id}").json()["task_info"]["estimated_time"] == 10
+    sim.estimate_factor = 1.5
+    created = create(client, {"prompt": "over"}).json()
+    assert created["task_info"]["estimated_time"] == 30
+    # the truth is unchanged: the task still ends after 20 s
+    entry = next(e for e in sim.ledger() if e.task_id == created["id"])
+    assert entry.expected_finish_at - entry.created_at == pytest.approx(20)
+
+
+def test_estimate_spread_is_drawn_per_task_from_the_seed() -> None:
+    def estimates(seed: int) -> list[int]:
+        with EvoLinkSimulator(generation_seconds=100, seed=seed, estimate_spread=0.5) as sim:
+            headers = {"Authorization": f"Bearer {sim.api_key}"}
+            with httpx.Client(base_url=sim.base_url, headers=headers, verify=TLS) as http:
+                ids = [create(http, {"prompt": f"job {i}"}).json()["id"] for i in range(8)]
+                return [
+                    http.get(f"/v1/tasks/{i}").json()["task_info"]["estimated_time"] for i in ids
+                ]
+
+    first = estimates(3)
+    assert first == estimates(3)  # the same seed, the same estimates
+    assert first != estimates(4)
+    assert all(50 <= e <= 150 for e in first) and len(set(first)) > 4
+    assert min(first) < 90 and max(first) > 110  # really spread, both ways
+
+
+@pytest.mark.parametrize(
+    ("curve", "expected"),
+    [
+        # progress at 20 %, 50 %, 80 %, 95 % of a 100 s task
+        ("linear", [20, 50, 80, 95]),
+        ("ease-out", [36, 75, 96, 99]),
+        ("ease-in", [4, 25, 64, 90]),
+        ("stall", [5, 5, 80, 95]),
+    ],
+)
+def test_progress_curves(
+    sim: EvoLinkSimulator, client: httpx.Client, curve: str, expected: list[int]
+) -> None:
+    sim.generation_seconds = 100
+    sim.progress_curve = curve
+    task_id = create(client).json()["id"]
+    seen = []
+    for share in (20, 30, 30, 15):  # to 20, 50, 80, 95 % of the time
+        sim.advance_clock(share)
+        seen.append(client.get(f"/v1/tasks/{task_id}").json()["progress"])
+    assert [abs(a - b) <= 1 for a, b in zip(seen, expected, strict=True)] == [True] * 4, seen
+    sim.advance_clock(5)
+    assert client.get(f"/v1/tasks/{task_id}").json()["status"] == "completed"
+
+
+def test_progress_curve_is_validated_and_settable_at_start() -> None:
+    with pytest.raises(ValueError, match="progress_curve"):
+        EvoLinkSimulator(progress_curve="zigzag")
+    sim = EvoLinkSimulator(progress_curve="ease-in", estimate_factor=1.5)
+    assert (sim.progress_curve, sim.estimate_factor) == ("ease-in", 1.5)

@@ -1,25 +1,32 @@
-"""The Prefect UI as reviewers and managers see it: a real headless Chromium looking at a real
-`prefect server`, with campaigns run on the EvoLink simulator.
+"""The Prefect UI as reviewers and managers see it: a real headless Chromium (Debian's, driven
+by Playwright — tests/browser.py) looking at a real `prefect server`, with campaigns run on the
+EvoLink simulator.
 
 Everything is asserted from what the browser rendered — elements, their sizes and positions,
 images that decoded — never from a page merely loading:
 
 - the Resume dialog of a paused approval run shows every draft as a thumbnail labelled like the
-  form's options, in both Prefect UIs, and a choice made in the dialog is the one the run uses;
+  form's options, in both Prefect UIs; the reviewer fills in the form in the browser (clicks and
+  option choices, as a person makes them) and submits it, and the run completes with exactly
+  the drafts chosen there: each final is made from its chosen draft, the rejected asset has none;
 - the cost table's headers and its Billed column fit a 1,440-px screen without sideways scrolling;
-- the contact sheet shows every final;
+- the summary shows the spend by stage, the total and every asset's outcome and chosen draft;
+- the contact sheet shows every final, and each asset's final artifact its final (the picture
+  decoded, its size, the draft it came from) or why it has none;
 - no artifact page of the run has anything wider than its content column or the window (a
   known-bad artifact proves the check catches the issue's data-URI line);
 - the Artifacts page shows an asset that a later run rejected as having no current final.
 
 One module-scoped stack serves every test: the server (temporary PREFECT_HOME, SQLite, its own
-process group), the simulator and Chromium, all stopped at the end, also when a test fails. Two
-runs of the example brief (4 assets × 4 drafts): an automatic one, then an approval one. The
-default UI is at `/v2/…`; the older one (where the flow log's "View at" link goes) at `/…`.
+process group), the simulator and Chromium, all stopped at the end, also when a test fails (no
+process of the browser may outlive it). Two runs of the example brief (4 assets × 4 drafts): an
+automatic one, then an approval one. The default UI is at `/v2/…`; the older one (where the flow
+log's "View at" link goes) at `/…`.
 
 Screenshots land in a temporary directory printed at the end (or EVOLINK_UI_SCREENSHOTS=DIR).
 Chromium is installed by the `chromium_executable` fixture when missing and possible (root with
-apt-get); otherwise these tests are skipped, saying why.
+apt-get); otherwise — or when Playwright cannot start it — these tests are skipped, saying why.
+None of Playwright's own browsers is used or downloaded.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,8 +56,8 @@ from evolink.previews import REVIEW_EDGE, SHEET_EDGE, thumbnail_data_uri
 from evolink.simulator import EvoLinkSimulator, render_png
 from prefect_evolink.blocks import LocalAssetStorage
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
-from prefect_evolink.tasks.campaign_report import COST_COLUMNS
-from tests.browser import Chromium, Page, PrefectServer, chromium_path
+from prefect_evolink.tasks.campaign_report import COST_COLUMNS, outcome_words
+from tests.browser import BrowserUnavailable, Chromium, Page, PrefectServer, chromium_path
 
 pytestmark = pytest.mark.slow
 
@@ -143,6 +151,25 @@ SHEET = """(() => {
     alts: images.map(i => i.alt),
     labels: [...body.querySelectorAll('th')].map(t => t.innerText.trim()),
     text: document.body.innerText,
+  };
+})()"""
+
+FIELDS = """[...document.querySelectorAll('[role=dialog] .schema-form-property')]
+  .filter(p => p.querySelector('.p-select-button__control'))
+  .map(p => ({label: p.querySelector('.schema-form-property__label').innerText.trim(),
+              value: p.querySelector('.p-select-button__value').innerText.trim()}))"""
+
+OPTIONS = "[...document.querySelectorAll('[role=listbox] [role=option]')].map(o => o.innerText)"
+
+TABLES = """(() => {
+  const body = document.querySelector('.prose') || document.querySelector('.artifact-data-view');
+  if (!body) return null;
+  return {
+    tables: [...body.querySelectorAll('table')].map(t => [...t.querySelectorAll('tbody tr')]
+      .map(r => [...r.children].map(c => c.innerText.trim()))),
+    text: body.innerText,
+    sideways: [...body.querySelectorAll('table')].filter(t => t.scrollWidth > t.clientWidth + 1)
+      .length,
   };
 })()"""
 
@@ -269,12 +296,17 @@ def start_campaign(stack: Stack, selection: str) -> Run:
 def stack(chromium_executable: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     shots = Path(os.environ.get("EVOLINK_UI_SCREENSHOTS") or tmp_path_factory.mktemp("ui-shots"))
     shots.mkdir(parents=True, exist_ok=True)
+    browser = Chromium(chromium_executable)
     with ExitStack() as cleanup:
+        try:
+            cleanup.enter_context(browser)
+        except BrowserUnavailable as why:
+            pytest.skip(f"the browser tests need a Chromium that Playwright can drive: {why}")
+        print(f"\nChromium {browser.version} ({chromium_executable}), driven by Playwright")
         work = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="evolink-ui-")))
         (work / "home").mkdir()
         server = cleanup.enter_context(PrefectServer(work / "home", work / "server.log"))
         simulator = cleanup.enter_context(EvoLinkSimulator(generation_seconds=0.3, seed=7))
-        browser = cleanup.enter_context(Chromium(chromium_executable))
         try:
             yield Stack(server, simulator, browser.new_page(WIDTH, HEIGHT), work / "assets", shots)
         except BaseException:
@@ -282,6 +314,7 @@ def stack(chromium_executable: str, tmp_path_factory: pytest.TempPathFactory) ->
             raise
         finally:
             print(f"\nUI screenshots: {shots}", file=sys.stderr)
+    assert browser.processes() == [], "browser processes outlived the tests"
 
 
 @pytest.fixture(scope="module")
@@ -314,11 +347,24 @@ def paused_run(stack: Stack, earlier_run: CampaignManifest) -> Iterator[Run]:
 
 
 def resume_from_code(stack: Stack, run: Run, answer: dict[str, str]) -> None:
+    """In a thread of its own: Playwright's sync API marks its event loop as this thread's
+    running loop, where Prefect's sync-compatible calls would not run."""
     from prefect.flow_runs import resume_flow_run
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: stack.server.api_url}):
-        resume_flow_run(run.flow_run_id, run_input=answer)  # type: ignore[arg-type]
+    failure: list[BaseException] = []
+
+    def resume() -> None:
+        try:
+            with temporary_settings({PREFECT_API_URL: stack.server.api_url}):
+                resume_flow_run(run.flow_run_id, run_input=answer)  # type: ignore[arg-type]
+        except BaseException as error:
+            failure.append(error)
+
+    thread = threading.Thread(target=resume, name="resume-from-code")
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive() and not failure, failure
 
 
 @pytest.fixture(scope="module")
@@ -347,18 +393,12 @@ def open_resume_dialog_v2(stack: Stack, run: Run) -> dict[str, Any]:
         ".some(b => b.textContent.includes('Open menu'))",
         "the paused run's page (default UI)",
     )
-    stack.page.evaluate(
-        """(() => {
-          const menu = [...document.querySelectorAll('button')]
-            .find(b => b.textContent.includes('Open menu'));
-          menu.dispatchEvent(new PointerEvent('pointerdown', {bubbles: true}));
-        })()"""
-    )
+    stack.page.click("button", text="Open menu")
     stack.page.wait_for(
         "[...document.querySelectorAll('[role=menuitem]')].some(e => e.textContent === 'Resume')",
         what="the run menu's Resume item",
     )
-    stack.page.click_text("[role=menuitem]", "Resume")
+    stack.page.click("[role=menuitem]", text="Resume")
     return wait_for_dialog(stack)
 
 
@@ -368,8 +408,23 @@ def open_resume_dialog_v1(stack: Stack, run: Run) -> dict[str, Any]:
         "[...document.querySelectorAll('button')].some(b => b.textContent.trim() === 'Resume')",
         "the paused run's page (older UI)",
     )
-    stack.page.click_text("button", "Resume")
+    stack.page.click("button", text="Resume")
     return wait_for_dialog(stack)
+
+
+def open_choices(stack: Stack, at: int) -> list[str]:
+    """Open the options of the form's `at`-th field as a person does, and list them. The older
+    UI's select is a button with a pop-over list (the native `<select>` only where the pointer
+    cannot hover); a mouse click in the Resume dialog focuses it but its pop-over closes again
+    at once, so it is opened from the keyboard, as the UI offers (arrow down)."""
+    control = stack.page.tab.locator("[role=dialog] button.p-select-button__control").nth(at)
+    control.click()
+    control.press("ArrowDown")
+    found: list[str] = stack.page.wait_for(
+        f"(() => {{ const o = {OPTIONS}; return o.length > 0 && o.map(t => t.trim()); }})()",
+        what=f"the options of field {at}",
+    )
+    return found
 
 
 def assert_dialog_shows_the_drafts(dialog: dict[str, Any]) -> None:
@@ -404,47 +459,56 @@ def test_resume_dialog_shows_the_drafts_in_the_default_ui(stack: Stack, paused_r
 def test_reviewer_chooses_in_the_resume_dialog_and_the_run_resumes(
     stack: Stack, paused_run: Run
 ) -> None:
-    """In the older UI, whose dialog is the narrowest (512 px): pick, submit, and the run
-    uses exactly what was picked."""
+    """In the older UI, whose dialog is the narrowest (512 px): the reviewer picks in the form
+    (a draft that is not the suggestion for one asset, reject for another, the suggestions for
+    the rest), submits, and the run completes with exactly what the form held."""
     dialog = open_resume_dialog_v1(stack, paused_run)
     stack.shot("2-resume-dialog-v1")
     assert_dialog_shows_the_drafts(dialog)
     assert dialog["width"] <= 512
 
-    selects = stack.page.evaluate(
-        """[...document.querySelectorAll('[role=dialog] select')]
-             .filter(s => s.options.length > 1)
-             .map(s => ({value: s.value, options: [...s.options].map(o => o.value)}))"""
-    )
+    fields = stack.page.evaluate(FIELDS)
+    assert [f["label"] for f in fields] == [f"{asset} (Optional)" for asset in ASSETS]
     options = [f"image-{i}" for i in range(DRAFTS)] + ["reject"]
-    assert [s["options"] for s in selects] == [options] * len(ASSETS)
-    suggested = int(selects[0]["value"].removeprefix("image-"))
-    chosen = (suggested + 1) % DRAFTS  # not the suggestion: the form really carried it
-    stack.page.evaluate(
-        f"""(() => {{
-          const selects = [...document.querySelectorAll('[role=dialog] select')]
-            .filter(s => s.options.length > 1);
-          const pick = (select, value) => {{
-            select.value = value;
-            select.dispatchEvent(new Event('input', {{bubbles: true}}));
-            select.dispatchEvent(new Event('change', {{bubbles: true}}));
-          }};
-          pick(selects[0], 'image-{chosen}');
-          pick(selects[1], 'reject');
-        }})()"""
-    )
+    suggested = {asset: f["value"] for asset, f in zip(ASSETS, fields, strict=True)}
+    assert set(suggested.values()) <= set(options[:-1]), suggested  # a draft suggested each
+    for at in range(len(ASSETS)):
+        assert open_choices(stack, at) == options, ASSETS[at]
+        stack.page.tab.keyboard.press("Escape")
+    chosen = (int(suggested[ASSETS[0]].removeprefix("image-")) + 1) % DRAFTS  # not suggested
+    expected = {**suggested, ASSETS[0]: f"image-{chosen}", ASSETS[1]: "reject"}
+    for at, value in ((0, f"image-{chosen}"), (1, "reject")):
+        open_choices(stack, at)
+        stack.page.click("[role=listbox] [role=option]", text=re.compile(f"^{value}$"))
+    form = {f["label"].removesuffix(" (Optional)"): f["value"] for f in stack.page.evaluate(FIELDS)}
+    assert form == expected, "the form does not hold what was chosen"
     stack.shot("3-resume-dialog-v1-chosen")
-    stack.page.click_text("[role=dialog] button", "Submit")
+    stack.page.click("[role=dialog] button", text="Submit")
     paused_run.outcome["submitted"] = True
     stack.page.wait_for("!document.querySelector('[role=dialog]')", what="the dialog to close")
 
     manifest = paused_run.result()
     outcomes = {o.asset: o for o in manifest.assets}
-    banner, square = outcomes["launch-banner"], outcomes["social-square"]
-    assert (banner.status, banner.chosen_draft) == (AssetStatus.FINAL, chosen)
-    assert (square.status, square.detail) == (AssetStatus.REJECTED, "rejected by reviewer")
-    for asset in ("story-vertical", "product-shot"):
-        assert outcomes[asset].status is AssetStatus.FINAL
+    for asset, choice in form.items():
+        outcome = outcomes[asset]
+        if choice == "reject":
+            assert (outcome.status, outcome.detail) == (
+                AssetStatus.REJECTED,
+                "rejected by reviewer",
+            ), asset
+            assert outcome.final is None, asset
+            continue
+        assert (outcome.status, outcome.chosen_draft) == (
+            AssetStatus.FINAL,
+            int(choice.removeprefix("image-")),
+        ), asset
+        assert outcome.drafts is not None and outcome.final is not None, asset
+        [draft] = [i for i in outcome.drafts.images if i.index == outcome.chosen_draft]
+        # The final was generated from the chosen draft: its reference is that draft's link.
+        assert outcome.final.request.image_urls, asset
+        assert outcome.final.request.image_urls[0] == draft.source_url, asset
+        assert outcome.final.images, asset
+    assert outcomes[ASSETS[0]].chosen_draft == chosen
     run = stack.api("GET", f"/flow_runs/{paused_run.flow_run_id}")
     assert run["state_type"] == "COMPLETED"
 
@@ -506,6 +570,70 @@ def test_contact_sheet_shows_every_final(
             assert image.uri in sheet["text"].replace("\n", "")  # may wrap, never cut
             assert f"{image.width}x{image.height}" in sheet["text"].replace("×", "x")
         assert "Image URL" not in sheet["text"] and "data:image" not in sheet["text"]
+
+
+def test_summary_shows_the_spend_and_the_chosen_drafts(
+    stack: Stack, finished_run: tuple[Run, CampaignManifest]
+) -> None:
+    run, manifest = finished_run
+    artifact = artifact_of(stack, run, f"{CAMPAIGN}-summary")
+    totals = manifest.totals
+    outcomes = [
+        [o.asset, o.status.value, "-" if o.chosen_draft is None else f"image-{o.chosen_draft}"]
+        for o in manifest.assets
+    ]
+    for ui, prefix in (("v2", "/v2"), ("v1", "")):
+        stack.open(
+            f"{prefix}/artifacts/artifact/{artifact['id']}",
+            "document.querySelectorAll('tbody tr').length > 0",
+            f"the summary ({ui})",
+        )
+        stack.shot(f"5-summary-{ui}")
+        summary = stack.page.evaluate(TABLES)
+        assert summary is not None and len(summary["tables"]) == 2, (ui, summary)
+        spend, assets = summary["tables"]
+        money = {row[0]: row[1] for row in spend}
+        assert {stage: money.get(stage) for stage in totals.by_stage} == {
+            stage: usd(amount) for stage, amount in totals.by_stage.items()
+        }, ui
+        billed = f"{usd(totals.billed_usd)} ({totals.billed_credits} credits)"
+        assert money["total billed"] == billed, ui
+        assert money["budget"].startswith(usd(manifest.budget_usd)), ui
+        assert [row[:3] for row in assets] == outcomes, ui
+        assert f"Run: {manifest.run_state}" in summary["text"], ui
+        assert summary["sideways"] == 0, ui
+
+
+def test_each_final_artifact_shows_its_final_or_why_there_is_none(
+    stack: Stack, finished_run: tuple[Run, CampaignManifest]
+) -> None:
+    run, manifest = finished_run
+    for outcome in manifest.assets:
+        artifact = artifact_of(stack, run, f"{CAMPAIGN}-{outcome.asset}-final")
+        for ui, prefix in (("v2", "/v2"), ("v1", "")):
+            heading = json.dumps(f"{outcome.asset} — ")
+            stack.open(
+                f"{prefix}/artifacts/artifact/{artifact['id']}",
+                f"(() => {{ const b = document.querySelector('.prose')"
+                f" || document.querySelector('.artifact-data-view');"
+                f" return b && b.innerText.includes({heading}); }})()",
+                f"the final of {outcome.asset} ({ui})",
+            )
+            stack.shot(f"5-{outcome.asset}-final-{ui}")
+            view = stack.page.evaluate(SHEET)
+            text = view["text"].replace("\n", "").replace("×", "x")
+            if outcome.status is not AssetStatus.FINAL or outcome.final is None:
+                assert view["images"] == 0, (ui, outcome.asset)
+                assert f"No current final — {outcome_words(outcome)}" in view["text"], ui
+                continue
+            image = outcome.final.images[0]
+            assert view["images"] == view["loaded"] == 1, (ui, outcome.asset, view["sizes"])
+            assert view["alts"] == [outcome.asset], ui
+            [(natural, shown)] = view["sizes"]
+            assert 0 < natural <= SHEET_EDGE and 0 < shown <= natural + 1, (ui, view["sizes"])
+            assert f"from draft: image-{outcome.chosen_draft}" in view["text"], ui
+            assert f"size: {image.width}x{image.height}" in text, ui
+            assert image.uri in text, ui
 
 
 def test_no_artifact_page_is_wider_than_its_column(
@@ -571,3 +699,38 @@ def test_artifacts_page_does_not_show_a_rejected_final_as_current(
         assert "No current final of social-square — rejected" in text, (ui, text)
         banner = stack.page.evaluate(card.replace("social-square", "launch-banner"))
         assert "Current final of launch-banner" in banner, (ui, banner)
+
+
+# --- the browser itself --------------------------------------------------------------------
+
+
+def test_every_browser_process_stops_also_when_a_test_fails(chromium_executable: str) -> None:
+    """The `Chromium` block ends every process of its browser, also when its body raises. (In a
+    thread of its own: the module's browser may still be open in this one.)"""
+    if not Path("/proc").is_dir():
+        pytest.skip("finds the browser's processes in /proc (Linux)")
+    seen: dict[str, Any] = {}
+
+    def failing_test() -> None:
+        try:
+            with Chromium(chromium_executable) as browser:
+                seen["browser"] = browser
+                page = browser.new_page(WIDTH, HEIGHT)
+                page.tab.set_content("<p style='width: 100%'>a page</p>")
+                seen["width"] = page.evaluate("document.querySelector('p').offsetWidth")
+                seen["pids"] = browser.processes()
+                raise RuntimeError("a failing test")
+        except BaseException as error:
+            seen["error"] = error
+
+    thread = threading.Thread(target=failing_test, name="failing-browser-test")
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive()
+    if isinstance(seen.get("error"), BrowserUnavailable):
+        pytest.skip(f"the browser tests need a Chromium that Playwright can drive: {seen['error']}")
+    assert str(seen.get("error")) == "a failing test", repr(seen.get("error"))
+    assert 0 < seen["width"] <= WIDTH
+    assert len(seen["pids"]) > 1, "the browser and its helpers were not found"
+    assert seen["browser"].processes() == []
+    assert [pid for pid in seen["pids"] if Path(f"/proc/{pid}").exists()] == []

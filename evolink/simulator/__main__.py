@@ -27,6 +27,7 @@ from evolink.simulator.chaos import FaultRates
 from evolink.simulator.faults import Fault
 from evolink.simulator.server import EvoLinkSimulator
 from evolink.simulator.service import DEFAULT_API_KEY
+from evolink.simulator.tasks import PROGRESS_CURVES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +40,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--generation-seconds", type=float, default=2.0)
     parser.add_argument("--result-ttl-seconds", type=float, default=86400)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--estimate-factor",
+        type=float,
+        default=1.0,
+        help="estimated_time reported as the true time x this (1 = exact)",
+    )
+    parser.add_argument(
+        "--estimate-spread",
+        type=float,
+        default=0.0,
+        help="and x a per-task draw in 1 +/- this, from --seed (0.5: +/-50 %%)",
+    )
+    parser.add_argument(
+        "--progress-curve",
+        default="linear",
+        choices=sorted(PROGRESS_CURVES),
+        help="how progress moves over a task's time (ease-out: front-loaded; ease-in, "
+        "stall: back-loaded)",
+    )
     parser.add_argument(
         "--faults",
         default=None,
@@ -87,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         chaos=_load_chaos(args.chaos) if args.chaos else None,
         callback_ca_file=args.callback_ca_file,
+        estimate_factor=args.estimate_factor,
+        estimate_spread=args.estimate_spread,
+        progress_curve=args.progress_curve,
     )
     if args.faults:
         sim.add_faults(_load_faults(args.faults))

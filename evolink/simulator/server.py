@@ -37,6 +37,9 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # listen() backlog: socketserver's default of 5 resets connections when a catalogue
+    # benchmark opens 50-100 at once; a real API's load balancer accepts them.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], service: SimulatorService) -> None:
         self.service = service
@@ -162,6 +165,9 @@ class EvoLinkSimulator:
         png_cache_bytes: int = 128 * 1024 * 1024,
         chaos: FaultRates | None = None,
         callback_ca_file: str | None = None,
+        estimate_factor: float = 1.0,
+        estimate_spread: float = 0.0,
+        progress_curve: str = "linear",
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -173,6 +179,9 @@ class EvoLinkSimulator:
             png_cache_bytes=png_cache_bytes,
             chaos=chaos,
             callback_ca_file=callback_ca_file,
+            estimate_factor=estimate_factor,
+            estimate_spread=estimate_spread,
+            progress_curve=progress_curve,
         )
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -263,6 +272,35 @@ class EvoLinkSimulator:
     @bill_multiplier.setter
     def bill_multiplier(self, factor: float) -> None:
         self.service.bill_multiplier = factor
+
+    @property
+    def estimate_factor(self) -> float:
+        """New tasks report `estimated_time` = their true time × this (1 = exact); how tests
+        and `bench/polling.py` make EvoLink's estimate wrong."""
+        return self.service.estimate_factor
+
+    @estimate_factor.setter
+    def estimate_factor(self, factor: float) -> None:
+        self.service.estimate_factor = factor
+
+    @property
+    def estimate_spread(self) -> float:
+        """On top of `estimate_factor`, a seeded draw per task in 1 ± this (0.5: ±50 %)."""
+        return self.service.estimate_spread
+
+    @estimate_spread.setter
+    def estimate_spread(self, spread: float) -> None:
+        self.service.estimate_spread = spread
+
+    @property
+    def progress_curve(self) -> str:
+        """How new tasks' progress moves over their time: "linear" (default), "ease-out"
+        (front-loaded), "ease-in" or "stall" (back-loaded); see `tasks.PROGRESS_CURVES`."""
+        return self.service.progress_curve
+
+    @progress_curve.setter
+    def progress_curve(self, name: str) -> None:
+        self.service.progress_curve = name
 
     @property
     def result_ttl_seconds(self) -> float:

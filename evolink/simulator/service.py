@@ -38,7 +38,7 @@ from evolink.simulator.replies import (
     not_found,
     xml_error_reply,
 )
-from evolink.simulator.tasks import LinkSigner, SimTask
+from evolink.simulator.tasks import PROGRESS_CURVES, LinkSigner, SimTask
 
 DEFAULT_API_KEY: Final = "sk-sim-local-demo-key"
 IDEMPOTENCY_KEY_RE: Final = re.compile(r"[A-Za-z0-9._-]{16,96}")
@@ -79,11 +79,17 @@ class SimulatorService:
         png_cache_bytes: int = 128 * 1024 * 1024,
         chaos: FaultRates | None = None,
         callback_ca_file: str | None = None,
+        estimate_factor: float = 1.0,
+        estimate_spread: float = 0.0,
+        progress_curve: str = "linear",
     ) -> None:
         self.api_key = api_key
         self.generation_seconds = generation_seconds
         self.result_ttl_seconds = result_ttl_seconds
         self.bill_multiplier = 1.0  # new tasks bill this many times their estimated tokens
+        self.estimate_factor = estimate_factor
+        self.estimate_spread = estimate_spread
+        self.progress_curve = progress_curve
         self.seed = seed
         self._base_clock = clock
         self._clock_offset = 0.0
@@ -108,6 +114,29 @@ class SimulatorService:
         self._chaos_streams: dict[str, str] = {}  # task id → what its chaos draws are about
         self._counts: dict[str, int] = dict.fromkeys(ROUTE_NAMES, 0)
         self._clock_offset = 0.0
+
+    # --- how wrong the estimate is, how progress moves --------------------------------------
+
+    @property
+    def progress_curve(self) -> str:
+        """Progress curve of new tasks: a name in `tasks.PROGRESS_CURVES`."""
+        return self._progress_curve
+
+    @progress_curve.setter
+    def progress_curve(self, name: str) -> None:
+        if name not in PROGRESS_CURVES:
+            raise ValueError(f"progress_curve: one of {sorted(PROGRESS_CURVES)}, got {name!r}")
+        self._progress_curve = name
+
+    def estimated_seconds(self, true_seconds: float, stream: str) -> float:
+        """What a new task's `estimated_time` says: the true time × `estimate_factor` × a draw
+        in 1 ± `estimate_spread`, seeded by (seed, what the task is about) like chaos draws,
+        so the same requests get the same estimates whatever their order."""
+        factor = self.estimate_factor
+        if self.estimate_spread:
+            rng = random.Random(f"estimate-{self.seed}-{stream}")  # nosec B311 - not a secret
+            factor *= 1 + rng.uniform(-self.estimate_spread, self.estimate_spread)
+        return true_seconds * factor
 
     # --- time -----------------------------------------------------------------------------
 
@@ -343,6 +372,8 @@ class SimulatorService:
             cancel_billed_fraction=cancel.billed_fraction if cancel else None,
             faults=tuple(sorted(faults)),
             response_lost="lose_create_response" in faults,
+            progress_curve=self.progress_curve,
+            estimated_seconds=self.estimated_seconds(seconds, stream),
         )
         self._tasks[task.id] = task
         self._chaos_streams[task.id] = stream

@@ -1,10 +1,10 @@
 """A simulated task: its timeline, its task object as the API shows it, and its signed links.
 
 A task's state is a pure function of the clock: pending for the first 10% of its generation time,
-processing (progress rising) until `finish_at`, then completed, failed or cancelled (a
-`cancel_task` fault; `cancel_billed_fraction` of the estimate is charged). Nothing runs in the
-background, so a thousand tasks cost nothing while nobody looks, and every read agrees with every
-other read at the same instant.
+processing (progress rising along its `progress_curve`) until `finish_at`, then completed, failed
+or cancelled (a `cancel_task` fault; `cancel_billed_fraction` of the estimate is charged).
+Nothing runs in the background, so a thousand tasks cost nothing while nobody looks, and every
+read agrees with every other read at the same instant.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
@@ -22,6 +23,19 @@ from evolink.models import ImageRequest
 from evolink.simulator.ledger import LedgerEntry
 
 PENDING_FRACTION: Final = 0.1
+PROGRESS_CURVES: Final[dict[str, Callable[[float], float]]] = {
+    "linear": lambda x: x,
+    # front-loaded: fast start, slow tail (99 % for the last tenth of the time)
+    "ease-out": lambda x: 1 - (1 - x) ** 2,
+    # back-loaded: slow start, quick end (25 % at half time)
+    "ease-in": lambda x: x * x,
+    # back-loaded: queued at 5 % until 60 % of the time, then jumps and runs on
+    "stall": lambda x: min(x, 0.05) if x < 0.6 else x,
+}
+"""Share of the work shown as done at each share of the generation time (both 0..1): the
+progress of a task is 100 × curve(elapsed / generation_seconds), kept within 1..99 while it
+runs. Real progress is rarely linear; these let tests and `bench/polling.py` see the pacing
+cope with a task that races ahead and then sticks, or lags and then rushes."""
 _ZERO: Final = Decimal(0)
 
 
@@ -57,6 +71,8 @@ class SimTask:
     cancel_billed_fraction: float | None = None
     faults: tuple[str, ...] = ()
     response_lost: bool = False
+    progress_curve: str = "linear"
+    estimated_seconds: float | None = None  # what `estimated_time` says; None: the truth
     _links_cache: list[str] | None = field(default=None, repr=False)
 
     @property
@@ -88,7 +104,15 @@ class SimTask:
         if status == "pending" or self.generation_seconds <= 0:
             return 0
         fraction = (now - self.created_at) / self.generation_seconds
-        return max(1, min(99, int(fraction * 100)))
+        return max(1, min(99, int(PROGRESS_CURVES[self.progress_curve](fraction) * 100)))
+
+    @property
+    def estimated_time(self) -> int:
+        """`task_info.estimated_time`: whole seconds, at least 1 (possibly wrong on purpose)."""
+        seconds = (
+            self.generation_seconds if self.estimated_seconds is None else self.estimated_seconds
+        )
+        return max(1, math.ceil(seconds))
 
     def result_links(self, base_url: str, signer: LinkSigner) -> list[str]:
         """The n result URLs: /files/<task>/<i>.png?expires=..&sig=.. on the simulator itself."""
@@ -121,7 +145,7 @@ class SimTask:
             "type": "image",
             "task_info": {
                 "can_cancel": status in ("pending", "processing"),
-                "estimated_time": max(1, math.ceil(self.generation_seconds)),
+                "estimated_time": self.estimated_time,
             },
             "usage": usage,
         }
