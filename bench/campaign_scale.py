@@ -1,4 +1,4 @@
-"""Benchmark 4b (issue #12): a 1,000-asset campaign in ONE flow run vs. a bare asyncio script.
+"""Benchmark 7 (issue #12): a 1,000-asset campaign in ONE flow run vs. a bare asyncio script.
 
     python3 dev.py run python bench/campaign_scale.py                  # the full run, ~30 min
     python3 dev.py run python bench/campaign_scale.py --assets 100 --generation-seconds 2
@@ -53,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -280,7 +281,7 @@ def run_child(
     variant: str, assets: int, sim: SimulatorProcess, api_url: str, args: argparse.Namespace
 ) -> RunResult:
     """One variant in a fresh child process (see `child_main`), against our API and simulator."""
-    api_pid = prefect_server_pid()
+    api_pid = args.server_pid or prefect_server_pid()
     if api_pid is None or sim.process is None:
         raise RuntimeError("the Prefect API and the simulator must be running")
     command = [
@@ -316,6 +317,26 @@ def run_child(
     return RunResult(**json.loads(lines[-1].removeprefix(RESULT_PREFIX)))
 
 
+@contextlib.contextmanager
+def _api(args: argparse.Namespace, work: Path) -> Iterator[str]:
+    """The SQLite harness, or `prefect server` on PostgreSQL (bench/catalogue.py's stack); the
+    API's CPU is its server process's either way (PostgreSQL's own is not counted)."""
+    args.server_pid = None
+    if not args.postgres:
+        with prefect_api() as api_url:
+            yield api_url
+        return
+    from catalogue import prefect_on_postgres
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    work.chmod(0o755)  # the postgres user must reach its directory
+    (work / "stack").mkdir()
+    with prefect_on_postgres(work / "stack") as stack:
+        args.server_pid = stack.server_pid
+        with temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}):
+            yield stack.env["PREFECT_API_URL"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=(__doc__ or "").split("\n")[0],
@@ -331,6 +352,11 @@ def main() -> int:
     parser.add_argument("--generation-seconds", type=float, default=20.0, help="G per job")
     parser.add_argument(
         "--variants", default="ours,bare-paced", help="comma list of: " + ", ".join(VARIANTS)
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="a real `prefect server` on a throwaway PostgreSQL instead of the SQLite harness",
     )
     # internal: the child process of one run (see `child_main`)
     for name, kind in (
@@ -361,10 +387,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="evolink-bench-scale-"))
     try:
         with (
-            prefect_api() as api_url,
+            _api(args, work) as api_url,
             SimulatorProcess(generation_seconds=args.generation_seconds) as sim,
         ):
-            print(f"Prefect API {api_url} (SQLite); simulator {sim.base_url}", flush=True)
+            kind = "PostgreSQL" if args.postgres else "SQLite"
+            print(f"Prefect API {api_url} ({kind}); simulator {sim.base_url}", flush=True)
             args.work = str(work)
             for assets in sizes:
                 waves = -(-assets // args.concurrency)

@@ -199,6 +199,25 @@ def _count_all(api_url: str, prefix: str) -> int:
     return int(reply.json())
 
 
+def _print_duplicates(api_url: str, prefix: str) -> None:
+    """A product with more than one task run: when each was made and how it ended."""
+    runs: list[dict[str, Any]] = []
+    while True:
+        body = {"task_runs": {"name": {"like_": prefix}}, "limit": 200, "offset": len(runs)}
+        page = httpx.post(f"{api_url}/task_runs/filter", json=body, timeout=60).json()
+        runs += page
+        if len(page) < 200:
+            break
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_name.setdefault(run["name"], []).append(run)
+    twice = {name: found for name, found in by_name.items() if len(found) > 1}
+    print(f"{len(twice)} products with more than one task run, e.g.:", flush=True)
+    for name, found in list(twice.items())[:5]:
+        for run in found:
+            print(f"  {name} {run['id']} created {run['created']} {run['state_type']}", flush=True)
+
+
 def _wait_records(assets: Path, tag: str, wanted: int, *, timeout: float, workdir: Path) -> None:
     """Until every product's job record is stored (its image is safe and its bill recorded)."""
     deadline = time.monotonic() + timeout
@@ -312,6 +331,8 @@ def _measure_ours(
     _wait_count(api_url, f"product {tag}-p%", len(products), timeout=600, workdir=workdir)
     seconds = time.monotonic() - started
     task_runs = _count_all(api_url, f"product {tag}-p%")
+    if task_runs > len(products):
+        _print_duplicates(api_url, f"product {tag}-p")
     cpu = {
         "server": _tree_cpu_seconds(stack.server_pid) - cpu_before["server"],
         "postgres": _tree_cpu_seconds(stack.postmaster_pid) - cpu_before["postgres"],

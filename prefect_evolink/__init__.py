@@ -8,10 +8,13 @@ The package is laid out like other Prefect collections:
 
 - `prefect_evolink.blocks`: `EvoLinkCredentials` and the asset storage blocks (local disk, S3);
 - `prefect_evolink.tasks`: the three steps of every job (`submit_job`, `poll_job`,
-  `persist_image`), the provider limits and the artifacts they publish;
+  `persist_images`; `persist_image` stores one image), the provider limits and the artifacts
+  they publish;
 - `prefect_evolink.flows`: `generate_image` (ad hoc), `generate_product_asset` (event-triggered)
-  and `run_campaign` (drafts → selection → finals), `spend_report` (spend across runs);
-- `prefect_evolink.deployments`: the work pool, limits and deployments of `prefect.yaml`;
+  and its background-task twin `product_image` (catalogue scale), `run_campaign` (drafts →
+  selection → finals), `spend_report` (spend across runs);
+- `prefect_evolink.deployments`: the work pool, limits and deployments of `prefect.yaml`, and the
+  task workers of `prefect-evolink serve-products` (`request_products` schedules products);
 - the Prefect-free client and domain model live in the separate top-level package `evolink`,
   and every error either raises is in `evolink.errors` (re-exported here).
 
@@ -62,12 +65,13 @@ from prefect_evolink.blocks import (
     load_storage,
     safe_key,
 )
-from prefect_evolink.flows.asset_requested import generate_product_asset
+from prefect_evolink.deployments.task_workers import request_products
+from prefect_evolink.flows.asset_requested import generate_product_asset, product_image
 from prefect_evolink.flows.campaign import run_campaign
 from prefect_evolink.flows.generate import generate_image
 from prefect_evolink.flows.spend import spend_report
 from prefect_evolink.tasks.job import run_image_job
-from prefect_evolink.tasks.persist import persist_image
+from prefect_evolink.tasks.persist import persist_image, persist_images
 from prefect_evolink.tasks.poll import poll_job
 from prefect_evolink.tasks.submit import submit_job
 
@@ -114,7 +118,10 @@ __all__ = [
     "generate_product_asset",
     "load_storage",
     "persist_image",
+    "persist_images",
     "poll_job",
+    "product_image",
+    "request_products",
     "run_campaign",
     "run_image_job",
     "safe_key",

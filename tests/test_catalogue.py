@@ -332,3 +332,19 @@ def test_the_listener_names_an_automation_that_would_make_each_product_twice(
         assert stack.call(lambda client: competing_automations()) == []
     finally:
         stack.call(lambda client: client.delete_automation(automation_id))
+
+
+def test_serve_products_refuses_bad_input_with_a_short_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_evolink.cli import main
+
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert main(["serve-products", "--limit", "0"]) == 2
+    assert "--limit must be at least 1" in capsys.readouterr().err
+    with temporary_settings({PREFECT_API_URL: None}):
+        assert main(["serve-products"]) == 2
+    err = capsys.readouterr().err
+    assert "PREFECT_API_URL is not set" in err and "Traceback" not in err

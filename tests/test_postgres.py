@@ -58,7 +58,7 @@ from tests.test_deployments import (
 
 WORKERS = ("pg-worker-a", "pg-worker-b")
 EVENTS = 30
-GENERATION_SECONDS = 0.4  # short: 30 jobs, two at a time
+GENERATION_SECONDS = 1.0  # 30 jobs, two at a time: long enough that the two always overlap
 WORKER_LIMIT = 6  # flow-run processes per worker at once (each costs ~2 s of CPU to start)
 # The zombie automation's window: heartbeats come every 30 s (prefect.yaml; Prefect's minimum),
 # so this is one heartbeat plus 10 s for a busy machine. Production keeps 90 s.
