@@ -137,8 +137,9 @@ async def forward_events(
     forwarded), while the store has every event the server accepted. Each read takes the events
     since the newest one seen minus `EVENT_OVERLAP_SECONDS` (events are stored in batches, not
     always in order), oldest first; event ids already forwarded are skipped. Events from the
-    last `EVENT_OVERLAP_SECONDS` before the start are forwarded too, so a restart loses nothing
-    in between short restarts; a product scheduled twice only reattaches to its paid job.
+    last `EVENT_OVERLAP_SECONDS` before the start are forwarded too, so a restart within that
+    window loses nothing (a product scheduled twice only reattaches to its paid job); events
+    from a longer downtime are not read back, since no checkpoint is kept.
     """
     for name in await competing_automations(event_name):
         logger.warning(
