@@ -324,7 +324,7 @@ def _measure_ours(
         "postgres": _tree_cpu_seconds(stack.postmaster_pid),
         "workers": sum(_tree_cpu_seconds(pid) for pid in stack.worker_pids),
     }
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     _emit(products)
     emitted = time.monotonic() - started
     _wait_records(workdir / "assets", tag, len(products), timeout=3600, workdir=workdir)
@@ -346,6 +346,7 @@ def _measure_ours(
         )
     return {
         "seconds": seconds,
+        "started_at": started_at,
         "emit_seconds": emitted,
         "cpu": cpu,
         "failed": failed,
@@ -429,13 +430,19 @@ def _measure_flows(
     _wait_flow_runs(api_url, f"product {tag}-fwarmup", 1, timeout=300)
     sim.reset()
     cpu_before = _stack_cpu(stack)
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     _emit(products)
     _wait_flow_runs(api_url, f"product {tag}-p%", len(products), timeout=7200)
     seconds = time.monotonic() - started
     cpu = {name: value - cpu_before[name] for name, value in _stack_cpu(stack).items()}
     records, reported = _reported_usd(workdir / "assets", tag)
-    return {"seconds": seconds, "cpu": cpu, "records": records, "reported_usd": str(reported)}
+    return {
+        "seconds": seconds,
+        "started_at": started_at,
+        "cpu": cpu,
+        "records": records,
+        "reported_usd": str(reported),
+    }
 
 
 def _stack_cpu(stack: Stack) -> dict[str, float]:
@@ -542,16 +549,35 @@ async def run_bare(
 # --- main -------------------------------------------------------------------------------------
 
 
-def _ledger_check(sim: SimulatorProcess) -> dict[str, Any]:
+def _ledger_check(sim: SimulatorProcess, started_at: float) -> dict[str, Any]:
+    """The simulator's side: tasks, duplicates, bill, peak, and where the wall time went.
+
+    `first_create_s`: clock start → first create (ramp-up); `busy_share`: the provider slots'
+    generating time over (limit × first create → last finish), i.e. how well slots were handed
+    on; `tail_s`: last finish → clock stop (the last downloads and records).
+    """
     ledger = sim.ledger()
     prompts = [entry["request"]["prompt"] for entry in ledger]
     billed = [e for e in ledger if e["status"] == "completed" or Decimal(e["billed_usd"]) > 0]
+    peak = sim.admin("GET", "stats").get("max_concurrent_processing")
+    timing: dict[str, Any] = {}
+    finished = [e for e in ledger if e["finished_at"] is not None]
+    if finished and peak:
+        first = min(e["created_at"] for e in ledger)
+        last = max(e["finished_at"] for e in finished)
+        busy = sum(e["finished_at"] - e["started_at"] for e in finished)
+        timing = {
+            "first_create_s": round(first - started_at, 2),
+            "busy_share": round(busy / (peak * (last - first)), 3),
+            "last_finish_s": round(last - started_at, 1),
+        }
     return {
         "tasks": len(ledger),
         "distinct": len(set(prompts)),
         "billed": len(billed),
         "billed_usd": str(sum((Decimal(e["billed_usd"]) for e in billed), Decimal(0))),
-        "peak": sim.admin("GET", "stats").get("max_concurrent_processing"),
+        "peak": peak,
+        **timing,
     }
 
 
@@ -598,6 +624,7 @@ def main() -> int:
         for variant in args.variants.split(","):
             sim.reset()
             print(f"running {variant} … (load {load_average()})", flush=True)
+            started_at = time.time()  # before the warm-up; each variant records its own start
             if variant == "bare":
                 seconds = asyncio.run(run_bare(sim, args.concurrency, products))
                 results[variant] = {"seconds": seconds}
@@ -607,7 +634,8 @@ def main() -> int:
                 results[variant] = run_flows(sim, args, products[: args.flow_products], tag)
             else:
                 raise SystemExit(f"unknown variant {variant!r}")
-            results[variant]["ledger"] = _ledger_check(sim)
+            started_at = results[variant].get("started_at", started_at)
+            results[variant]["ledger"] = _ledger_check(sim, started_at)
             results[variant]["products"] = (
                 min(args.flow_products, len(products)) if variant == "flows" else len(products)
             )

@@ -24,7 +24,9 @@ the changes that took `bench/catalogue.py` from 1.87× to 1.17× the bare script
   each call is one task run the workers pick up.
 - From events: exactly one process runs with `--listen`, which reads new
   `marketing.asset.requested` events from the server's event store every second and schedules
-  one `product_image` run per event. Pause the deployment trigger then
+  one `product_image` run per event. It saves how far it got (`ListenerCheckpoint`), so a
+  restarted listener schedules the events that arrived while it was down, and none twice.
+  Pause the deployment trigger then
   (`prefect automation pause product-asset-on-request__automation_1`; the listener warns at
   start about any enabled automation on the same event): otherwise every
   event is made twice — the second run only reattaches to the job the first paid for, so
@@ -39,6 +41,9 @@ all read, e.g. an S3 bucket block of prefect-aws:
 
     PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK=s3-bucket/evolink-tasks
     PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=s3-bucket/evolink-tasks
+
+The listener's checkpoint lives in the scheduling storage too (`evolink-listener/`), so a
+listener restarted on another machine resumes where the last one stopped.
 """
 
 from __future__ import annotations
@@ -46,9 +51,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
@@ -59,7 +67,7 @@ from prefect.context import AsyncClientContext, SyncClientContext
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventOrder
 from prefect.events.schemas.events import Event
 from prefect.futures import PrefectDistributedFuture
-from prefect.results import ResultStore
+from prefect.results import ResultStore, get_or_create_default_task_scheduling_storage
 from prefect.task_worker import TaskWorker
 
 from prefect_evolink.flows.asset_requested import EVENT_NAME, product_image
@@ -71,7 +79,10 @@ SCHEDULING_CONCURRENCY: Final = 8
 """Task runs the listener creates at once: a burst of 1,000 events is scheduled in seconds,
 not one API round trip after another."""
 SCHEDULING_RETRY_DELAYS: Final = (1.0, 2.0, 4.0)
-"""Seconds between attempts to schedule one event's product while the API does not answer."""
+"""Seconds between the first attempts to schedule one event's product while the API does not
+answer (or to read the checkpoint at start)."""
+SCHEDULING_RETRY_MAX_SECONDS: Final = 15.0
+"""Then one attempt every this many seconds, until the API answers."""
 EVENT_POLL_SECONDS: Final = 1.0
 """How often the listener reads new events from the server's event store."""
 EVENT_OVERLAP_SECONDS: Final = 15.0
@@ -81,6 +92,10 @@ EVENT_PAGE_SIZE: Final = 50
 """The most events the server returns per page."""
 FORWARDED_MEMORY: Final = 100_000
 """Event ids the listener remembers, so an event delivered twice is scheduled once."""
+CHECKPOINT_SECONDS: Final = 2.0
+"""How often the listener saves how far it got (only when that moved)."""
+CHECKPOINT_DIR: Final = "evolink-listener"
+"""Folder of the listeners' checkpoints in the task scheduling storage."""
 
 PRODUCT_PARAMETERS: Final = frozenset(inspect.signature(product_image.fn).parameters)
 """What an event payload may set: exactly the background task's parameters."""
@@ -129,17 +144,23 @@ async def forward_events(
     *,
     on_ready: Callable[[], None] | None = None,
     interval: float = EVENT_POLL_SECONDS,
+    overlap: float = EVENT_OVERLAP_SECONDS,
 ) -> None:
     """Schedule a `product_image` run for every `event_name` event, until cancelled.
 
     The events are read from the server's event store, not from its live stream: under a burst
     of a thousand events the stream dropped some for a slow reader (measured: 261 of 400
     forwarded), while the store has every event the server accepted. Each read takes the events
-    since the newest one seen minus `EVENT_OVERLAP_SECONDS` (events are stored in batches, not
-    always in order), oldest first; event ids already forwarded are skipped. Events from the
-    last `EVENT_OVERLAP_SECONDS` before the start are forwarded too, so a restart within that
-    window loses nothing (a product scheduled twice only reattaches to its paid job); events
-    from a longer downtime are not read back, since no checkpoint is kept.
+    since the newest one seen minus `overlap` seconds (events are stored in batches, not
+    always in order), oldest first; event ids already forwarded are skipped.
+
+    **Restarts lose nothing.** How far the listener got is saved every `CHECKPOINT_SECONDS`
+    (`ListenerCheckpoint`, in the background tasks' scheduling storage): the time before which
+    every event has been scheduled, and the ids scheduled since. A listener started again, after
+    a crash or a week off, reads on from there: events that arrived while none ran are
+    scheduled, those scheduled before are not scheduled again (only one whose scheduling a
+    crash cut short may be scheduled twice; its second run reattaches to the paid job). Without
+    a checkpoint (the first start) it begins `overlap` seconds before now.
     """
     for name in await competing_automations(event_name):
         logger.warning(
@@ -149,36 +170,148 @@ async def forward_events(
             event_name,
             name,
         )
-    forwarded: OrderedDict[UUID, None] = OrderedDict()  # the latest event ids, oldest first
+    checkpoint = await ListenerCheckpoint.open(event_name)
+    progress = checkpoint.progress or _Progress(
+        since=datetime.now(UTC) - timedelta(seconds=overlap)
+    )
+    if checkpoint.progress is not None:
+        logger.info(
+            "Reading %s events on from the checkpoint: %s", event_name, progress.since.isoformat()
+        )
     slots = asyncio.Semaphore(SCHEDULING_CONCURRENCY)
-    since = datetime.now(UTC) - timedelta(seconds=EVENT_OVERLAP_SECONDS)
-    async with get_client() as client, asyncio.TaskGroup() as group:
-        if on_ready is not None:
-            on_ready()
-        while True:
+    saved_at = time.monotonic()
+    try:
+        async with get_client() as client, asyncio.TaskGroup() as group:
+            if on_ready is not None:
+                on_ready()
+            while True:
+                try:
+                    newest = await _read_new_events(client, event_name, progress, slots, group)
+                except Exception as error:  # noqa: BLE001 — an API outage: read again later
+                    logger.warning("Could not read %s events: %s", event_name, error)
+                    newest = None
+                if newest is not None:
+                    progress.since = max(progress.since, newest - timedelta(seconds=overlap))
+                if time.monotonic() - saved_at >= CHECKPOINT_SECONDS:
+                    await checkpoint.save(progress)
+                    saved_at = time.monotonic()
+                await asyncio.sleep(interval)
+    finally:
+        # Scheduling cut short stays pending: the checkpoint keeps its events to be read again.
+        await checkpoint.save(progress)
+
+
+@dataclass
+class _Progress:
+    """How far the listener got: `since` is where the next read starts; `done` holds the events
+    whose scheduling ended (run created, payload refused, or given up), `pending` those still
+    being scheduled — both by id, with when each occurred."""
+
+    since: datetime
+    done: OrderedDict[UUID, datetime] = field(default_factory=OrderedDict)
+    pending: dict[UUID, datetime] = field(default_factory=dict)
+
+    def seen(self, event_id: UUID) -> bool:
+        return event_id in self.done or event_id in self.pending
+
+    def finished(self, event_id: UUID) -> None:
+        occurred = self.pending.pop(event_id, None)
+        if occurred is not None:
+            self.done[event_id] = occurred
+            if len(self.done) > FORWARDED_MEMORY:
+                self.done.popitem(last=False)
+
+    def resume_point(self) -> datetime:
+        """Before this, every event has been scheduled (or settled): a pending one holds it
+        back, so an event whose scheduling a crash interrupted is read again."""
+        return min([self.since, *self.pending.values()])
+
+    def to_json(self) -> dict[str, Any]:
+        start = self.resume_point()
+        return {
+            "since": start.isoformat(),
+            "done": [str(event_id) for event_id, at in self.done.items() if at >= start],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> _Progress:
+        since = datetime.fromisoformat(data["since"])
+        done = OrderedDict((UUID(event_id), since) for event_id in data.get("done", ()))
+        return cls(since=since, done=done)
+
+
+class ListenerCheckpoint:
+    """Where a listener resumes: `evolink-listener/<event>.json` in the storage Prefect keeps
+    background task parameters in (`PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK`, or the
+    local `PREFECT_HOME/storage`), so a listener restarted on any machine that can run the
+    product tasks also finds its checkpoint.
+
+    Saving never stops the listener (a failed save is logged and tried again next time);
+    reading a checkpoint that exists but cannot be read does (after `SCHEDULING_RETRY_DELAYS`):
+    starting from "now" instead would silently skip the events of the downtime.
+    """
+
+    def __init__(self, storage: Any, path: str, progress: _Progress | None) -> None:
+        self.storage = storage
+        self.path = path
+        self.progress = progress
+        self._saved: dict[str, Any] | None = progress.to_json() if progress else None
+
+    @classmethod
+    async def open(cls, event_name: str) -> ListenerCheckpoint:
+        storage: Any = await get_or_create_default_task_scheduling_storage()
+        path = f"{CHECKPOINT_DIR}/{event_name}.json"
+        for delay in (*SCHEDULING_RETRY_DELAYS, None):
             try:
-                newest = await _read_new_events(client, event_name, since, forwarded, slots, group)
-            except Exception as error:  # noqa: BLE001 — an API outage: read again later
-                logger.warning("Could not read %s events: %s", event_name, error)
-                newest = None
-            if newest is not None:
-                since = max(since, newest - timedelta(seconds=EVENT_OVERLAP_SECONDS))
-            await asyncio.sleep(interval)
+                raw = await storage.read_path(path)
+                break
+            except Exception as error:  # absent, or storage unavailable
+                if _is_missing(error):
+                    return cls(storage, path, None)
+                if delay is None:
+                    raise RuntimeError(
+                        f"could not read the listener checkpoint {path}: {error}"
+                    ) from error
+                await asyncio.sleep(delay)
+        return cls(storage, path, _Progress.from_json(json.loads(raw)))
+
+    async def save(self, progress: _Progress) -> None:
+        data = progress.to_json()
+        if data == self._saved:
+            return
+        try:
+            await self.storage.write_path(self.path, json.dumps(data).encode())
+        except Exception as error:  # noqa: BLE001 — the next save tries again
+            logger.warning("Could not save the listener checkpoint %s: %s", self.path, error)
+            return
+        self._saved = data
+
+
+def _is_missing(error: Exception) -> bool:
+    """A storage's way of saying "no such file": LocalFileSystem's ValueError, a
+    FileNotFoundError, S3's NoSuchKey / 404."""
+    text = str(error)
+    return (
+        isinstance(error, FileNotFoundError)
+        or (isinstance(error, ValueError) and "does not exist" in text)
+        or "NoSuchKey" in text
+        or "404" in text
+    )
 
 
 async def _read_new_events(
     client: PrefectClient,
     event_name: str,
-    since: datetime,
-    forwarded: OrderedDict[UUID, None],
+    progress: _Progress,
     slots: asyncio.Semaphore,
     group: asyncio.TaskGroup,
 ) -> datetime | None:
-    """One pass over the stored events since `since`; returns when the newest one occurred."""
+    """One pass over the stored events since `progress.since`; returns when the newest one
+    occurred."""
     event_filter = EventFilter(
         event=EventNameFilter(name=[event_name]),
         occurred=EventOccurredFilter.model_validate(
-            {"since": since, "until": datetime.now(UTC) + timedelta(days=1)}
+            {"since": progress.since, "until": datetime.now(UTC) + timedelta(days=1)}
         ),
         order=EventOrder.ASC,
     )
@@ -187,42 +320,62 @@ async def _read_new_events(
     while True:
         for event in page.events:
             newest = event.occurred if newest is None else max(newest, event.occurred)
-            if event.id in forwarded:
+            if progress.seen(event.id):
                 continue
-            forwarded[event.id] = None
-            if len(forwarded) > FORWARDED_MEMORY:
-                forwarded.popitem(last=False)
+            progress.pending[event.id] = event.occurred
             await slots.acquire()
-            group.create_task(_schedule(event)).add_done_callback(lambda _: slots.release())
+            group.create_task(_schedule(event)).add_done_callback(
+                _settle(progress, event.id, slots)
+            )
         if page.next_page is None:
             return newest
         page = await client.read_events_page(str(page.next_page))
 
 
+def _settle(
+    progress: _Progress, event_id: UUID, slots: asyncio.Semaphore
+) -> Callable[[object], None]:
+    """The callback of one scheduling task: its event is done, its slot free."""
+
+    def settle(_: object) -> None:
+        progress.finished(event_id)
+        slots.release()
+
+    return settle
+
+
 async def _schedule(event: Event) -> None:
-    """One product task run for one event; never raises, so one bad event or a short API
-    outage cannot stop the listener (the event is logged with its product when given up)."""
+    """One product task run for one event; never raises, so one bad event or an API outage
+    cannot stop the listener. A refused payload is logged and settled; an API that does not
+    answer is tried again, `SCHEDULING_RETRY_DELAYS` apart and then every
+    `SCHEDULING_RETRY_MAX_SECONDS`, for as long as it takes: giving up would lose the product,
+    and while it waits the checkpoint stays behind the event, so even a restart reads it again.
+    """
     try:
         kwargs = product_kwargs(event.payload)
     except ValueError as error:
         logger.warning("Ignored event %s on %s: %s", event.id, event.resource.id, error)
         return
-    for attempt, delay in enumerate((*SCHEDULING_RETRY_DELAYS, None), start=1):
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             # apply_async is synchronous (it creates the task run through the API): off the loop
             await asyncio.to_thread(product_image.apply_async, kwargs=kwargs)
             return
         except Exception as error:  # noqa: BLE001 — logged, retried, never fatal here
-            if delay is None:
-                logger.error(
-                    "Could not schedule product %s (event %s) after %d attempts: %s",
+            if attempt > len(SCHEDULING_RETRY_DELAYS):
+                logger.warning(
+                    "Could not schedule product %s (event %s, attempt %d), trying again: %s",
                     kwargs["product_id"],
                     event.id,
                     attempt,
                     error,
                 )
-                return
-            await asyncio.sleep(delay)
+            delays = SCHEDULING_RETRY_DELAYS
+            await asyncio.sleep(
+                delays[attempt - 1] if attempt <= len(delays) else SCHEDULING_RETRY_MAX_SECONDS
+            )
 
 
 async def serve_products(
@@ -238,8 +391,8 @@ async def serve_products(
         limit: Products this worker works on at once.
         listen: Also schedule a product run for every `marketing.asset.requested` event. Run
             exactly one listening process per Prefect server.
-        on_listening: Called once the event subscription is open (events from then on, and
-            the minute before, are forwarded).
+        on_listening: Called once the listener reads events (from its checkpoint on, or from
+            `EVENT_OVERLAP_SECONDS` before its first start).
     """
     if limit < 1:
         raise ValueError("limit must be at least 1")

@@ -12,19 +12,23 @@ records. Every process is stopped at the end, also on failure.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from evolink.simulator import EvoLinkSimulator, max_concurrent
@@ -332,6 +336,137 @@ def test_the_listener_names_an_automation_that_would_make_each_product_twice(
         assert stack.call(lambda client: competing_automations()) == []
     finally:
         stack.call(lambda client: client.delete_automation(automation_id))
+
+
+class _Listener:
+    """`forward_events` in a thread of its own (its own event loop and Prefect settings),
+    against the stack's API and shared storage, until `stop()`."""
+
+    def __init__(self, stack: Stack, event_name: str) -> None:
+        self.stack, self.event_name = stack, event_name
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self.ready.wait(60), f"the listener did not start: {self.error!r}"
+
+    def _run(self) -> None:
+        from prefect.settings import (
+            PREFECT_API_URL,
+            PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK,
+            PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK,
+            temporary_settings,
+        )
+
+        from prefect_evolink.deployments.task_workers import forward_events
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()
+            await forward_events(
+                self.event_name, on_ready=self.ready.set, interval=0.2, overlap=LISTEN_OVERLAP
+            )
+
+        settings = {
+            PREFECT_API_URL: self.stack.api_url,
+            PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK: SHARED_BLOCK,
+            PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: SHARED_BLOCK,
+        }
+        try:
+            with temporary_settings(settings):
+                asyncio.run(main())
+        except asyncio.CancelledError:
+            pass
+        except BaseException as error:  # reported by stop()
+            self.error = error
+            self.ready.set()
+
+    def stop(self) -> None:
+        assert self._loop is not None and self._task is not None
+        self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the listener did not stop"
+        assert self.error is None, repr(self.error)
+
+
+LISTEN_OVERLAP = 1.0  # seconds; the listener's default (15) would make this test slow
+
+
+def _emit_named(stack: Stack, event_name: str, product_ids: list[str]) -> None:
+    now = datetime.now(UTC).isoformat()
+    events = [
+        {
+            "id": str(uuid.uuid4()),
+            "occurred": now,
+            "event": event_name,
+            "payload": {"product_id": product, "prompt": f"mug {product}", "quality": "low"},
+            "resource": {"prefect.resource.id": f"marketing.product.{product}"},
+        }
+        for product in product_ids
+    ]
+    response = httpx.post(f"{stack.api_url}/events", json=events, timeout=10)
+    assert response.status_code == 204, response.text
+
+
+def test_a_restarted_listener_schedules_what_came_while_it_was_down_and_nothing_twice(
+    catalogue: CatalogueStack,
+) -> None:
+    stack = catalogue.stack
+    event_name = f"evolink.test.listener.{uuid.uuid4().hex[:8]}"  # only this test's listener
+    prefix = f"ckpt{uuid.uuid4().hex[:6]}"
+    before = [f"{prefix}-before-{i}" for i in range(2)]
+    during = [f"{prefix}-down-{i}" for i in range(3)]
+
+    def names() -> list[str]:
+        return sorted(run.name.removeprefix("product ") for run in _product_runs(stack, prefix))
+
+    first = _Listener(stack, event_name)
+    try:
+        _emit_named(stack, event_name, before)
+        _wait_for(lambda: names() == before, timeout=60, what="the first listener", interval=0.3)
+        time.sleep(1.0)  # their scheduling calls return (cut short, an event is read again)
+    finally:
+        first.stop()
+    # While no listener runs: events older than the overlap by the time it starts again, which
+    # a listener starting from "now" would never read.
+    _emit_named(stack, event_name, during)
+    time.sleep(LISTEN_OVERLAP + 3.0)
+    second = _Listener(stack, event_name)
+    try:
+        wanted = sorted(before + during)
+        _wait_for(
+            lambda: names() == wanted, timeout=60, what="the restarted listener", interval=0.3
+        )
+        time.sleep(2.0)  # long enough for a second reading of the first events to show
+        assert names() == wanted  # each product scheduled once: none lost, none twice
+    finally:
+        second.stop()
+
+
+def test_an_event_still_being_scheduled_holds_the_checkpoint_back() -> None:
+    from datetime import timedelta
+
+    from prefect_evolink.deployments.task_workers import _Progress
+
+    start = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    early, late, slow = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    progress = _Progress(since=start + timedelta(seconds=10))
+    progress.done[early] = start + timedelta(seconds=5)
+    progress.done[late] = start + timedelta(seconds=12)
+    progress.pending[slow] = start  # its run is being created when the listener dies
+    saved = progress.to_json()
+    assert saved == {"since": start.isoformat(), "done": [str(early), str(late)]}
+    resumed = _Progress.from_json(saved)
+    assert resumed.since == start and not resumed.seen(slow)  # read and scheduled again
+    assert resumed.seen(early) and resumed.seen(late)  # not scheduled twice
+
+    progress.finished(slow)
+    assert progress.to_json() == {
+        "since": (start + timedelta(seconds=10)).isoformat(),
+        "done": [str(late)],
+    }
 
 
 def test_serve_products_refuses_bad_input_with_a_short_message(
