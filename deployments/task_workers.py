@@ -63,12 +63,15 @@ from uuid import UUID
 
 import prefect.task_worker
 from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.objects import TaskRun
 from prefect.context import AsyncClientContext, SyncClientContext
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventOrder
 from prefect.events.schemas.events import Event
 from prefect.futures import PrefectDistributedFuture
 from prefect.results import ResultStore, get_or_create_default_task_scheduling_storage
 from prefect.task_worker import TaskWorker
+from prefect.utilities.asyncutils import run_coro_as_sync
+from prefect.utilities.engine import emit_task_run_state_change_event
 
 from prefect_evolink.flows.asset_requested import EVENT_NAME, product_image
 
@@ -120,10 +123,44 @@ def request_products(payloads: Iterable[Mapping[str, Any]]) -> list[PrefectDistr
     """Schedule one `product_image` background task per payload; task workers run them.
 
     Each payload is what a `marketing.asset.requested` event would carry (`product_id`,
-    `prompt`, optional `size`, `quality`, ...). Returns the futures: `future.result()` waits
-    for a product's job record.
+    `prompt`, optional `size`, `quality`, ...). Every payload is checked before the first is
+    scheduled. Returns the futures, in the payloads' order: `future.result()` waits for a
+    product's job record. The sync twin of `arequest_products`.
     """
-    return [product_image.apply_async(kwargs=product_kwargs(payload)) for payload in payloads]
+    futures: list[PrefectDistributedFuture[Any]] = run_coro_as_sync(
+        arequest_products(list(payloads))
+    )
+    return futures
+
+
+async def arequest_products(
+    payloads: Iterable[Mapping[str, Any]],
+) -> list[PrefectDistributedFuture[Any]]:
+    """`request_products` for async code: one API client and `SCHEDULING_CONCURRENCY` task runs
+    created at once, where `product_image.apply_async` per product would open a new client for
+    each (its CA bundle load and CSRF round trip cost more than the task run itself)."""
+    all_kwargs = [product_kwargs(payload) for payload in payloads]
+    slots = asyncio.Semaphore(SCHEDULING_CONCURRENCY)
+    async with get_client() as client:
+
+        async def schedule(kwargs: dict[str, Any]) -> PrefectDistributedFuture[Any]:
+            async with slots:
+                run = await create_product_run(client, kwargs)
+            return PrefectDistributedFuture(task_run_id=run.id)
+
+        return list(await asyncio.gather(*(schedule(kwargs) for kwargs in all_kwargs)))
+
+
+async def create_product_run(client: PrefectClient, kwargs: dict[str, Any]) -> TaskRun:
+    """One scheduled `product_image` task run, as `apply_async` makes it (parameters stored in
+    the task scheduling storage, the run created Scheduled, its SCHEDULED event emitted), but on
+    the caller's client."""
+    run = await product_image.create_run(client=client, parameters=kwargs, deferred=True)
+    if run.state is not None:  # always Scheduled; the API's schema allows none
+        emit_task_run_state_change_event(
+            task_run=run, initial_state=None, validated_state=run.state
+        )
+    return run
 
 
 async def competing_automations(event_name: str = EVENT_NAME) -> list[str]:
@@ -324,7 +361,7 @@ async def _read_new_events(
                 continue
             progress.pending[event.id] = event.occurred
             await slots.acquire()
-            group.create_task(_schedule(event)).add_done_callback(
+            group.create_task(_schedule(client, event)).add_done_callback(
                 _settle(progress, event.id, slots)
             )
         if page.next_page is None:
@@ -344,7 +381,7 @@ def _settle(
     return settle
 
 
-async def _schedule(event: Event) -> None:
+async def _schedule(client: PrefectClient, event: Event) -> None:
     """One product task run for one event; never raises, so one bad event or an API outage
     cannot stop the listener. A refused payload is logged and settled; an API that does not
     answer is tried again, `SCHEDULING_RETRY_DELAYS` apart and then every
@@ -360,8 +397,7 @@ async def _schedule(event: Event) -> None:
     while True:
         attempt += 1
         try:
-            # apply_async is synchronous (it creates the task run through the API): off the loop
-            await asyncio.to_thread(product_image.apply_async, kwargs=kwargs)
+            await create_product_run(client, kwargs)
             return
         except Exception as error:  # noqa: BLE001 — logged, retried, never fatal here
             if attempt > len(SCHEDULING_RETRY_DELAYS):

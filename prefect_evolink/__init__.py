@@ -65,7 +65,7 @@ from prefect_evolink.blocks import (
     load_storage,
     safe_key,
 )
-from prefect_evolink.deployments.task_workers import request_products
+from prefect_evolink.deployments.task_workers import arequest_products, request_products
 from prefect_evolink.flows.asset_requested import generate_product_asset, product_image
 from prefect_evolink.flows.campaign import run_campaign
 from prefect_evolink.flows.generate import generate_image
@@ -114,6 +114,7 @@ __all__ = [
     "TaskFailedError",
     "UnsafeResultLinkError",
     "__version__",
+    "arequest_products",
     "generate_image",
     "generate_product_asset",
     "load_storage",
