@@ -27,6 +27,7 @@ from evolink.jobs import (
     SubmitRecord,
     job_key,
     job_record_key,
+    submit_record_key,
     utcnow,
 )
 from evolink.models import ImageRequest
@@ -121,8 +122,10 @@ async def run_image_job(
 
         if trail is not None:
             trail.sending, trail.submitted = key, None
-        # One provider slot from just before submit until the poll ends (tasks/limits.py).
-        async with provider_capacity():
+        # One provider slot from just before submit until the poll ends (tasks/limits.py); a
+        # job sent before (a rerun) polls on without waiting for one.
+        sent = await storage.aexists(submit_record_key(key))
+        async with provider_capacity(reattach=sent):
             try:
                 submit = await submit_job(
                     namespace, request, credentials, storage, attempt=attempt, identity=identity

@@ -251,7 +251,10 @@ def forget_limit_lookups() -> None:
 
 @asynccontextmanager
 async def provider_capacity(
-    *, strict: bool | None = None, timeout_seconds: float | None = None
+    *,
+    strict: bool | None = None,
+    timeout_seconds: float | None = None,
+    reattach: bool = False,
 ) -> AsyncIterator[None]:
     """Hold one `evolink-active-jobs` slot for the body, after taking one `evolink-submits` token.
 
@@ -259,6 +262,12 @@ async def provider_capacity(
     `timeout_seconds` to `EVOLINK_LIMITS_TIMEOUT_SECONDS` (None: wait as long as it takes).
     Lease renewal failures never abort the body: the job is already paid for, and losing the
     slot for a moment is better than abandoning a running job.
+
+    `reattach=True` is for a job already at EvoLink (its submit record exists: the rerun of a
+    crashed or failed run). It creates nothing, so it takes no submit token, and it takes a
+    slot only if one is free at once: waiting would gain nothing (the task generates at EvoLink
+    whether or not anyone polls it), and the slot it would wait for may be its own, still held
+    by the dead run's lease for up to `LEASE_SECONDS`.
     """
     strict = strict_from_env() if strict is None else strict
     timeout_seconds = timeout_from_env() if timeout_seconds is None else timeout_seconds
@@ -267,17 +276,24 @@ async def provider_capacity(
     async with AsyncExitStack() as stack:
         try:
             if ACTIVE_JOBS_LIMIT not in skip:
-                await stack.enter_async_context(
-                    concurrency(
+                if reattach and not await _slot_free():
+                    _logger().info(
+                        "Reattaching to a job already at EvoLink without a free %s slot: it "
+                        "generates either way (a crashed run's lease may still hold its slot)",
                         ACTIVE_JOBS_LIMIT,
-                        occupy=1,
-                        timeout_seconds=timeout_seconds,
-                        lease_duration=LEASE_SECONDS,
-                        strict=strict,
-                        raise_on_lease_renewal_failure=False,
                     )
-                )
-            if SUBMIT_RATE_LIMIT not in skip:
+                else:
+                    await stack.enter_async_context(
+                        concurrency(
+                            ACTIVE_JOBS_LIMIT,
+                            occupy=1,
+                            timeout_seconds=timeout_seconds,
+                            lease_duration=LEASE_SECONDS,
+                            strict=strict,
+                            raise_on_lease_renewal_failure=False,
+                        )
+                    )
+            if SUBMIT_RATE_LIMIT not in skip and not reattach:
                 await rate_limit(
                     SUBMIT_RATE_LIMIT, occupy=1, timeout_seconds=timeout_seconds, strict=strict
                 )
@@ -295,3 +311,14 @@ async def provider_capacity(
                 SUBMIT_RATE_LIMIT,
             )
         yield
+
+
+async def _slot_free() -> bool:
+    """Whether `evolink-active-jobs` has a free slot now (a missing limit counts as free: the
+    acquisition then decides, strict or not)."""
+    async with get_client() as client:
+        try:
+            limit = await client.read_global_concurrency_limit_by_name(ACTIVE_JOBS_LIMIT)
+        except ObjectNotFound:
+            return True
+    return not limit.active or limit.active_slots < limit.limit

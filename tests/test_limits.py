@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from evolink.errors import ProviderLimitsError
+from evolink.simulator import EvoLinkSimulator
 from prefect_evolink.tasks import limits
 from prefect_evolink.tasks.limits import (
     ACTIVE_JOBS_LIMIT,
@@ -178,3 +181,96 @@ def test_missing_limits_are_info_on_a_temporary_api_and_a_warning_on_a_real_one(
         assert limits._missing_limits_level() == logging.INFO
     with temporary_settings({PREFECT_API_URL: "http://prefect.internal:4200/api"}):
         assert limits._missing_limits_level() == logging.WARNING
+
+
+def test_a_job_already_at_evolink_reattaches_without_waiting_for_a_slot(no_limits: None) -> None:
+    """The rerun of a crashed run: its predecessor's lease still holds the only slot (for up to
+    LEASE_SECONDS), and the job generates at EvoLink either way, so the rerun polls on at once;
+    a new job still waits for the slot."""
+    asyncio.run(ensure_limits(active_jobs=1, submits_per_minute=6000, submit_burst=10))
+
+    async def scenario() -> tuple[float, bool]:
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def dead_run() -> None:
+            async with provider_capacity(strict=True):
+                held.set()
+                await release.wait()
+
+        holder = asyncio.create_task(dead_run())
+        await held.wait()
+        try:
+            started = time.monotonic()
+            async with asyncio.timeout(20), provider_capacity(strict=True, reattach=True):
+                reattached = time.monotonic() - started
+            with pytest.raises(TimeoutError):  # a new job: no slot within 2 s
+                async with provider_capacity(strict=True, timeout_seconds=2):
+                    pass
+        finally:
+            release.set()
+            await holder
+        async with provider_capacity(strict=True, reattach=True):  # a free slot is taken
+            inside = await _slots_in_use()
+        return reattached, inside == 1
+
+    reattached, took_free_slot = asyncio.run(scenario())
+    assert reattached < 2.0
+    assert took_free_slot
+
+
+async def _slots_in_use() -> int:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        limit = await client.read_global_concurrency_limit_by_name(ACTIVE_JOBS_LIMIT)
+    return int(limit.active_slots)
+
+
+def test_the_rerun_of_a_job_sent_before_polls_on_while_a_dead_run_holds_the_slot(
+    no_limits: None, simulator: EvoLinkSimulator, tmp_path: Path
+) -> None:
+    """`run_image_job` takes the reattach path when the job's submit record exists: the rerun
+    finishes the paid job while the only slot is still held, and nothing is created twice."""
+    from prefect import flow
+
+    from evolink.models import parse_request
+    from prefect_evolink.blocks import EvoLinkCredentials, LocalAssetStorage
+    from prefect_evolink.tasks.job import run_image_job
+    from prefect_evolink.tasks.submit import submit_job
+
+    asyncio.run(ensure_limits(active_jobs=1, submits_per_minute=6000, submit_burst=10))
+    credentials = EvoLinkCredentials(api_key=simulator.api_key, base_url=simulator.base_url)
+    storage = LocalAssetStorage(base_dir=str(tmp_path))
+    request = parse_request({"prompt": "a desk lamp", "size": "1:1", "quality": "low", "n": 1})
+
+    @flow(name="evolink-test-rerun-under-a-held-slot")
+    async def crashed_then_rerun() -> tuple[float, str]:
+        await submit_job("rerun/lamp", request, credentials, storage)  # sent, then the run died
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def dead_run_lease() -> None:
+            async with provider_capacity(strict=True):
+                held.set()
+                await release.wait()
+
+        holder = asyncio.create_task(dead_run_lease())
+        await held.wait()
+        try:
+            started = time.monotonic()
+            async with asyncio.timeout(60):
+                record = await run_image_job(
+                    request,
+                    namespace="rerun/lamp",
+                    dest_prefix="rerun",
+                    credentials=credentials,
+                    storage=storage,
+                    schedule=credentials.poll_schedule(30),
+                )
+            return time.monotonic() - started, record.task_id
+        finally:
+            release.set()
+            await holder
+
+    seconds, task_id = asyncio.run(crashed_then_rerun())
+    assert [entry.task_id for entry in simulator.ledger()] == [task_id]
+    assert seconds < 30
