@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -190,25 +190,13 @@ def test_a_job_already_at_evolink_reattaches_without_waiting_for_a_slot(no_limit
     asyncio.run(ensure_limits(active_jobs=1, submits_per_minute=6000, submit_burst=10))
 
     async def scenario() -> tuple[float, bool]:
-        held, release = asyncio.Event(), asyncio.Event()
-
-        async def dead_run() -> None:
-            async with provider_capacity(strict=True):
-                held.set()
-                await release.wait()
-
-        holder = asyncio.create_task(dead_run())
-        await held.wait()
-        try:
+        async with dead_run_holding_the_slot():
             started = time.monotonic()
             async with asyncio.timeout(20), provider_capacity(strict=True, reattach=True):
                 reattached = time.monotonic() - started
             with pytest.raises(TimeoutError):  # a new job: no slot within 2 s
                 async with provider_capacity(strict=True, timeout_seconds=2):
                     pass
-        finally:
-            release.set()
-            await holder
         async with provider_capacity(strict=True, reattach=True):  # a free slot is taken
             inside = await _slots_in_use()
         return reattached, inside == 1
@@ -216,6 +204,25 @@ def test_a_job_already_at_evolink_reattaches_without_waiting_for_a_slot(no_limit
     reattached, took_free_slot = asyncio.run(scenario())
     assert reattached < 2.0
     assert took_free_slot
+
+
+@contextlib.asynccontextmanager
+async def dead_run_holding_the_slot() -> AsyncIterator[None]:
+    """A provider slot held for the body, as a crashed run's lease holds it until it expires."""
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def dead_run() -> None:
+        async with provider_capacity(strict=True):
+            held.set()
+            await release.wait()
+
+    holder = asyncio.create_task(dead_run())
+    await held.wait()
+    try:
+        yield
+    finally:
+        release.set()
+        await holder
 
 
 async def _slots_in_use() -> int:
@@ -246,16 +253,7 @@ def test_the_rerun_of_a_job_sent_before_polls_on_while_a_dead_run_holds_the_slot
     @flow(name="evolink-test-rerun-under-a-held-slot")
     async def crashed_then_rerun() -> tuple[float, str]:
         await submit_job("rerun/lamp", request, credentials, storage)  # sent, then the run died
-        held, release = asyncio.Event(), asyncio.Event()
-
-        async def dead_run_lease() -> None:
-            async with provider_capacity(strict=True):
-                held.set()
-                await release.wait()
-
-        holder = asyncio.create_task(dead_run_lease())
-        await held.wait()
-        try:
+        async with dead_run_holding_the_slot():
             started = time.monotonic()
             async with asyncio.timeout(60):
                 record = await run_image_job(
@@ -267,9 +265,6 @@ def test_the_rerun_of_a_job_sent_before_polls_on_while_a_dead_run_holds_the_slot
                     schedule=credentials.poll_schedule(30),
                 )
             return time.monotonic() - started, record.task_id
-        finally:
-            release.set()
-            await holder
 
     seconds, task_id = asyncio.run(crashed_then_rerun())
     assert [entry.task_id for entry in simulator.ledger()] == [task_id]
