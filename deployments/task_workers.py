@@ -17,7 +17,7 @@ works on at once; the provider limits (`evolink-active-jobs`, `evolink-submits`;
 all workers together. Give the workers together about a fifth more slots than
 `evolink-active-jobs` has: a product keeps its worker slot while it downloads and stores, after
 it gave its provider slot back, so with exactly as many EvoLink capacity goes unused (one of
-the changes that took `bench/catalogue.py` from 1.87× to 1.17× the bare script's time).
+the changes that took `bench/catalogue.py` from 1.87× to 1.07× the bare script's time).
 
 **Where requests come from.**
 - From your code: `product_image.apply_async(kwargs=...)` (or `request_products`) per product;
