@@ -32,6 +32,7 @@ import httpx
 import pytest
 
 from evolink.simulator import EvoLinkSimulator, max_concurrent
+from prefect_evolink.flows.asset_requested import EVENT_NAME
 from tests.postgres import Postgres, find_postgres
 from tests.test_deployments import (
     Processes,
@@ -467,6 +468,66 @@ def test_an_event_still_being_scheduled_holds_the_checkpoint_back() -> None:
         "since": (start + timedelta(seconds=10)).isoformat(),
         "done": [str(late)],
     }
+
+
+def test_scheduling_outlasts_an_api_outage_and_a_bad_payload_is_settled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An API that refuses the task run for a while delays the product, it does not lose it;
+    a payload that can be no product is logged and settled at once (never retried)."""
+    from prefect.events.schemas.events import Event
+
+    from prefect_evolink.deployments import task_workers
+
+    monkeypatch.setattr(task_workers, "SCHEDULING_RETRY_DELAYS", (0.01, 0.01))
+    monkeypatch.setattr(task_workers, "SCHEDULING_RETRY_MAX_SECONDS", 0.01)
+    calls: list[dict[str, Any]] = []
+
+    async def flaky_create(client: Any, kwargs: dict[str, Any]) -> None:
+        calls.append(kwargs)
+        if len(calls) <= 5:  # more failures than the quick retries
+            raise httpx.ConnectError("the API is down")
+
+    monkeypatch.setattr(task_workers, "create_product_run", flaky_create)
+
+    def event(payload: dict[str, Any]) -> Event:
+        return Event(
+            event=EVENT_NAME,
+            resource={"prefect.resource.id": "marketing.product.x"},
+            payload=payload,
+        )
+
+    asyncio.run(task_workers._schedule(None, event({"product_id": "lamp", "prompt": "a lamp"})))  # type: ignore[arg-type]
+    assert calls == [{"product_id": "lamp", "prompt": "a lamp"}] * 6
+    calls.clear()
+    asyncio.run(task_workers._schedule(None, event({"size": "1:1"})))  # type: ignore[arg-type]
+    assert calls == []
+
+
+def test_a_checkpoint_that_cannot_be_read_stops_the_listener_instead_of_skipping_events(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from prefect.filesystems import LocalFileSystem
+
+    from prefect_evolink.deployments import task_workers
+    from prefect_evolink.deployments.task_workers import ListenerCheckpoint
+
+    monkeypatch.setattr(task_workers, "SCHEDULING_RETRY_DELAYS", (0.01,))
+    storage = LocalFileSystem(basepath=str(tmp_path))
+
+    async def scheduling_storage() -> Any:
+        return storage
+
+    monkeypatch.setattr(
+        task_workers, "get_or_create_default_task_scheduling_storage", scheduling_storage
+    )
+    fresh = asyncio.run(ListenerCheckpoint.open("some.event"))  # none yet: start from now
+    assert fresh.progress is None
+
+    (tmp_path / "evolink-listener").mkdir()
+    (tmp_path / "evolink-listener" / "other.event.json").mkdir()  # there, but unreadable
+    with pytest.raises(RuntimeError, match="could not read the listener checkpoint"):
+        asyncio.run(ListenerCheckpoint.open("other.event"))
 
 
 def test_serve_products_refuses_bad_input_with_a_short_message(
