@@ -104,6 +104,14 @@ a look-up task and query per asset; an older one (a long review, a rerun) is loo
 REVIEW_KEY: Final = "review"
 """The pause key of the review: a rerun of a suspended run finds the answer under it."""
 
+REVIEW_FIELDS_MAX: Final = 40
+"""Up to this many assets to review, the Resume form has one choice per asset. Beyond, it has
+two searchable lists — assets to reject, drafts to use instead of the suggestion — and every
+other asset gets its suggested draft: a thousand dropdowns are no form to review in."""
+
+Decision = tuple[int | None, str]
+"""A reviewer's decision on one asset: the chosen draft's index (None: no final) and why."""
+
 __all__ = [
     "DEFAULT_SELECTOR",
     "CampaignRun",
@@ -156,7 +164,7 @@ def review_input(
     names: dict[str, str] = {}
     for plan in plans:
         drafts = outcomes[plan.asset.id].drafts
-        if drafts is None or plan.asset.id not in suggested:
+        if drafts is None or not _reviewable(plan, outcomes, suggested):
             continue
         name = plan.asset.id.replace("-", "_")
         while name in fields:
@@ -172,10 +180,128 @@ def review_input(
             ),
         )
         names[name] = plan.asset.id
-    form: type[RunInput] = create_model("CampaignReview", __base__=RunInput, **fields)
+    return _form("CampaignReview", fields, description), names
+
+
+def review_form(
+    plans: list[AssetPlan],
+    outcomes: dict[str, AssetOutcome],
+    suggested: dict[str, int | None],
+    description: str | None = None,
+) -> tuple[type[RunInput], Callable[[Any], dict[str, Decision]]]:
+    """The Resume form for this review and how to read its answer: one choice per asset
+    (`review_input`) up to `REVIEW_FIELDS_MAX` assets, the two lists of `compact_review_input`
+    beyond."""
+    if _many_to_review(plans, outcomes, suggested):
+        return compact_review_input(plans, outcomes, suggested, description)
+    form, names = review_input(plans, outcomes, suggested, description)
+
+    def read(answer: Any) -> dict[str, Decision]:
+        decisions: dict[str, Decision] = {}
+        for name, asset in names.items():
+            choice = getattr(answer, name)
+            if choice == "reject":
+                decisions[asset] = (None, "rejected by reviewer")
+            else:
+                index = int(choice.removeprefix("image-"))
+                decisions[asset] = (index, f"approved: image-{index}")
+        return decisions
+
+    return form, read
+
+
+def compact_review_input(
+    plans: list[AssetPlan],
+    outcomes: dict[str, AssetOutcome],
+    suggested: dict[str, int | None],
+    description: str | None = None,
+) -> tuple[type[RunInput], Callable[[Any], dict[str, Decision]]]:
+    """A form for a review of many assets: `reject` (assets to make no final of) and
+    `use_instead` (`<asset>: image-N`, a draft to make final instead of the suggestion), both
+    lists of the campaign's own values, which the UI offers as searchable pick lists and the
+    server checks on resume (a typo cannot name an asset that does not exist). Every other
+    asset gets its suggested draft; one whose suggestion is reject gets a final only when one
+    of its drafts is picked.
+
+    Ambiguity spends nothing: an asset both rejected and picked, or picked twice, is rejected,
+    and the reason says so.
+    """
+    assets: list[str] = []
+    options: dict[str, tuple[str, int]] = {}
+    for plan in plans:
+        if not _reviewable(plan, outcomes, suggested):
+            continue
+        asset = plan.asset.id
+        assets.append(asset)
+        drafts = outcomes[asset].drafts
+        for image in drafts.images if drafts is not None else []:
+            options[f"{asset}: image-{image.index}"] = (asset, image.index)
+    fields: dict[str, Any] = {
+        "reject": (
+            list[Literal[tuple(assets)]],  # type: ignore[misc]  # built at run time
+            Field(
+                default=[],
+                title="Reject: no final",
+                description="Assets to make no final of (their suggestion is ignored).",
+            ),
+        ),
+        "use_instead": (
+            list[Literal[tuple(options)]],  # type: ignore[misc]
+            Field(
+                default=[],
+                title="Use another draft",
+                description="A draft to make final instead of its asset's suggestion, listed "
+                "as 'asset: image-N'.",
+            ),
+        ),
+    }
+
+    def read(answer: Any) -> dict[str, Decision]:
+        rejected = set(answer.reject)
+        picked: dict[str, list[int]] = {}
+        for option in answer.use_instead:
+            asset, index = options[option]
+            picked.setdefault(asset, []).append(index)
+        decisions: dict[str, Decision] = {}
+        for asset in assets:
+            choices = sorted(set(picked.get(asset, [])))
+            if asset in rejected and choices:
+                decisions[asset] = (None, "rejected: both rejected and a draft picked")
+            elif asset in rejected:
+                decisions[asset] = (None, "rejected by reviewer")
+            elif len(choices) > 1:
+                listed = ", ".join(f"image-{i}" for i in choices)
+                decisions[asset] = (None, f"rejected: {listed} all picked, one is needed")
+            elif choices:
+                decisions[asset] = (choices[0], f"approved: image-{choices[0]} (picked)")
+            elif (suggestion := suggested[asset]) is None:
+                decisions[asset] = (None, "rejected: suggested reject, no draft picked")
+            else:
+                decisions[asset] = (suggestion, f"approved: image-{suggestion} (suggested)")
+        return decisions
+
+    return _form("CampaignReviewMany", fields, description), read
+
+
+def _reviewable(
+    plan: AssetPlan, outcomes: dict[str, AssetOutcome], suggested: dict[str, int | None]
+) -> bool:
+    """An asset in this review: it has drafts and a suggestion (or a suggested rejection)."""
+    return outcomes[plan.asset.id].drafts is not None and plan.asset.id in suggested
+
+
+def _many_to_review(
+    plans: list[AssetPlan], outcomes: dict[str, AssetOutcome], suggested: dict[str, int | None]
+) -> bool:
+    """More assets to review than one field each would make a usable form."""
+    return sum(_reviewable(p, outcomes, suggested) for p in plans) > REVIEW_FIELDS_MAX
+
+
+def _form(name: str, fields: dict[str, Any], description: str | None) -> type[RunInput]:
+    form: type[RunInput] = create_model(name, __base__=RunInput, **fields)
     if description is not None:
         form = form.with_initial_data(description=description)
-    return form, names
+    return form
 
 
 class CampaignRun:
@@ -572,8 +698,9 @@ class CampaignRun:
                 self.storage,
                 suggested,
                 links_valid_seconds=timeout + 3600,
+                compact=_many_to_review(self.plans, self.outcomes, suggested),
             )
-        form, names = review_input(self.plans, self.outcomes, suggested, description)
+        form, read_answer = review_form(self.plans, self.outcomes, suggested, description)
         estimate = sum(
             (p.final_estimate.usd for p in self.plans if p.asset.id in suggested), Decimal(0)
         )
@@ -619,13 +746,11 @@ class CampaignRun:
                 )
             self.logger.warning("Review timed out after %ss; no finals sent", timeout)
             return False
-        for name, asset in names.items():
-            choice = getattr(answer, name)
-            if choice == "reject":
-                self.update(asset, status=AssetStatus.REJECTED, detail="rejected by reviewer")
+        for asset, (index, detail) in read_answer(answer).items():
+            if index is None:
+                self.update(asset, status=AssetStatus.REJECTED, detail=detail)
             else:
-                index = int(choice.removeprefix("image-"))
-                self.update(asset, chosen_draft=index, detail=f"approved: image-{index}")
+                self.update(asset, chosen_draft=index, detail=detail)
         return True
 
     def manifest(self, selection: str, started_at: Any, state: RunState) -> CampaignManifest:

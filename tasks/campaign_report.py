@@ -275,9 +275,12 @@ def review_description(
     suggested: dict[str, int | None],
     drafts: dict[str, list[DraftPreview]],
     budget_chars: int = DESCRIPTION_BUDGET_CHARS,
+    compact: bool = False,
 ) -> str:
     """The Resume dialog's markdown: per asset a row of draft thumbnails labelled as the form's
-    options (`image-0` …), with the final's estimate and the suggested choice.
+    options (`image-0` …), with the final's estimate and the suggested choice. `compact`: the
+    form has two lists (reject, use another draft) instead of a choice per asset, and the first
+    line says how to use them.
 
     No links: the dialog is where the choice is made; the review artifact has them. Pictures
     stop at `budget_chars` of data URIs (a campaign of many assets), and the text says so.
@@ -285,10 +288,16 @@ def review_description(
     shown = _reviewable(plans, outcomes, suggested)
     total = sum((p.final_estimate.usd for p in shown), Decimal(0))
     budget = _Budget(budget_chars)
+    how = (
+        "Every asset's **suggested** draft becomes its final unless you list the asset under "
+        "**Reject** or pick another of its drafts under **Use another draft** (an asset "
+        "suggested *reject* gets a final only if you pick one)"
+        if compact
+        else "Choose one draft per asset (or **reject**) in the fields below"
+    )
     lines = [
-        f"Choose one draft per asset (or **reject**) in the fields below: {len(shown)} final(s) "
-        f"would cost ≈ **{usd(total)}** in all. Larger previews: artifact "
-        f"`{artifact_key(campaign, 'review')}`.",
+        f"{how}: {len(shown)} final(s) would cost ≈ **{usd(total)}** in all. Larger previews: "
+        f"artifact `{artifact_key(campaign, 'review')}`.",
         "",
     ]
     for plan in shown:
@@ -328,15 +337,22 @@ def review_markdown(
     drafts: dict[str, list[DraftPreview]],
     links_expire: datetime | None,
     budget_chars: int = ARTIFACT_BUDGET_CHARS,
+    compact: bool = False,
 ) -> str:
     """The `<campaign>-review` artifact: the dialog's grid per asset, side by side, with larger
     thumbnails, full-size links where storage gives them, and where the drafts are stored."""
     budget = _Budget(budget_chars)
+    how = (
+        "Every asset's suggested draft becomes its final unless, in the paused run's **Resume** "
+        "dialog, you list the asset under *Reject* or pick another of its drafts (`<asset>: "
+        "image-N`) under *Use another draft*"
+        if compact
+        else "Choose one draft per asset (or reject it) in the paused run's **Resume** dialog"
+    )
     lines = [
         f"# Review drafts — {campaign}",
         "",
-        "Choose one draft per asset (or reject it) in the paused run's **Resume** dialog, which "
-        "shows these drafts too; its options are the labels below.",
+        f"{how}; the dialog shows these drafts too, and its options are the labels below.",
     ]
     if links_expire is not None:
         lines.append(
@@ -429,8 +445,10 @@ async def publish_review_sheet(
     storage: AssetStorage,
     suggested: dict[str, int | None],
     links_valid_seconds: int = 24 * 3600,
+    compact: bool = False,
 ) -> str:
-    """Publish `<campaign>-review` and return the Resume dialog's description (same grid).
+    """Publish `<campaign>-review` and return the Resume dialog's description (same grid);
+    `compact`: the form is the two lists of a review of many assets, not a choice per asset.
 
     Full-size links are presigned for `links_valid_seconds` (at most 7 days), where the storage
     can presign (S3); local storage has no links, only the thumbnails and its paths.
@@ -442,12 +460,14 @@ async def publish_review_sheet(
     try:
         await acreate_markdown_artifact(
             key=artifact_key(campaign, "review"),
-            markdown=review_markdown(campaign, plans, outcomes, suggested, drafts, expires),
+            markdown=review_markdown(
+                campaign, plans, outcomes, suggested, drafts, expires, compact=compact
+            ),
             description=f"Drafts of {campaign} awaiting review ({_run_label()})",
         )
     except Exception as error:  # noqa: BLE001 — the Resume dialog still shows the drafts
         logger.error("Review artifact not published: %s", error)
-    return review_description(campaign, plans, outcomes, suggested, drafts)
+    return review_description(campaign, plans, outcomes, suggested, drafts, compact=compact)
 
 
 # --- finals: the contact sheet and each asset's keyed artifact ----------------------------

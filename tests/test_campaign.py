@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -359,6 +360,47 @@ def test_approval_resumed_from_code_with_a_choice_and_a_rejection(
     # the saving is stated for the finals actually made, not for the rejected asset
     banner_plan = check_plans(load_brief(brief), {})[0]
     assert Decimal(manifest.high_quality_variants_usd) == banner_plan.high_variants_estimate.usd
+
+
+def test_a_review_of_many_assets_takes_exceptions_and_the_server_refuses_a_typo(
+    evolink_env: EvoLinkSimulator,
+    assets_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past `REVIEW_FIELDS_MAX` assets the Resume form lists exceptions only (lowered here so
+    4 assets count as many): rejected assets and other drafts picked; every other asset gets
+    its suggested draft. The server checks the answer against the form: an asset that does not
+    exist is refused and the run stays paused, nothing sent."""
+    from prefect_evolink.flows import campaign as campaign_flow
+
+    monkeypatch.setattr(campaign_flow, "REVIEW_FIELDS_MAX", 1)
+    thread, outcome = start_in_thread(small_brief(tmp_path), approval_timeout_seconds=120)
+    run = wait_for_paused_run()
+    with pytest.raises(RuntimeError, match="Cannot resume this run"):
+        resume_flow_run(run.id, run_input={"reject": ["social-squre"], "use_instead": []})
+    assert [e.request["quality"] for e in evolink_env.ledger()] == ["low"] * 4
+    resume_flow_run(
+        run.id, run_input={"reject": ["social-square"], "use_instead": ["launch-banner: image-0"]}
+    )
+    thread.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    manifest: CampaignManifest = outcome["manifest"]
+    by_asset = {o.asset: o for o in manifest.assets}
+    assert by_asset["social-square"].status is AssetStatus.REJECTED
+    banner = by_asset["launch-banner"]
+    assert (banner.status, banner.chosen_draft) == (AssetStatus.FINAL, 0)
+    review = asyncio.run(artifacts_with_prefix("aurora-spring-launch-review"))[
+        "aurora-spring-launch-review"
+    ].data
+    assert "under *Use another draft*" in review
+    for asset in ("story-vertical", "product-shot"):  # not mentioned: their suggestion
+        suggested = re.search(rf"## {asset}\n\n[^\n]*suggested: \*\*image-(\d)", review)
+        assert suggested, review[:2000]
+        assert by_asset[asset].status is AssetStatus.FINAL
+        assert by_asset[asset].chosen_draft == int(suggested[1])
+    finals = [e for e in evolink_env.ledger() if e.request["quality"] == "high"]
+    assert len(finals) == 3
 
 
 def test_approval_timeout_spends_nothing_on_finals(

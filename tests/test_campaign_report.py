@@ -29,7 +29,7 @@ from evolink.previews import (
     thumbnail,
 )
 from evolink.simulator import render_png
-from prefect_evolink.flows.campaign import review_input
+from prefect_evolink.flows.campaign import review_form, review_input
 from prefect_evolink.tasks.campaign_report import (
     COST_COLUMNS,
     DETAIL_COLUMNS,
@@ -292,6 +292,55 @@ def test_review_description_shows_each_assets_drafts_labelled_as_the_forms_optio
         assert field["enum"] == ["image-0", "image-1", "image-2", "image-3", "reject"]
     assert schema["launch_banner"]["default"] == "image-2"
     assert schema["social_square"]["default"] == "reject"
+
+
+def test_a_review_of_many_assets_is_two_pick_lists_and_ambiguity_spends_nothing(
+    plans: list[AssetPlan],
+    outcomes: dict[str, AssetOutcome],
+    drafts: dict[str, list[DraftPreview]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    from prefect_evolink.flows import campaign as campaign_flow
+
+    small, _ = review_form(plans, outcomes, SUGGESTED)
+    assert "launch_banner" in small.model_json_schema()["properties"]  # one field per asset
+    monkeypatch.setattr(campaign_flow, "REVIEW_FIELDS_MAX", 3)  # 4 assets: "many"
+    form, read = review_form(plans, outcomes, SUGGESTED)
+    schema = form.model_json_schema()
+    assert set(schema["properties"]) == {"reject", "use_instead"}
+    rejectable = schema["properties"]["reject"]["items"]["enum"]
+    assert rejectable == list(SUGGESTED)  # the campaign's assets, nothing else
+    pickable = schema["properties"]["use_instead"]["items"]["enum"]
+    assert len(pickable) == 16 and "story-vertical: image-3" in pickable
+    assert schema["properties"]["reject"]["default"] == []
+    with pytest.raises(ValidationError):  # a typo names no asset
+        form(reject=["launch-baner"])
+
+    def decide(**answer: Any) -> dict[str, tuple[int | None, str]]:
+        return read(form(**answer))
+
+    # Nothing changed: every suggestion holds; a suggested reject stays without a final.
+    assert {a: i for a, (i, _) in decide().items()} == SUGGESTED
+    decided = decide(reject=["launch-banner"], use_instead=["social-square: image-3"])
+    assert decided["launch-banner"] == (None, "rejected by reviewer")
+    assert decided["social-square"] == (3, "approved: image-3 (picked)")
+    assert decided["story-vertical"] == (1, "approved: image-1 (suggested)")
+    ambiguous = decide(
+        reject=["story-vertical"],
+        use_instead=["story-vertical: image-0", "product-shot: image-0", "product-shot: image-2"],
+    )
+    assert ambiguous["story-vertical"][0] is None and "both" in ambiguous["story-vertical"][1]
+    assert ambiguous["product-shot"] == (
+        None,
+        "rejected: image-0, image-2 all picked, one is needed",
+    )
+
+    text = review_description(
+        "aurora-spring-launch", plans, outcomes, SUGGESTED, drafts, compact=True
+    )
+    assert text.startswith("Every asset's **suggested** draft becomes its final unless")
 
 
 def test_review_description_stops_pictures_at_its_budget(

@@ -734,3 +734,56 @@ def test_every_browser_process_stops_also_when_a_test_fails(chromium_executable:
     assert len(seen["pids"]) > 1, "the browser and its helpers were not found"
     assert seen["browser"].processes() == []
     assert [pid for pid in seen["pids"] if Path(f"/proc/{pid}").exists()] == []
+
+
+def test_a_review_of_many_assets_is_made_with_two_pick_lists_in_the_dialog(
+    stack: Stack, finished_run: tuple[Run, CampaignManifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `REVIEW_FIELDS_MAX` assets (lowered so the example's 4 count as many) the default
+    UI's Resume dialog shows two pick lists instead of a field per asset: the reviewer rejects
+    one asset and picks another draft for a second, and every other asset gets its suggested
+    draft."""
+    from prefect_evolink.flows import campaign as campaign_flow
+
+    monkeypatch.setattr(campaign_flow, "REVIEW_FIELDS_MAX", 1)
+    run = start_campaign(stack, "approval")
+    deadline = time.monotonic() + 90
+    while run.flow_run_id is None:
+        assert run.thread.is_alive() and time.monotonic() < deadline, run.outcome
+        paused = stack.api(
+            "POST", "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}}
+        )
+        run.flow_run_id = paused[0]["id"] if paused else None
+        time.sleep(0.3)
+    try:
+        dialog = open_resume_dialog_v2(stack, run)
+        assert_dialog_shows_the_drafts(dialog)
+        text = stack.page.evaluate("document.querySelector('[role=dialog]').innerText")
+        assert "Every asset's suggested draft becomes its final unless" in text
+        suggested = dict(re.findall(r"(\S+) — final ≈ \$[\d.]+ · suggested: (image-\d)", text))
+        assert set(suggested) == set(ASSETS), text[:1500]
+        rejected, changed = ASSETS[1], ASSETS[0]
+        other = (int(suggested[changed].removeprefix("image-")) + 1) % DRAFTS
+        pick(stack, "Reject: no final", rejected)
+        pick(stack, "Use another draft", f"{changed}: image-{other}")
+        stack.shot("4-resume-dialog-v2-many")
+        stack.page.click("[role=dialog] button", text="Resume")
+        run.outcome["submitted"] = True
+        stack.page.wait_for("!document.querySelector('[role=dialog]')", what="the dialog to close")
+    finally:
+        if run.thread.is_alive() and "submitted" not in run.outcome:
+            resume_from_code(stack, run, {"reject": list(ASSETS), "use_instead": []})
+    outcomes = {o.asset: o for o in run.result().assets}
+    assert outcomes[rejected].status is AssetStatus.REJECTED
+    assert (outcomes[changed].status, outcomes[changed].chosen_draft) == (AssetStatus.FINAL, other)
+    for asset in set(ASSETS) - {rejected, changed}:
+        assert outcomes[asset].status is AssetStatus.FINAL, asset
+        assert outcomes[asset].chosen_draft == int(suggested[asset].removeprefix("image-"))
+
+
+def pick(stack: Stack, field: str, option: str) -> None:
+    """Open a pick list of the default UI's Resume form and choose one option, by clicks."""
+    stack.page.tab.locator(f"[role=dialog] button[aria-label='Select {field}']").click()
+    stack.page.tab.locator("[role=option]", has_text=re.compile(f"^{re.escape(option)}$")).click()
+    stack.page.tab.keyboard.press("Escape")  # the list stays open for more picks
+    stack.page.wait_for("!document.querySelector('[role=listbox]')", what=f"{field} to close")
