@@ -417,6 +417,9 @@ def open_choices(stack: Stack, at: int) -> list[str]:
     UI's select is a button with a pop-over list (the native `<select>` only where the pointer
     cannot hover); a mouse click in the Resume dialog focuses it but its pop-over closes again
     at once, so it is opened from the keyboard, as the UI offers (arrow down)."""
+    # The last field's list must be gone first: while it closes, its options would pass for
+    # this field's (and a click on them would land nowhere).
+    stack.page.wait_for("!document.querySelector('[role=listbox]')", what="no open list")
     control = stack.page.tab.locator("[role=dialog] button.p-select-button__control").nth(at)
     control.click()
     control.press("ArrowDown")
@@ -480,6 +483,9 @@ def test_reviewer_chooses_in_the_resume_dialog_and_the_run_resumes(
     for at, value in ((0, f"image-{chosen}"), (1, "reject")):
         open_choices(stack, at)
         stack.page.click("[role=listbox] [role=option]", text=re.compile(f"^{value}$"))
+        stack.page.wait_for(
+            f"{FIELDS}[{at}].value === {json.dumps(value)}", what=f"field {at} to show {value}"
+        )
     form = {f["label"].removesuffix(" (Optional)"): f["value"] for f in stack.page.evaluate(FIELDS)}
     assert form == expected, "the form does not hold what was chosen"
     stack.shot("3-resume-dialog-v1-chosen")
