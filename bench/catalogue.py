@@ -254,14 +254,26 @@ def _emit(products: list[dict[str, Any]]) -> None:
 def run_ours(
     sim: SimulatorProcess, args: argparse.Namespace, products: list[dict[str, Any]], tag: str
 ) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="evolink-bench-catalogue-") as tmp:
+    return _on_postgres("evolink-bench-catalogue-", _measure_ours, sim, args, products, tag)
+
+
+def _on_postgres(
+    prefix: str,
+    measure: Any,
+    sim: SimulatorProcess,
+    args: argparse.Namespace,
+    products: list[dict[str, Any]],
+    tag: str,
+) -> dict[str, Any]:
+    """`measure(sim, args, products, tag, stack, workdir)` on a fresh PostgreSQL-backed server."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         workdir = Path(tmp)
         with prefect_on_postgres(workdir) as stack:
-            api_url = stack.env["PREFECT_API_URL"]
             from prefect.settings import PREFECT_API_URL, temporary_settings
 
-            with temporary_settings({PREFECT_API_URL: api_url}):
-                return _measure_ours(sim, args, products, tag, stack, workdir)
+            with temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}):
+                result: dict[str, Any] = measure(sim, args, products, tag, stack, workdir)
+                return result
 
 
 def _measure_ours(
@@ -361,13 +373,7 @@ def run_flows(
 ) -> dict[str, Any]:
     """The deployment path for comparison: `prefect-evolink deploy`, `--workers` process
     workers, one `product-asset-on-request` flow run (one Python process) per event."""
-    with tempfile.TemporaryDirectory(prefix="evolink-bench-flows-") as tmp:
-        workdir = Path(tmp)
-        with prefect_on_postgres(workdir) as stack:
-            from prefect.settings import PREFECT_API_URL, temporary_settings
-
-            with temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}):
-                return _measure_flows(sim, args, products, tag, stack, workdir)
+    return _on_postgres("evolink-bench-flows-", _measure_flows, sim, args, products, tag)
 
 
 def _measure_flows(

@@ -124,8 +124,7 @@ async def run_image_job(
             trail.sending, trail.submitted = key, None
         # One provider slot from just before submit until the poll ends (tasks/limits.py); a
         # job sent before (a rerun) polls on without waiting for one.
-        sent = await storage.aexists(submit_record_key(key))
-        async with provider_capacity(reattach=sent):
+        async with provider_capacity(reattach=await _sent_before(storage, key)):
             try:
                 submit = await submit_job(
                     namespace, request, credentials, storage, attempt=attempt, identity=identity
@@ -198,3 +197,15 @@ async def run_image_job(
         await storage.aput_json(job_record_key(key), record.model_dump(mode="json"))
         return record
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _sent_before(storage: AssetStorage, key: str) -> bool:
+    """Whether the job's submit record exists (a rerun reattaches without waiting for a slot).
+
+    Storage that does not answer counts as "not sent": the job then waits for a slot like a
+    new one (the safe side), and `submit_job`, a step with retries, reads the record again.
+    """
+    try:
+        return bool(await storage.aexists(submit_record_key(key)))
+    except Exception:  # noqa: BLE001 — see above
+        return False

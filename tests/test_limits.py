@@ -269,3 +269,38 @@ def test_the_rerun_of_a_job_sent_before_polls_on_while_a_dead_run_holds_the_slot
     seconds, task_id = asyncio.run(crashed_then_rerun())
     assert [entry.task_id for entry in simulator.ledger()] == [task_id]
     assert seconds < 30
+
+
+def test_a_storage_that_cannot_say_whether_the_job_was_sent_costs_only_the_wait(
+    no_limits: None, simulator: EvoLinkSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look-up that picks the reattach path is not a retried step: when it fails, the job
+    takes the new-job path (waits for a slot) instead of failing."""
+    from prefect import flow
+
+    from evolink.models import parse_request
+    from prefect_evolink.blocks import EvoLinkCredentials, LocalAssetStorage
+    from prefect_evolink.tasks.job import run_image_job
+
+    async def unavailable(self: LocalAssetStorage, key: str) -> bool:
+        raise OSError("storage unavailable")
+
+    monkeypatch.setattr(LocalAssetStorage, "aexists", unavailable)  # no block subclass: registry
+    asyncio.run(ensure_limits(active_jobs=1, submits_per_minute=6000, submit_burst=10))
+    credentials = EvoLinkCredentials(api_key=simulator.api_key, base_url=simulator.base_url)
+    request = parse_request({"prompt": "a floor lamp", "size": "1:1", "quality": "low", "n": 1})
+
+    @flow(name="evolink-test-unknown-if-sent")
+    async def one_job() -> str:
+        record = await run_image_job(
+            request,
+            namespace="unknown/lamp",
+            dest_prefix="unknown",
+            credentials=credentials,
+            storage=LocalAssetStorage(base_dir=str(tmp_path)),
+            schedule=credentials.poll_schedule(30),
+        )
+        return record.task_id
+
+    task_id = asyncio.run(one_job())
+    assert [entry.task_id for entry in simulator.ledger()] == [task_id]
