@@ -8,7 +8,8 @@ from typing import ClassVar, Final
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, field_validator
 
-from evolink.client import DEFAULT_BASE_URL, EvoLinkClient, Timeouts
+from evolink.client import EvoLinkClient, Timeouts
+from evolink.endpoint import DEFAULT_BASE_URL, endpoint_scope, normalize_base_url
 from evolink.errors import MissingCredentialsError
 from evolink.models import MAX_CALLBACK_URL_CHARS
 from evolink.polling import DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL, PollSchedule
@@ -136,6 +137,16 @@ class EvoLinkCredentials(CredentialsBlock):
             poll_max_interval=float(os.environ.get(ENV_POLL_MAX_INTERVAL) or DEFAULT_MAX_INTERVAL),
             callback_url=os.environ.get(ENV_CALLBACK_URL) or None,
         )
+
+    @property
+    def endpoint(self) -> str:
+        """The normalized base URL: where records made with these credentials belong."""
+        return normalize_base_url(self.base_url)
+
+    @property
+    def endpoint_scope(self) -> str:
+        """What job keys add for this endpoint ("" for EvoLink's own API): `evolink.endpoint`."""
+        return endpoint_scope(self.base_url)
 
     def poll_schedule(self, deadline_seconds: float) -> PollSchedule:
         return PollSchedule(

@@ -83,6 +83,15 @@ class JobRow(BaseModel):
     failed: str | None = Field(
         default=None, description="why this paid job's images were not all stored (else None)"
     )
+    endpoint: str | None = Field(
+        default=None, description="the API the job was made at (evolink.endpoint); None: older"
+    )
+    simulator: bool = Field(
+        default=False, description="made at the bundled simulator: synthetic, not real money"
+    )
+    earlier_run: bool = Field(
+        default=False, description="paid in an earlier run of the campaign, kept on its books"
+    )
 
 
 class AssetOutcome(BaseModel):
@@ -193,6 +202,8 @@ def job_row(
         duration_s=round((record.completed_at - record.submitted_at).total_seconds(), 2),
         stored_at=[image.uri for image in record.images],
         failed=failed,
+        endpoint=record.endpoint,
+        simulator=record.simulator,
     )
 
 

@@ -26,6 +26,7 @@ import certifi
 import httpx
 from pydantic import SecretStr
 
+from evolink.endpoint import DEFAULT_BASE_URL, SIMULATOR_HEADER
 from evolink.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -46,7 +47,6 @@ from evolink.retry import RetryPolicy, parse_retry_after
 from evolink.states import TaskSnapshot, TaskStatus
 from evolink.urls import download_url_problem, private_urls_allowed
 
-DEFAULT_BASE_URL: Final = "https://api.evolink.ai"
 CREATE_PATH: Final = "/v1/images/generations"
 TASK_PATH: Final = "/v1/tasks/{task_id}"
 MAX_DOWNLOAD_BYTES: Final = 100 * 1024 * 1024  # a 4K PNG is ~25 MB; anything far larger is wrong
@@ -91,6 +91,7 @@ class CreateResult:
     task: TaskSnapshot
     replayed: bool  # the server returned an existing task for this Idempotency-Key
     attempts: int
+    simulator: bool = False  # the bundled simulator answered (`evolink.endpoint.SIMULATOR_HEADER`)
 
 
 ProgressCallback = Callable[[TaskSnapshot, float], None]
@@ -188,7 +189,10 @@ class EvoLinkClient:
             attempts=attempts,
         )
         replayed = response.headers.get("idempotency-replayed", "").lower() == "true"
-        return CreateResult(TaskSnapshot.from_api(response.json()), replayed, attempts.count)
+        simulator = bool(response.headers.get(SIMULATOR_HEADER))
+        return CreateResult(
+            TaskSnapshot.from_api(response.json()), replayed, attempts.count, simulator
+        )
 
     async def get_task(self, task_id: str) -> TaskSnapshot:
         response = await self._send(

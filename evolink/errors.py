@@ -16,6 +16,7 @@ Import any of them from here, or from `prefect_evolink` (which re-exports the lo
     ├── TaskFailedError            the task ended failed/cancelled at EvoLink
     ├── PollDeadlineExceeded       we stopped waiting; the task may still finish
     ├── ResultExpiredError         a result link no longer serves the image
+    ├── DraftUnavailableError      a final's chosen draft is no longer at EvoLink (local storage)
     ├── InvalidImageError          a download was not a usable image (retryable)
     │   └── UnsafeResultLinkError  a link we refuse to fetch
     ├── PaidJobNotStoredError      billed, but its images could not all be stored
@@ -247,6 +248,24 @@ class ResultExpiredError(EvoLinkError):
         )
         self.url = url
         self.status_code = status_code
+
+
+class DraftUnavailableError(EvoLinkError):
+    """A final is made from its chosen draft, which EvoLink must fetch from a URL, and there is
+    none: the draft's result link expired (24 h) or EvoLink forgot its task, and local storage
+    cannot hand out the stored copy. Raised before anything is sent: the final is not paid."""
+
+    def __init__(self, asset: str, index: int, task_id: str, cause: str, redo_usd: Any = None):
+        redo = f" (≈{usd(redo_usd)})" if redo_usd is not None else ""
+        super().__init__(
+            f"the chosen draft image-{index} of asset {asset!r} (task {task_id}) is no longer "
+            f"at EvoLink: {cause}. Local storage cannot hand EvoLink its stored copy. Either "
+            "store assets in S3 (the stored draft is then sent presigned, however old), or "
+            f"rerun with --redo-drafts {asset} (run_campaign(redo_drafts=[{asset!r}])), which "
+            f"pays for fresh drafts of this asset{redo}",
+            task_id=task_id,
+        )
+        self.asset = asset
 
 
 class InvalidImageError(EvoLinkError):

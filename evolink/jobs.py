@@ -37,21 +37,30 @@ def job_key(
     *,
     attempt: int = 1,
     identity: dict[str, Any] | None = None,
+    endpoint: str = "",
 ) -> str:
-    """Stable id of a logical job: sha256 of the namespace and what defines the request.
+    """Stable id of a logical job: sha256 of the namespace, what defines the request and the
+    API it is sent to.
 
     `identity` replaces the request body where the body holds volatile parts — a presigned
     reference URL changes with every signing, while the image it points to (its sha256) does
     not. `attempt` > 1 is a deliberate resubmission after a failed task (a new paid job).
     `callback_url` never counts (`DELIVERY_FIELDS`), in the request or in `identity["request"]`;
     keys of jobs sent without one are what they always were.
+
+    `endpoint` is `evolink.endpoint.endpoint_scope(base_url)`: empty for EvoLink's own API, so
+    those keys are what they always were; any other base URL (the simulator, a proxy, a
+    stand-in) makes other keys, so a job done there is never taken for one done here.
     """
+    body: dict[str, Any] = {
+        "namespace": namespace,
+        "request": _without_delivery(request.to_payload() if identity is None else identity),
+        "attempt": attempt,
+    }
+    if endpoint:
+        body["endpoint"] = endpoint
     canonical = json.dumps(
-        {
-            "namespace": namespace,
-            "request": _without_delivery(request.to_payload() if identity is None else identity),
-            "attempt": attempt,
-        },
+        body,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
@@ -150,6 +159,11 @@ class SubmitRecord(_Record):
     submitted_at: datetime = Field(default_factory=utcnow)
     replayed: bool = False
     estimated_time: float | None = None
+    endpoint: str | None = None
+    """The normalized base URL the task was created at (`evolink.endpoint`); None in records
+    written before endpoints were recorded."""
+    simulator: bool = False
+    """Created at the bundled simulator (it said so in a response header): not real money."""
 
 
 class TaskIndex(_Record):
@@ -208,6 +222,10 @@ class JobRecord(_Record):
     submitted_at: datetime
     completed_at: datetime
     stored_at: datetime = Field(default_factory=utcnow)
+    endpoint: str | None = None
+    """Where the job was made (its submit record's `endpoint`); reused only there."""
+    simulator: bool = False
+    """Made at the bundled simulator: its images are test patterns and its bill is not real."""
 
     @classmethod
     def build(
@@ -231,4 +249,6 @@ class JobRecord(_Record):
             images=images,
             submitted_at=submit.submitted_at,
             completed_at=completed_at,
+            endpoint=submit.endpoint,
+            simulator=submit.simulator,
         )

@@ -28,6 +28,14 @@ A job counts in the period in which it was submitted (`SubmitRecord.submitted_at
 (`origin`: flow run id, flow, `<flow>/<deployment>` or null for a run not started from a
 deployment). Records written before that say nothing and are reported as `unknown`.
 
+**Simulator jobs are never real spend.** A job made at the bundled simulator (its records say
+`simulator`, or — records older than endpoints — its images came from a loopback or private
+host: `evolink.endpoint.made_on_simulator`; a manifest row carries the flag itself, and one
+written before rows did takes its job record's verdict) cost nobody anything: its bill is
+synthetic. Such jobs are still counted once each and listed (`SpendJob.simulator`), but summed
+apart (`SpendReport.simulator_totals`, its own line and CSV row); the totals, every dimension and
+the spend cap count the real jobs only.
+
 **The spend cap** (`EvoLinkSpendCap`) is an estimate check with reservations, because EvoLink
 holds no money server-side: before a run sends anything, the period's spend plus the
 estimates other running runs reserved plus this run's estimate must fit the cap; then the run
@@ -50,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evolink.campaign import CampaignManifest, JobRow, parse_campaign_namespace
 from evolink.cost import usd
+from evolink.endpoint import made_on_simulator
 from evolink.jobs import JOBS_PREFIX, JobRecord, SubmitRecord, utcnow
 from evolink.recovery import TaskReading
 
@@ -64,6 +73,11 @@ NO_DEPLOYMENT: Final = "(no deployment)"
 NONE: Final = "-"
 SINGLE_STAGE: Final = "single"
 """The stage of a job that is not part of a campaign (ad hoc or product)."""
+
+SIMULATOR: Final = "simulator"
+"""The CSV/table row (`dimension`) of the simulator's jobs, summed apart from the real spend."""
+SIMULATOR_LABEL: Final = "bundled simulator: synthetic, not billed by EvoLink"
+"""How reports name the simulator's jobs wherever they show them."""
 
 DIMENSIONS: Final = ("kind", "campaign", "product", "deployment", "month", "stage", "quality")
 """The totals of a report, one table per dimension."""
@@ -140,6 +154,23 @@ class JobFiles:
             return self.submit.submitted_at
         return self.result.submitted_at if self.result is not None else None
 
+    @property
+    def simulator(self) -> bool:
+        """Whether the job was made at the bundled simulator (its bill is not real money).
+
+        The records say so (`simulator`). Records written before endpoints were recorded carry
+        no `endpoint` (None once parsed): `made_on_simulator` then looks at where the images
+        came from, which only a result record tells — a submit-only old job counts as real,
+        the safe side for a spend cap.
+        """
+        records = [r for r in (self.submit, self.result) if r is not None]
+        if any(record.simulator for record in records):
+            return True
+        if any(record.endpoint for record in records):
+            return False
+        # exclude_none: a missing `endpoint` is absent again, as in the stored JSON
+        return any(made_on_simulator(r.model_dump(mode="json", exclude_none=True)) for r in records)
+
 
 def origin_of(submit_data: Mapping[str, Any]) -> RunOrigin | None:
     """The origin stored in a raw submit record, or None for a record written before origins."""
@@ -164,8 +195,13 @@ class SpendJob(_Model):
     submitted_at: datetime
     estimated_usd: str
     billed_usd: str | None = Field(description="None: the bill is unknown (counted at estimate)")
+    billed_credits: str | None = Field(default=None, description="None: not known")
     source: Source
     note: str = ""
+    simulator: bool = Field(
+        default=False,
+        description="made at the bundled simulator: listed, summed apart, never real spend",
+    )
 
     @property
     def counted_usd(self) -> Decimal:
@@ -217,6 +253,11 @@ def _reading_bill(reading: TaskReading | None) -> tuple[bool, str | None]:
     return False, None
 
 
+def _reading_credits(reading: TaskReading | None) -> str | None:
+    credits = reading.billed.credits if reading is not None else None
+    return None if credits is None else str(credits)
+
+
 def _from_row(
     campaign: str,
     manifest: CampaignManifest,
@@ -227,16 +268,19 @@ def _from_row(
     deployment, run_id = _deployment(files)
     source: Source = "manifest"
     billed, note = row.billed_usd, row.failed or ""
+    credits = row.billed_credits if billed is not None else None
     result = files.result if files is not None else None
     bill = files.bill if files is not None else None
     if billed is None and result is not None and result.billed_usd is not None:
-        billed, source = result.billed_usd, "result"
+        billed, credits, source = result.billed_usd, result.billed_credits, "result"
     if billed is None and bill is not None and bill.billed_usd is not None:
-        billed, source = bill.billed_usd, "bill"
+        billed, credits, source = bill.billed_usd, bill.billed_credits, "bill"
     if billed is None:
         final, amount = _reading_bill(reading)
         if final:
-            billed, source = amount or "0", "evolink"
+            billed, credits, source = amount or "0", _reading_credits(reading), "evolink"
+    # A row written before rows carried the flag (no `endpoint`) takes its records' verdict.
+    simulator = row.simulator or (row.endpoint is None and files is not None and files.simulator)
     submitted = files.submitted_at if files is not None else None
     return SpendJob(
         task_id=row.task_id,
@@ -252,8 +296,10 @@ def _from_row(
         submitted_at=submitted or manifest.started_at,
         estimated_usd=row.estimated_usd,
         billed_usd=billed,
+        billed_credits=credits,
         source=source,
         note=note,
+        simulator=simulator,
     )
 
 
@@ -284,10 +330,12 @@ def _from_files(
     note = ""
     source: Source
     billed: str | None
+    credits: str | None = None
     if files.result is not None:
         estimated = files.result.estimated_usd
         quality = files.result.request.quality
         billed, source = files.result.billed_usd, "result"
+        credits = files.result.billed_credits
     elif files.submit is not None:
         estimated = str(files.submit.estimate.get("usd", "0"))
         quality = files.submit.request.quality
@@ -295,12 +343,14 @@ def _from_files(
             if not files.bill.charged and files.bill.status in ("failed", "cancelled"):
                 return None  # failed at EvoLink, not charged
             billed, source, note = files.bill.billed_usd, "bill", files.bill.note
+            credits = files.bill.billed_credits
         else:
             final, amount = _reading_bill(reading)
             if final:
                 if amount is None:
                     return None  # EvoLink says: failed, not charged
                 billed, source = amount, "evolink"
+                credits = _reading_credits(reading)
             elif _covered_by_manifest(files, manifests):
                 return None
             else:
@@ -323,8 +373,10 @@ def _from_files(
         submitted_at=submitted,
         estimated_usd=estimated,
         billed_usd=billed,
+        billed_credits=credits,
         source=source,
         note=note,
+        simulator=files.simulator,
     )
 
 
@@ -487,6 +539,7 @@ class SpendTotals(_Model):
     jobs: int
     estimated_usd: str = Field(description="sum of the estimates of every job")
     billed_usd: str = Field(description="sum of the bills that are known")
+    billed_credits: str = Field(default="0", description="sum of the credits that are known")
     unknown_bills: int = Field(description="jobs whose bill is unknown (counted at estimate)")
     unknown_estimated_usd: str = Field(description="what those jobs are counted at")
     total_usd: str = Field(description="known bills + unknown ones at their estimates")
@@ -518,16 +571,24 @@ class HeldReservation(_Model):
 
 
 class SpendReport(_Model):
-    """What storage says was spent in a period (see the module docstring)."""
+    """What storage says was spent in a period (see the module docstring).
+
+    `totals` and `groups` are real spend only; the simulator's jobs are summed apart in
+    `simulator_totals` (synthetic bills nobody paid), and `jobs` lists both, each marked.
+    """
 
     period: str
     since: datetime | None
     until: datetime | None
     timezone: str
     generated_at: datetime = Field(default_factory=utcnow)
-    totals: SpendTotals
-    groups: list[SpendGroup]
-    jobs: list[SpendJob]
+    totals: SpendTotals = Field(description="the real jobs (not the simulator's)")
+    groups: list[SpendGroup] = Field(description="the real jobs, by every dimension")
+    simulator_totals: SpendTotals = Field(
+        default_factory=lambda: totals_of(()),
+        description=f"the jobs of the {SIMULATOR_LABEL}; never in `totals`",
+    )
+    jobs: list[SpendJob] = Field(description="every job counted, real and simulator, each marked")
     campaigns: list[str] = Field(description="the campaigns whose manifests were read")
     reserved: list[HeldReservation] = Field(default_factory=list)
     evolink_asked: bool = False
@@ -536,6 +597,14 @@ class SpendReport(_Model):
     @property
     def reserved_usd(self) -> Decimal:
         return sum((Decimal(r.held_usd) for r in self.reserved), Decimal(0))
+
+    @property
+    def real_jobs(self) -> list[SpendJob]:
+        return [job for job in self.jobs if not job.simulator]
+
+    @property
+    def simulator_jobs(self) -> list[SpendJob]:
+        return [job for job in self.jobs if job.simulator]
 
     def group(self, dimension: str) -> dict[str, SpendGroup]:
         return {g.value: g for g in self.groups if g.dimension == dimension}
@@ -546,12 +615,14 @@ def totals_of(jobs: Iterable[SpendJob]) -> SpendTotals:
     known = [job for job in every if job.billed_usd is not None]
     unknown = [job for job in every if job.billed_usd is None]
     billed = sum((Decimal(job.billed_usd or 0) for job in known), Decimal(0))
+    credits = sum((Decimal(job.billed_credits or 0) for job in known), Decimal(0))
     known_estimate = sum((Decimal(job.estimated_usd) for job in known), Decimal(0))
     at_estimate = sum((Decimal(job.estimated_usd) for job in unknown), Decimal(0))
     return SpendTotals(
         jobs=len(every),
         estimated_usd=str(sum((Decimal(job.estimated_usd) for job in every), Decimal(0))),
         billed_usd=str(billed),
+        billed_credits=str(credits),
         unknown_bills=len(unknown),
         unknown_estimated_usd=str(at_estimate),
         total_usd=str(billed + at_estimate),
@@ -617,13 +688,14 @@ def build_report(
     problems: Sequence[str] = (),
 ) -> SpendReport:
     """The report of the jobs submitted in [since, until): totals and one group per value of
-    every dimension (`DIMENSIONS`)."""
+    every dimension (`DIMENSIONS`) of the real jobs, and the simulator's jobs summed apart."""
     where = zone(timezone)
     chosen = in_window(jobs, since, until)
+    real = [job for job in chosen if not job.simulator]
     groups: list[SpendGroup] = []
     for dimension in DIMENSIONS:
         values: dict[str, list[SpendJob]] = {}
-        for job in chosen:
+        for job in real:
             values.setdefault(job.value(dimension, where), []).append(job)
         for value in sorted(values):
             summed = totals_of(values[value])
@@ -635,8 +707,9 @@ def build_report(
         since=since,
         until=until,
         timezone=timezone,
-        totals=totals_of(chosen),
+        totals=totals_of(real),
         groups=groups,
+        simulator_totals=totals_of(job for job in chosen if job.simulator),
         jobs=chosen,
         campaigns=sorted(campaigns),
         reserved=list(reserved),
@@ -660,9 +733,15 @@ CSV_COLUMNS: Final = (
 
 
 def table_rows(report: SpendReport) -> list[dict[str, Any]]:
-    """The totals and every group, one row each (the CSV and the table artifact)."""
+    """The totals and every group, one row each (the CSV and the table artifact): real spend.
+    The simulator's jobs, if any, come last in a row of their own (`dimension` = `simulator`,
+    `value` = the period), never in the `total` row."""
     first = {"dimension": "total", "value": report.period, **report.totals.model_dump()}
     rows = [first, *(group.model_dump() for group in report.groups)]
+    if report.simulator_totals.jobs:
+        rows.append(
+            {"dimension": SIMULATOR, "value": report.period, **report.simulator_totals.model_dump()}
+        )
     return [{column: row.get(column) for column in CSV_COLUMNS} for row in rows]
 
 
@@ -681,8 +760,17 @@ def _drift(totals: SpendTotals) -> str:
     return f"{usd(totals.drift_usd)} ({totals.drift_ratio}× the estimate)"
 
 
+def _simulator_text(totals: SpendTotals) -> str:
+    unknown = f", {totals.unknown_bills} at estimate" if totals.unknown_bills else ""
+    return (
+        f"{usd(totals.total_usd)} ({totals.billed_credits} credits{unknown}) over "
+        f"{totals.jobs} job(s)"
+    )
+
+
 def summary_lines(report: SpendReport) -> list[str]:
-    """Plain-text lines for the CLI and the logs."""
+    """Plain-text lines for the CLI and the logs. The simulator's jobs get a line of their own,
+    labelled, and only when there are any: synthetic bills are never real spend."""
     totals = report.totals
     lines = [
         f"Spend {report.period} ({report.timezone}): {usd(totals.total_usd)} for "
@@ -696,6 +784,11 @@ def summary_lines(report: SpendReport) -> list[str]:
             else ""
         ),
     ]
+    if report.simulator_totals.jobs:
+        lines.append(
+            f"Simulator ({SIMULATOR_LABEL}): {_simulator_text(report.simulator_totals)} — not "
+            "in the totals above or the tables below"
+        )
     for dimension in DIMENSIONS:
         groups = report.group(dimension)
         if not groups:
@@ -727,6 +820,11 @@ def report_markdown(report: SpendReport) -> str:
         f"- unknown bills: **{totals.unknown_bills}** (counted at their estimates, "
         f"{usd(totals.unknown_estimated_usd)})",
     ]
+    if report.simulator_totals.jobs:
+        lines.append(
+            f"- simulator ({SIMULATOR_LABEL}): {_simulator_text(report.simulator_totals)} — "
+            "not in any total or table here"
+        )
     if report.reserved:
         lines.append(
             f"- reserved by running runs (estimates): {usd(report.reserved_usd)} — "

@@ -30,7 +30,13 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from pydantic import Field, create_model
 
-from evolink.brief import AssetPlan, CampaignBrief, check_plans, load_brief
+from evolink.brief import (
+    PLACEHOLDER_DRAFT_URL,
+    AssetPlan,
+    CampaignBrief,
+    check_plans,
+    load_brief,
+)
 from evolink.budget import Budget
 from evolink.campaign import (
     FAILING_STATUSES,
@@ -52,10 +58,15 @@ from evolink.campaign import (
     totals,
 )
 from evolink.cost import CostEstimate, usd
+from evolink.endpoint import record_endpoint, reusable_here
 from evolink.errors import (
+    BriefError,
     BudgetExceededError,
     CampaignIncompleteError,
+    DraftUnavailableError,
+    NotFoundError,
     PaidJobNotStoredError,
+    ResultExpiredError,
     TaskFailedError,
 )
 from evolink.jobs import (
@@ -64,11 +75,12 @@ from evolink.jobs import (
     idempotency_key,
     intent_record_key,
     job_key,
+    job_record_key,
     utcnow,
 )
 from evolink.models import ImageRequest
 from evolink.polling import DEFAULT_DEADLINE_SECONDS, PollSchedule
-from evolink.recovery import JournalEntry
+from evolink.recovery import JournalEntry, stored_row
 from evolink.states import TaskStatus
 from prefect_evolink.blocks import (
     AssetStorage,
@@ -86,9 +98,14 @@ from prefect_evolink.tasks.campaign_report import (
     publish_review_sheet,
     save_manifest,
 )
-from prefect_evolink.tasks.job import JobTrail, forget_results, run_image_job
+from prefect_evolink.tasks.job import (
+    JobTrail,
+    find_finished_job,
+    forget_results,
+    run_image_job,
+)
 from prefect_evolink.tasks.lookup import fetch_task, lookup_result_url
-from prefect_evolink.tasks.recovery import journal_key, manifest_key
+from prefect_evolink.tasks.recovery import journal_key, manifest_key, read_journal, read_manifest
 from prefect_evolink.tasks.references import PRESIGN_SECONDS, AssetReferences, resolve_references
 from prefect_evolink.tasks.spend import reserve_spend, resolve_spend_cap
 
@@ -100,6 +117,19 @@ DRAFT_LINK_REUSE_SECONDS: Final = 3600.0
 """A final is made from its chosen draft's result link. The link the draft job's poll returned
 is reused (kept in memory, never stored) while younger than this — links live 24 h — instead of
 a look-up task and query per asset; an older one (a long review, a rerun) is looked up."""
+
+DRAFT_LINK_USABLE_SECONDS: Final = 23 * 3600.0
+"""EvoLink keeps a result link 24 h after its task completed (and may forget the task itself).
+A final made from a draft older than this is not sent on its link: the final's own generation
+and EvoLink's fetch of the draft need the hour left. The draft is then sent presigned from S3
+storage, or the asset fails with `DraftUnavailableError` (local storage) — never a final that
+EvoLink would fail, and never a silent new payment."""
+
+DEFAULT_APPROVAL_TIMEOUT_SECONDS: Final = 20 * 3600
+"""How long an approval run waits for its reviewer by default: inside the drafts' usable life
+(`DRAFT_LINK_USABLE_SECONDS`), so on local storage an answer in time always gets its finals.
+Longer is allowed, with a warning on local storage (a late answer's assets fail with
+`DraftUnavailableError`, whose message names both ways out)."""
 
 REVIEW_KEY: Final = "review"
 """The pause key of the review: a rerun of a suspended run finds the answer under it."""
@@ -113,6 +143,7 @@ Decision = tuple[int | None, str]
 """A reviewer's decision on one asset: the chosen draft's index (None: no final) and why."""
 
 __all__ = [
+    "DEFAULT_APPROVAL_TIMEOUT_SECONDS",
     "DEFAULT_SELECTOR",
     "CampaignRun",
     "approval_wait",
@@ -323,8 +354,15 @@ class CampaignRun:
         storage: AssetStorage,
         schedule: PollSchedule,
         max_concurrent_assets: int,
+        previous: CampaignManifest | None = None,
+        redo_drafts: frozenset[str] = frozenset(),
     ):
         self.brief = brief
+        self.previous = previous
+        """The manifest an earlier run left, if any: its paid jobs stay on the books."""
+        self.redo_drafts = redo_drafts
+        """Assets whose drafts are no longer at EvoLink to make again (`--redo-drafts`)."""
+        self.booked_keys: set[str] = set()
         self.plans = plans
         self.references = references
         self.credentials = credentials
@@ -427,9 +465,10 @@ class CampaignRun:
         request: ImageRequest,
         estimate: CostEstimate,
         identity: dict[str, Any],
+        prepare: Callable[[], Awaitable[ImageRequest]] | None = None,
     ) -> JobRecord | None:
         """Reserve, run, book. None when the budget stopped it; raises when the job failed,
-        after booking whatever it may have cost."""
+        after booking whatever it may have cost. `prepare`: see `run_image_job`."""
         asset = plan.asset.id
         amount = await self.budget.reserve(estimate.usd)
         if amount is None:
@@ -456,6 +495,7 @@ class CampaignRun:
                 resubmits=RESUBMITS,
                 identity=identity,
                 trail=trail,
+                prepare=prepare,
             )
         except TaskFailedError as error:
             billed = getattr(error, "billed", None)
@@ -489,8 +529,9 @@ class CampaignRun:
         that never got its submit record (a killed run). Best effort: the records suffice for
         everything else."""
         namespace = self.namespace(asset, stage)
+        scope = self.credentials.endpoint_scope
         keys = [
-            job_key(namespace, request, attempt=attempt, identity=identity)
+            job_key(namespace, request, attempt=attempt, identity=identity, endpoint=scope)
             for attempt in range(1, RESUBMITS + 2)
         ]
         entry = JournalEntry(
@@ -521,6 +562,7 @@ class CampaignRun:
         billed = None if record.billed_usd is None else Decimal(record.billed_usd)
         await self.budget.settle(reserved, estimate.usd, billed)
         self.rows.append(job_row(asset, stage, record, estimate, failed=failed))
+        self.booked_keys.add(record.job_key)
 
     async def book_unsettled(
         self,
@@ -561,6 +603,101 @@ class CampaignRun:
         except Exception:  # noqa: BLE001 — cannot tell: assume it was sent
             return True
 
+    async def _redo_needless(self, plan: AssetPlan, record: JobRecord) -> str:
+        """Why the drafts of `record` need no redo ("" when they do): a final made from one of
+        them is stored, S3 presigns them, or EvoLink still serves their links (one look-up)."""
+        for image in record.images:
+            request, identity = self.final_job(plan, image)
+            _, final = await find_finished_job(
+                request,
+                namespace=self.namespace(plan.asset.id, "final"),
+                credentials=self.credentials,
+                storage=self.storage,
+                resubmits=RESUBMITS,
+                identity=identity,
+            )
+            if final is not None:
+                return f"its final (task {final.task_id}) is stored"
+        if not record.images:
+            return "its drafts job stored no image"
+        first = record.images[0]
+        if await self.storage.apresigned_url(first.key, PRESIGN_SECONDS):
+            return "its stored drafts are sent presigned from S3"
+        if (utcnow() - record.completed_at).total_seconds() >= DRAFT_LINK_USABLE_SECONDS:
+            return ""
+        try:
+            await lookup_result_url(record.task_id, first.index, self.credentials)
+        except (NotFoundError, ResultExpiredError):
+            return ""
+        return f"its drafts (task {record.task_id}) are still at EvoLink"
+
+    async def keep_earlier_jobs(self) -> None:
+        """A rerun keeps on its books every job paid in the campaign's earlier runs that this
+        run did not book itself (drafts a redo replaced, a charged attempt before a resubmit,
+        jobs of assets this run did not reach): from the job records of the keys in the
+        campaign's journal, then from the earlier manifest's rows — only jobs made at this
+        endpoint. So a rerun never lowers what the manifest says was billed."""
+        if self.previous is None:
+            return
+        campaign, endpoint = self.brief.campaign, self.credentials.endpoint
+        booked = {row.task_id for row in self.rows}
+        earlier: list[JobRow] = []
+        problems: list[str] = []
+        journal = await read_journal(self.storage, campaign, problems)
+        keys = [
+            (entry, key)
+            for entry in journal
+            for key in entry.job_keys
+            if key not in self.booked_keys
+        ]
+        found = await asyncio.gather(
+            *(self.storage.aget_json(job_record_key(key)) for _, key in keys)
+        )
+        for (entry, _), data in zip(keys, found, strict=True):
+            if data is None or not reusable_here(data, self.credentials.base_url):
+                continue
+            record = JobRecord.model_validate(data)
+            if record.task_id not in booked:
+                earlier.append(stored_row(entry.asset, entry.stage, record))
+                booked.add(record.task_id)
+        records = {
+            r.task_id: r.model_dump(mode="json")
+            for o in self.previous.assets
+            for r in (o.drafts, o.final)
+            if r is not None
+        }
+        known: dict[str, JobRow] = {}
+        for row in self.previous.jobs:
+            made_at = row.endpoint or (
+                record_endpoint(records[row.task_id]) if row.task_id in records else None
+            )
+            if made_at != endpoint:
+                continue
+            if row.billed_usd is not None:
+                known[row.task_id] = row
+            if row.task_id not in booked:
+                earlier.append(row)
+                booked.add(row.task_id)
+        for i, row in enumerate(self.rows):  # a bill read before EvoLink forgot the task
+            before = known.get(row.task_id)
+            if row.billed_usd is None and before is not None:
+                self.rows[i] = row.model_copy(
+                    update={
+                        "billed_usd": before.billed_usd,
+                        "billed_credits": before.billed_credits,
+                        "failed": f"{row.failed or ''}; billed as an earlier run read it".lstrip(
+                            "; "
+                        ),
+                    }
+                )
+        for problem in problems:
+            self.logger.warning("Earlier jobs: %s", problem)
+        if earlier:
+            self.logger.info(
+                "%d job(s) paid in earlier runs of %s stay on its books", len(earlier), campaign
+            )
+        self.rows.extend(row.model_copy(update={"earlier_run": True}) for row in earlier)
+
     async def read_unknown_bills(self) -> None:
         """Ask EvoLink (a step with retries) for the bills the run could not read itself."""
 
@@ -600,12 +737,63 @@ class CampaignRun:
             "references": self.references[plan.asset.id].identities,
         }
         record = await self.paid_job(plan, "draft", plan.draft, plan.draft_estimate, identity)
-        if record is not None:
-            self.update(plan.asset.id, drafts=record)
+        if record is None:
+            return
+        record = await self.newest_drafts(plan, identity, record)
+        if plan.asset.id in self.redo_drafts:
+            record = await self.redo(plan, identity, record)
+        self.update(plan.asset.id, drafts=record)
 
-    async def draft_url(self, asset: str, drafts: JobRecord, image: StoredImage) -> str:
+    def _redo_key(self, plan: AssetPlan, identity: dict[str, Any], of: JobRecord) -> str:
+        return job_key(
+            self.namespace(plan.asset.id, "draft"),
+            plan.draft,
+            identity=_redo_identity(identity, of),
+            endpoint=self.credentials.endpoint_scope,
+        )
+
+    async def newest_drafts(
+        self, plan: AssetPlan, identity: dict[str, Any], record: JobRecord
+    ) -> JobRecord:
+        """The asset's newest drafts: a redo (`--redo-drafts`) is keyed by the drafts it
+        replaced, so following the chain from the first drafts finds it — storage reads only,
+        in every later run, with or without the flag."""
+        while True:
+            data = await self.storage.aget_json(
+                job_record_key(self._redo_key(plan, identity, record))
+            )
+            if data is None or not reusable_here(data, self.credentials.base_url):
+                return record
+            record = JobRecord.model_validate(data)
+            await self.book(plan.asset.id, "draft", record, Decimal(0), plan.draft_estimate)
+
+    async def redo(self, plan: AssetPlan, identity: dict[str, Any], record: JobRecord) -> JobRecord:
+        """Pay for fresh drafts of an asset named in `--redo-drafts` — only when its newest
+        drafts can no longer make a final (`draft_url`'s rule): a rerun with the same flag after
+        the redo finds the redo and pays nothing, and S3 storage never needs one."""
+        asset = plan.asset.id
+        why_not = await self._redo_needless(plan, record)
+        if why_not:
+            self.logger.info("--redo-drafts %s: not redone — %s", asset, why_not)
+            return record
+        self.logger.warning(
+            "--redo-drafts %s: paying for fresh drafts (≈%s): the drafts of task %s are no "
+            "longer at EvoLink",
+            asset,
+            usd(plan.draft_estimate.usd),
+            record.task_id,
+        )
+        redone = await self.paid_job(
+            plan, "draft", plan.draft, plan.draft_estimate, _redo_identity(identity, record)
+        )
+        return record if redone is None else redone
+
+    async def draft_url(self, plan: AssetPlan, drafts: JobRecord, image: StoredImage) -> str:
         """A URL EvoLink can fetch the chosen draft from: presigned S3, else its result link —
-        the one its poll returned while fresh (`DRAFT_LINK_REUSE_SECONDS`), else looked up."""
+        the one its poll returned while fresh (`DRAFT_LINK_REUSE_SECONDS`), else looked up
+        while EvoLink still keeps it (`DRAFT_LINK_USABLE_SECONDS`). Else
+        `DraftUnavailableError`, before anything is sent."""
+        asset = plan.asset.id
         fresh = self.draft_links.pop(asset, None)
         url = await self.storage.apresigned_url(image.key, PRESIGN_SECONDS)
         if url is not None:
@@ -617,9 +805,38 @@ class CampaignRun:
                 and 0 <= image.index < len(links)
             ):
                 return links[image.index]
-        return cast(str, await lookup_result_url(drafts.task_id, image.index, self.credentials))
+        age = (utcnow() - drafts.completed_at).total_seconds()
+        if age >= DRAFT_LINK_USABLE_SECONDS:
+            cause = (
+                f"it was made {age / 3600:.1f} h ago, and EvoLink keeps result links 24 h "
+                "(the final needs the last hour)"
+            )
+            raise DraftUnavailableError(
+                asset, image.index, drafts.task_id, cause, plan.draft_estimate.usd
+            )
+        try:
+            return cast(str, await lookup_result_url(drafts.task_id, image.index, self.credentials))
+        except (NotFoundError, ResultExpiredError) as error:
+            cause = f"EvoLink no longer has it ({type(error).__name__}: {error})"
+            raise DraftUnavailableError(
+                asset, image.index, drafts.task_id, cause, plan.draft_estimate.usd
+            ) from error
+
+    def final_job(self, plan: AssetPlan, image: StoredImage) -> tuple[ImageRequest, dict[str, Any]]:
+        """The final's request with a placeholder for the draft's URL (never sent: the URL is
+        made by `final`'s `prepare`) and its identity, which the job key is made of."""
+        request = plan.final_request(PLACEHOLDER_DRAFT_URL)
+        identity = {
+            "request": request.model_dump(exclude={"image_urls", "mask_url"}),
+            "draft_sha256": image.sha256,
+            "references": self.references[plan.asset.id].identities,
+        }
+        return request, identity
 
     async def final(self, plan: AssetPlan) -> None:
+        """The final of an asset whose draft was chosen. Its key comes from what defines it
+        (the request without URLs, the chosen draft's sha256), so a stored final is found with
+        no EvoLink call; the draft's URL is made only when the final is really sent."""
         outcome = self.outcomes[plan.asset.id]
         if (
             outcome.status is not AssetStatus.PENDING
@@ -627,18 +844,22 @@ class CampaignRun:
             or outcome.chosen_draft is None
         ):
             return
-        [image] = [i for i in outcome.drafts.images if i.index == outcome.chosen_draft]
-        draft_url = await self.draft_url(plan.asset.id, outcome.drafts, image)
-        request = plan.final_request(draft_url)
-        identity = {
-            "request": request.model_dump(exclude={"image_urls", "mask_url"}),
-            "draft_sha256": image.sha256,
-            "references": self.references[plan.asset.id].identities,
-        }
+        drafts = outcome.drafts
+        [image] = [i for i in drafts.images if i.index == outcome.chosen_draft]
+        request, identity = self.final_job(plan, image)
+        links: list[str] = []
+
+        async def prepare() -> ImageRequest:
+            links.append(await self.draft_url(plan, drafts, image))
+            return plan.final_request(links[-1])
+
         try:
-            record = await self.paid_job(plan, "final", request, plan.final_estimate, identity)
+            record = await self.paid_job(
+                plan, "final", request, plan.final_estimate, identity, prepare=prepare
+            )
         finally:
-            forget_results(draft_url)  # the look-up's result: see `forget_results`
+            self.draft_links.pop(plan.asset.id, None)
+            forget_results(*links)  # the look-up's result: see `forget_results`
         if record is not None:
             self.update(plan.asset.id, status=AssetStatus.FINAL, final=record, detail="")
 
@@ -699,6 +920,7 @@ class CampaignRun:
                 suggested,
                 links_valid_seconds=timeout + 3600,
                 compact=_many_to_review(self.plans, self.outcomes, suggested),
+                deadline_rule=self.deadline_rule(timeout),
             )
         form, read_answer = review_form(self.plans, self.outcomes, suggested, description)
         estimate = sum(
@@ -753,6 +975,22 @@ class CampaignRun:
                 self.update(asset, chosen_draft=index, detail=detail)
         return True
 
+    def deadline_rule(self, timeout: int) -> str:
+        """The review's deadline and why, for the review artifact."""
+        until = (utcnow() + timedelta(seconds=timeout)).isoformat(timespec="minutes")
+        if isinstance(self.storage, S3AssetStorage):
+            return (
+                f"Answer by {until} ({timeout / 3600:.1f} h). On S3 storage a final is made "
+                "from the stored draft (presigned), so a late answer still gets its finals."
+            )
+        usable = int(DRAFT_LINK_USABLE_SECONDS // 3600)
+        return (
+            f"Answer by {until} ({timeout / 3600:.1f} h). On local storage a final is made "
+            f"from its draft's result link at EvoLink, usable {usable} h after the draft: the "
+            "default deadline (20 h) stays inside it. Drafts answered for later cannot become "
+            "finals: rerun with --redo-drafts ASSET (fresh drafts, paid) or use S3 storage."
+        )
+
     def manifest(self, selection: str, started_at: Any, state: RunState) -> CampaignManifest:
         ours = campaign_estimate_usd(self.plans)
         delivered = [p for p in self.plans if self.outcomes[p.asset.id].status is AssetStatus.FINAL]
@@ -791,6 +1029,10 @@ class CampaignRun:
         self, selection: str, started_at: Any, state: RunState
     ) -> tuple[CampaignManifest, str]:
         """Store the manifest (a step, with retries), then publish the cost artifacts."""
+        try:
+            await self.keep_earlier_jobs()
+        except Exception as error:  # noqa: BLE001 — this run's own rows are still right
+            self.logger.error("Jobs of earlier runs not read: %s", error)
         if state != "cancelled":
             await self.read_unknown_bills()
         manifest = self.manifest(selection, started_at, state)
@@ -810,6 +1052,21 @@ class CampaignRun:
         return manifest, uri
 
 
+def _redo_identity(identity: dict[str, Any], replaced: JobRecord) -> dict[str, Any]:
+    """A redo's job identity: the drafts' own, plus the task whose drafts it replaces."""
+    return {**identity, "redo_of": replaced.task_id}
+
+
+async def _previous_manifest(storage: AssetStorage, campaign: str) -> CampaignManifest | None:
+    """The manifest an earlier run left; None when there is none or it cannot be read (the
+    job records still keep this run's own books right)."""
+    try:
+        return await read_manifest(storage, campaign)
+    except Exception as error:  # noqa: BLE001 — see above
+        get_run_logger().warning("Earlier manifest of %s not read: %s", campaign, error)
+        return None
+
+
 def _charged(billed: Any) -> bool:
     """Whether a `BilledCost` says money was taken (an unknown bill is not a charge)."""
     return bool((billed.usd or 0) > 0 or (billed.credits or 0) > 0)
@@ -823,13 +1080,14 @@ async def run_campaign(
     credentials_block: str | None = None,
     storage_block: str | None = None,
     max_concurrent_assets: int = 4,
-    approval_timeout_seconds: int = 24 * 3600,
+    approval_timeout_seconds: int = DEFAULT_APPROVAL_TIMEOUT_SECONDS,
     approval_poll_seconds: int = 10,
     poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
     credentials: EvoLinkCredentials | None = None,
     storage: LocalAssetStorage | S3AssetStorage | None = None,
     spend_cap_block: str | None = None,
     spend_cap: EvoLinkSpendCap | None = None,
+    redo_drafts: list[str] | None = None,
 ) -> CampaignManifest:
     """Run a campaign brief: drafts for every asset, one chosen per asset, finals for those.
 
@@ -863,7 +1121,9 @@ async def run_campaign(
             still bound jobs across all runs).
         approval_timeout_seconds: How long an 'approval' run waits for the review; after it
             no final is sent: a paused run completes without them, a suspended one is failed
-            by the Prefect server ("never resumed").
+            by the Prefect server ("never resumed"). The default, 20 h, keeps the review
+            inside the drafts' life at EvoLink (result links last 24 h); longer is warned
+            about on local storage, where a final needs its draft's link.
         approval_poll_seconds: Seconds between checks for the reviewer's answer (paused runs).
         poll_deadline_seconds: Most seconds to wait for EvoLink to finish one job before that
             asset fails (a rerun reattaches to the job and pays nothing new).
@@ -878,6 +1138,9 @@ async def run_campaign(
             Ignored when `spend_cap` is given; with neither, no cap.
         spend_cap: An EvoLink Spend Cap block (the form offers the saved ones). Wins over
             `spend_cap_block`.
+        redo_drafts: Asset ids whose drafts EvoLink no longer has (a day later, on local
+            storage): their fresh drafts are paid for and used, once — a rerun with the same
+            list finds them. Assets whose drafts are still usable are not redone.
 
     Returns:
         The campaign manifest: every asset's outcome, every paid job with its estimate and
@@ -921,6 +1184,12 @@ async def run_campaign(
     logger = get_run_logger()
     started_at = utcnow()
     brief = load_brief(brief_path)
+    redo = frozenset(redo_drafts or ())
+    unknown = sorted(redo - {asset.id for asset in brief.assets})
+    if unknown:
+        raise BriefError(
+            [f"redo_drafts: {', '.join(unknown)} is not an asset of campaign {brief.campaign}"]
+        )
     chosen_selector = load_selector(selector)
     credentials, asset_storage = await resolve_blocks(
         credentials=credentials,
@@ -935,6 +1204,18 @@ async def run_campaign(
     refusal = budget_refusal(brief, plans)
     if refusal:
         raise BudgetExceededError(refusal)
+    if (
+        selection == "approval"
+        and approval_timeout_seconds > DEFAULT_APPROVAL_TIMEOUT_SECONDS
+        and not isinstance(asset_storage, S3AssetStorage)
+    ):
+        logger.warning(
+            "approval_timeout_seconds=%d is longer than the drafts stay usable at EvoLink on "
+            "local storage (%d h): an answer after that fails its assets' finals "
+            "(DraftUnavailableError: use S3 storage, or rerun with --redo-drafts)",
+            approval_timeout_seconds,
+            int(DRAFT_LINK_USABLE_SECONDS // 3600),
+        )
 
     run = CampaignRun(
         brief,
@@ -944,6 +1225,8 @@ async def run_campaign(
         asset_storage,
         credentials.poll_schedule(poll_deadline_seconds),
         max_concurrent_assets,
+        previous=await _previous_manifest(asset_storage, brief.campaign),
+        redo_drafts=redo,
     )
     logger.info(
         "Campaign %s: %d assets, estimate %s of budget %s",

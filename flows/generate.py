@@ -157,7 +157,7 @@ async def run_and_report(
     )
     cap = await resolve_spend_cap(spend_cap, spend_cap_block)
     if cap is not None:
-        first = job_key(namespace, request, identity=identity)
+        first = job_key(namespace, request, identity=identity, endpoint=credentials.endpoint_scope)
         if await storage.aexists(submit_record_key(first)):
             cap = None  # sent before: reattaching costs nothing new
     reservation = await reserve_spend(cap, storage, estimate(request).usd, namespace)

@@ -51,7 +51,9 @@ async def spend_report(
     Every paid job is counted once (by its EvoLink task id): a campaign job as its manifest
     `<campaign>/manifest.json` books it, any other job — ad hoc `adhoc/<name>`, product
     `product/<id>`, or a campaign job no manifest lists any more — from its records under
-    `_jobs/`. A bill nobody could read is counted at its estimate and reported as unknown. The
+    `_jobs/`. A bill nobody could read is counted at its estimate and reported as unknown.
+    Jobs made at the bundled simulator are never added to the real spend: their synthetic bills
+    are summed apart (`simulator_totals`, a labelled line, a `simulator` CSV row). The
     report is stored as `_reports/spend/<period>.csv` and `.json` and published as the
     artifacts `evolink-spend` (table) and `evolink-spend-summary` (markdown). Nothing is sent
     to EvoLink but, with credentials, status queries for the bills the records do not know.
@@ -74,8 +76,9 @@ async def spend_report(
             `credentials_block`.
 
     Returns:
-        The spend report: totals (billed, estimated, drift, unknown bills), one group per
-        campaign, deployment, product, month, stage and quality, and every job counted.
+        The spend report: totals of the real spend (billed, estimated, drift, unknown bills),
+        one group per campaign, deployment, product, month, stage and quality, the simulator's
+        jobs summed apart, and every job counted (each marked real or simulator).
 
     Raises:
         ValueError: A bound or the time zone cannot be read, or a named block does not exist.

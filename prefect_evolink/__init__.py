@@ -18,67 +18,152 @@ The package is laid out like other Prefect collections:
 - the Prefect-free client and domain model live in the separate top-level package `evolink`,
   and every error either raises is in `evolink.errors` (re-exported here).
 
-Importing this package registers its block types with Prefect; the `prefect.collections` entry
-point lets Prefect do that on its own (`prefect block register -m prefect_evolink` does it by
+Importing this package imports neither Prefect nor any of these names: each is imported from its
+module when first used (PEP 562), so `prefect-evolink` can put its Prefect settings into the
+environment before Prefect reads them (`prefect_evolink/_cli_settings.py`). Prefect registers
+our block types whenever it loads collections (`Block.load`, workers, its server): the
+`prefect.collections` entry point names `prefect_evolink.blocks`, and importing that module
+registers them (`prefect block register -m prefect_evolink.blocks` registers them with an API by
 hand).
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from evolink.errors import (
-    APIConnectionError,
-    APIStatusError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    BriefError,
-    BudgetExceededError,
-    CampaignIncompleteError,
-    EvoLinkError,
-    HostError,
-    InsufficientCreditsError,
-    InvalidImageError,
-    InvalidRequestError,
-    MissingCredentialsError,
-    NotFoundError,
-    PaidJobNotStoredError,
-    PermissionDeniedError,
-    PollDeadlineExceeded,
-    ProviderLimitsError,
-    RateLimitError,
-    ResultExpiredError,
-    ServerError,
-    SpendCapExceededError,
-    SubmitRecordNotStoredError,
-    TaskFailedError,
-    UnsafeResultLinkError,
-)
-from evolink.models import ImageRequest
-from prefect_evolink.blocks import (
-    AssetStorage,
-    EvoLinkCredentials,
-    EvoLinkSpendCap,
-    LocalAssetStorage,
-    S3AssetStorage,
-    load_storage,
-    safe_key,
-)
-from prefect_evolink.deployments.task_workers import arequest_products, request_products
-from prefect_evolink.flows.asset_requested import generate_product_asset, product_image
-from prefect_evolink.flows.campaign import run_campaign
-from prefect_evolink.flows.generate import generate_image
-from prefect_evolink.flows.spend import spend_report
-from prefect_evolink.tasks.job import run_image_job
-from prefect_evolink.tasks.persist import persist_image, persist_images
-from prefect_evolink.tasks.poll import poll_job
-from prefect_evolink.tasks.submit import submit_job
+# Where each public name is defined: `__getattr__` imports it from there on first use.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "evolink.errors": (
+        "APIConnectionError",
+        "APIStatusError",
+        "APITimeoutError",
+        "AuthenticationError",
+        "BadRequestError",
+        "BriefError",
+        "BudgetExceededError",
+        "CampaignIncompleteError",
+        "EvoLinkError",
+        "HostError",
+        "InsufficientCreditsError",
+        "InvalidImageError",
+        "InvalidRequestError",
+        "MissingCredentialsError",
+        "NotFoundError",
+        "PaidJobNotStoredError",
+        "PermissionDeniedError",
+        "PollDeadlineExceeded",
+        "ProviderLimitsError",
+        "RateLimitError",
+        "ResultExpiredError",
+        "ServerError",
+        "SpendCapExceededError",
+        "SubmitRecordNotStoredError",
+        "TaskFailedError",
+        "UnsafeResultLinkError",
+    ),
+    "evolink.models": ("ImageRequest",),
+    "prefect_evolink.blocks": (
+        "AssetStorage",
+        "EvoLinkCredentials",
+        "EvoLinkSpendCap",
+        "LocalAssetStorage",
+        "S3AssetStorage",
+        "load_storage",
+        "safe_key",
+    ),
+    "prefect_evolink.deployments.task_workers": ("arequest_products", "request_products"),
+    "prefect_evolink.flows.asset_requested": ("generate_product_asset", "product_image"),
+    "prefect_evolink.flows.campaign": ("run_campaign",),
+    "prefect_evolink.flows.generate": ("generate_image",),
+    "prefect_evolink.flows.spend": ("spend_report",),
+    "prefect_evolink.tasks.job": ("run_image_job",),
+    "prefect_evolink.tasks.persist": ("persist_image", "persist_images"),
+    "prefect_evolink.tasks.poll": ("poll_job",),
+    "prefect_evolink.tasks.submit": ("submit_job",),
+}
+_MODULE_OF: dict[str, str] = {name: module for module, names in _EXPORTS.items() for name in names}
+# The subpackages, as attributes (`prefect_evolink.flows`) as well as modules.
+_SUBPACKAGES = frozenset({"blocks", "deployments", "flows", "tasks"})
 
-try:
-    __version__ = version("prefect-evolink")
-except PackageNotFoundError:  # pragma: no cover - only when run from a tree never installed
-    __version__ = "0+unknown"
+if TYPE_CHECKING:  # the same names, for type checkers and editors
+    from evolink.errors import (
+        APIConnectionError,
+        APIStatusError,
+        APITimeoutError,
+        AuthenticationError,
+        BadRequestError,
+        BriefError,
+        BudgetExceededError,
+        CampaignIncompleteError,
+        EvoLinkError,
+        HostError,
+        InsufficientCreditsError,
+        InvalidImageError,
+        InvalidRequestError,
+        MissingCredentialsError,
+        NotFoundError,
+        PaidJobNotStoredError,
+        PermissionDeniedError,
+        PollDeadlineExceeded,
+        ProviderLimitsError,
+        RateLimitError,
+        ResultExpiredError,
+        ServerError,
+        SpendCapExceededError,
+        SubmitRecordNotStoredError,
+        TaskFailedError,
+        UnsafeResultLinkError,
+    )
+    from evolink.models import ImageRequest
+    from prefect_evolink.blocks import (
+        AssetStorage,
+        EvoLinkCredentials,
+        EvoLinkSpendCap,
+        LocalAssetStorage,
+        S3AssetStorage,
+        load_storage,
+        safe_key,
+    )
+    from prefect_evolink.deployments.task_workers import arequest_products, request_products
+    from prefect_evolink.flows.asset_requested import generate_product_asset, product_image
+    from prefect_evolink.flows.campaign import run_campaign
+    from prefect_evolink.flows.generate import generate_image
+    from prefect_evolink.flows.spend import spend_report
+    from prefect_evolink.tasks.job import run_image_job
+    from prefect_evolink.tasks.persist import persist_image, persist_images
+    from prefect_evolink.tasks.poll import poll_job
+    from prefect_evolink.tasks.submit import submit_job
+
+    __version__: str
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use (PEP 562) and keep it as a module attribute."""
+    if name == "__version__":
+        value: Any = _installed_version()
+    elif name in _MODULE_OF:
+        value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("prefect-evolink")
+    except PackageNotFoundError:  # pragma: no cover - only when run from a tree never installed
+        return "0+unknown"
+
 
 __all__ = [
     "APIConnectionError",

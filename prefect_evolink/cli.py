@@ -51,18 +51,20 @@ import traceback
 from contextlib import ExitStack
 from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-# A fresh machine's first run migrates Prefect's SQLite database before the temporary API
-# answers, which takes longer than Prefect's default 20 s on two cores. No telemetry: the
-# machine may have no internet.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+from prefect_evolink._cli_settings import missing_cli_defaults
+
+# Prefect fixes its settings when it is first imported, so the command's defaults for them (the
+# startup timeout of its temporary server, no telemetry: prefect_evolink/_cli_settings.py) go into
+# the environment first. Nothing imported above imports Prefect; `--help` and the checks that
+# run before any flow do not import it at all.
+os.environ.update(missing_cli_defaults(os.environ))
 
 from evolink.brief import check_plans, load_brief
 from evolink.campaign import CampaignManifest, budget_refusal
-from evolink.client import DEFAULT_BASE_URL
 from evolink.cost import estimate, usd
+from evolink.endpoint import DEFAULT_BASE_URL
 from evolink.errors import (
     APIConnectionError,
     AuthenticationError,
@@ -83,8 +85,12 @@ from evolink.errors import (
 )
 from evolink.jobs import JobRecord
 from evolink.models import MASK_EXTENSIONS, REFERENCE_EXTENSIONS, parse_request
-from prefect_evolink.blocks import ENV_ASSETS_DIR
-from prefect_evolink.blocks.credentials import ENV_API_KEY, ENV_BASE_URL
+
+# The environment variables of prefect_evolink.blocks, which imports Prefect
+# (tests/test_cold_start.py checks that both say the same).
+ENV_API_KEY: Final = "EVOLINK_API_KEY"
+ENV_BASE_URL: Final = "EVOLINK_BASE_URL"
+ENV_ASSETS_DIR: Final = "EVOLINK_ASSETS_DIR"
 
 PROG = "prefect-evolink"
 
@@ -148,7 +154,14 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     campaign.add_argument("brief", type=Path)
     campaign.add_argument("--selection", choices=["auto", "approval"], default="auto")
     campaign.add_argument("--selector", default=None, help="package.module:function for auto")
-    campaign.add_argument("--approval-timeout", type=int, default=24 * 3600, help="seconds")
+    campaign.add_argument(
+        "--approval-timeout",
+        type=int,
+        default=20 * 3600,
+        metavar="SECONDS",
+        help="how long an approval run waits for its reviewer (default 72000 = 20 h: inside the "
+        "24 h EvoLink keeps drafts' links; longer is warned about on local storage)",
+    )
     commands.add_parser(
         "deploy", help="work pool, limits, deployments (prefect-evolink deploy --help)"
     )
@@ -171,6 +184,14 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     _callbacks_arguments(commands)
     _serve_products_arguments(commands)
     for sub in (demo, campaign):
+        sub.add_argument(
+            "--redo-drafts",
+            action="append",
+            default=[],
+            metavar="ASSET",
+            help="pay for fresh drafts of ASSET when EvoLink no longer has its drafts (a day "
+            "later, on local storage); repeat for several assets",
+        )
         sub.add_argument("--credentials-block", default=None)
         sub.add_argument("--storage-block", default=None)
         sub.add_argument(
@@ -241,15 +262,24 @@ def _spend_arguments(commands: Any) -> None:
     spend.add_argument("--no-store", action="store_true", help="print only; store no report")
 
 
-def _start_simulator(stack: ExitStack) -> None:
+SIMULATOR_STATE_DIR = ".evolink-simulator"
+"""Under the assets directory: the bundled simulator's tasks, bills and port, kept across runs
+like the assets they made, so a second `demo` finds the first one's jobs (and pays nothing)."""
+
+
+def _start_simulator(stack: ExitStack, assets_dir: Path) -> None:
     from evolink.simulator import EvoLinkSimulator
 
-    simulator = stack.enter_context(EvoLinkSimulator(generation_seconds=4.0))
+    state_dir = assets_dir / SIMULATOR_STATE_DIR
+    simulator = stack.enter_context(EvoLinkSimulator(generation_seconds=4.0, state_dir=state_dir))
     os.environ[ENV_API_KEY] = simulator.api_key
     os.environ[ENV_BASE_URL] = simulator.base_url
     os.environ["EVOLINK_ALLOW_PRIVATE_URLS"] = "true"  # its result links are http://127.0.0.1
     print(BANNER, flush=True)
-    print(f"Simulator listening on {simulator.base_url}\n", flush=True)
+    print(
+        f"Simulator listening on {simulator.base_url} (its tasks are kept in {state_dir})\n",
+        flush=True,
+    )
 
 
 def _print_job(record: JobRecord) -> None:
@@ -308,7 +338,7 @@ def _run(args: argparse.Namespace) -> int:
                 **({"resolution": args.resolution} if args.resolution else {}),
             }
         )
-        _check_api_reachable(args)
+        _announce_api(args)
         cost = estimate(request)
         print(
             f"Request: {request.size} {request.resolution or ''} {request.quality}, n={request.n} "
@@ -327,7 +357,12 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     from prefect_evolink.blocks import load_storage
-    from prefect_evolink.flows.campaign import DEFAULT_SELECTOR, manifest_key, run_campaign
+    from prefect_evolink.flows.campaign import (
+        DEFAULT_APPROVAL_TIMEOUT_SECONDS,
+        DEFAULT_SELECTOR,
+        manifest_key,
+        run_campaign,
+    )
 
     selection: Literal["auto", "approval"] = "auto" if args.command == "demo" else args.selection
     with ExitStack() as files_open:
@@ -337,7 +372,7 @@ def _run(args: argparse.Namespace) -> int:
             brief = args.brief
         print(f"Campaign brief: {brief} (selection: {selection})")
         _check_brief(Path(brief))  # before any Prefect server: exit 2 or 3, nothing started
-        _check_api_reachable(args)
+        _announce_api(args)
         manifest = asyncio.run(
             run_campaign(
                 str(brief),
@@ -345,8 +380,11 @@ def _run(args: argparse.Namespace) -> int:
                 selector=getattr(args, "selector", None) or DEFAULT_SELECTOR,
                 credentials_block=args.credentials_block,
                 storage_block=args.storage_block,
-                approval_timeout_seconds=getattr(args, "approval_timeout", 24 * 3600),
+                approval_timeout_seconds=getattr(
+                    args, "approval_timeout", DEFAULT_APPROVAL_TIMEOUT_SECONDS
+                ),
                 spend_cap_block=args.spend_cap_block,
+                redo_drafts=args.redo_drafts or None,
             )
         )
     storage = load_storage(args.storage_block)
@@ -379,11 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         with ExitStack() as stack:
             args.simulated = args.credentials_block is None and not os.environ.get(ENV_API_KEY)
             if args.simulated:
-                _start_simulator(stack)
+                _start_simulator(stack, Path(args.assets_dir).resolve())
             elif args.credentials_block:
                 print(f"Using the real EvoLink API of credentials block {args.credentials_block!r}")
-            else:
-                print(f"Using the real EvoLink API at {_base_url()}")
             if args.storage_block is None:
                 os.environ.setdefault(ENV_ASSETS_DIR, str(Path(args.assets_dir).resolve()))
             code = _run(args)
@@ -696,22 +732,30 @@ def _stand_in(spec: str, name: str, extensions: tuple[str, ...]) -> str:
     return f"https://references.invalid/{name}.png"
 
 
-def _check_api_reachable(args: argparse.Namespace) -> None:
+def _announce_api(args: argparse.Namespace) -> None:
     """With credentials from the environment, one unauthenticated HEAD to the API's base URL
     (any answer will do; the key is not sent) so an unreachable API fails before Prefect starts
-    and before any job. A credentials block's URL is only known inside the flow."""
+    and before any job; then say which API this is — the real one, or a simulator (it marks
+    its replies, `evolink.endpoint.SIMULATOR_HEADER`). A credentials block's URL is only known
+    inside the flow."""
     if getattr(args, "simulated", False) or getattr(args, "credentials_block", None):
         return
     import httpx
 
+    from evolink.endpoint import SIMULATOR_HEADER
+
     base_url = _base_url()
     try:
-        httpx.head(base_url, timeout=API_CHECK_SECONDS)
+        response = httpx.head(base_url, timeout=API_CHECK_SECONDS)
     except httpx.TransportError as error:
         raise APIConnectionError(
             f"no answer from {base_url} ({type(error).__name__}: {error}); "
             f"check the network or {ENV_BASE_URL}"
         ) from error
+    if response.headers.get(SIMULATOR_HEADER):
+        print(f"Using an EvoLink SIMULATOR at {base_url}: synthetic images, nothing billed")
+    else:
+        print(f"Using the real EvoLink API at {base_url}")
 
 
 def _fail(error: Exception, args: argparse.Namespace) -> int:

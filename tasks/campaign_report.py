@@ -446,9 +446,11 @@ async def publish_review_sheet(
     suggested: dict[str, int | None],
     links_valid_seconds: int = 24 * 3600,
     compact: bool = False,
+    deadline_rule: str = "",
 ) -> str:
     """Publish `<campaign>-review` and return the Resume dialog's description (same grid);
-    `compact`: the form is the two lists of a review of many assets, not a choice per asset.
+    `compact`: the form is the two lists of a review of many assets, not a choice per asset;
+    `deadline_rule`: how long the review may take and why, shown under the drafts.
 
     Full-size links are presigned for `links_valid_seconds` (at most 7 days), where the storage
     can presign (S3); local storage has no links, only the thumbnails and its paths.
@@ -462,7 +464,8 @@ async def publish_review_sheet(
             key=artifact_key(campaign, "review"),
             markdown=review_markdown(
                 campaign, plans, outcomes, suggested, drafts, expires, compact=compact
-            ),
+            )
+            + (f"\n\n**Review deadline.** {deadline_rule}\n" if deadline_rule else ""),
             description=f"Drafts of {campaign} awaiting review ({_run_label()})",
         )
     except Exception as error:  # noqa: BLE001 — the Resume dialog still shows the drafts

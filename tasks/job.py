@@ -7,14 +7,16 @@ run in the UI, with its own retries.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from prefect import get_run_logger
 from prefect.context import FlowRunContext
 from prefect.utilities.collections import visit_collection
 
 from evolink.cost import estimate
+from evolink.endpoint import DEFAULT_ENDPOINT, record_endpoint, reusable_here
 from evolink.errors import (
     InvalidImageError,
     PaidJobNotStoredError,
@@ -25,6 +27,7 @@ from evolink.errors import (
 from evolink.jobs import (
     JobRecord,
     SubmitRecord,
+    intent_record_key,
     job_key,
     job_record_key,
     submit_record_key,
@@ -39,6 +42,9 @@ from prefect_evolink.tasks.persist import persist_images, stored_images
 from prefect_evolink.tasks.poll import poll_job
 from prefect_evolink.tasks.spend import record_bill
 from prefect_evolink.tasks.submit import submit_job
+
+ELSEWHERE_FILE: Final = "elsewhere.json"
+"""Under a job's unscoped key: where the job was last done, for `_say_why_not_reused`."""
 
 
 @dataclass
@@ -92,10 +98,14 @@ async def run_image_job(
     resubmits: int = 1,
     identity: dict[str, Any] | None = None,
     trail: JobTrail | None = None,
+    prepare: Callable[[], Awaitable[ImageRequest]] | None = None,
 ) -> JobRecord:
     """Return the job's record, doing only what has not been done yet.
 
-    A finished job (its record is in storage) costs nothing to run again. A task that failed with
+    A finished job (its record is in storage, made at this endpoint) costs nothing to run
+    again: not one EvoLink call, whatever EvoLink has forgotten since. A record made at another
+    endpoint (the simulator, another base URL) is never reused: the job is sent here, and the
+    log says why (`evolink.endpoint`). A task that failed with
     a code a new submission may fix is resubmitted up to `resubmits` times — each a deliberate,
     separately keyed job; a policy failure, a task EvoLink reports `cancelled` and a task that
     was charged are never resubmitted (`evolink.errors.resubmit_may_help`). A failed or
@@ -106,28 +116,53 @@ async def run_image_job(
     behind the links without paying again. A task created whose submit record could not be
     stored raises `SubmitRecordNotStoredError` (after the step's retries), with the submit
     record in `trail.submitted` too: a paid job whose bill is still unknown.
+
+    `prepare`, when given, returns the request to send and is called only right before a new
+    create (no intent or submit record of the attempt exists): what is costly or perishable to
+    make — a chosen draft's result link, which EvoLink forgets after 24 h — is made only when
+    it will really be sent. The job key must then come from `identity`, not from the request.
     """
     logger = get_run_logger()
     cost = estimate(request)
+    scope, finished = await find_finished_job(
+        request,
+        namespace=namespace,
+        credentials=credentials,
+        storage=storage,
+        resubmits=resubmits,
+        identity=identity,
+    )
+    if finished is not None:
+        logger.info(
+            "Job %s already finished (task %s); reusing its record", namespace, finished.task_id
+        )
+        return finished
+    await _say_why_not_reused(request, namespace, credentials, storage, identity)
+    prepared = prepare is None
     for attempt in range(1, resubmits + 2):
-        key = job_key(namespace, request, attempt=attempt, identity=identity)
-        finished = await storage.aget_json(job_record_key(key))
-        if finished is not None:
-            logger.info(
-                "Job %s already finished (task %s); reusing its record",
-                namespace,
-                finished["task_id"],
-            )
-            return JobRecord.model_validate(finished)
-
+        key = job_key(namespace, request, attempt=attempt, identity=identity, endpoint=scope)
         if trail is not None:
             trail.sending, trail.submitted = key, None
+        sent = await _sent_before(storage, key)
+        if (
+            prepare is not None
+            and not prepared
+            and not sent
+            and not await _intent_before(storage, key)
+        ):
+            request, prepared = await prepare(), True
         # One provider slot from just before submit until the poll ends (tasks/limits.py); a
         # job sent before (a rerun) polls on without waiting for one.
-        async with provider_capacity(reattach=await _sent_before(storage, key)):
+        async with provider_capacity(reattach=sent):
             try:
                 submit = await submit_job(
-                    namespace, request, credentials, storage, attempt=attempt, identity=identity
+                    namespace,
+                    request,
+                    credentials,
+                    storage,
+                    attempt=attempt,
+                    identity=identity,
+                    scope=scope,
                 )
             except SubmitRecordNotStoredError as error:
                 if trail is not None:  # created, so billed if it completes: book it by its id
@@ -195,8 +230,116 @@ async def run_image_job(
         forget_results(submit, final, images)
         record = JobRecord.build(submit, cost, final.billed, images, completed_at=utcnow())
         await storage.aput_json(job_record_key(key), record.model_dump(mode="json"))
+        await _note_elsewhere(storage, namespace, request, identity, record)
         return record
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def find_finished_job(
+    request: ImageRequest,
+    *,
+    namespace: str,
+    credentials: EvoLinkCredentials,
+    storage: AssetStorage,
+    resubmits: int = 1,
+    identity: dict[str, Any] | None = None,
+) -> tuple[str, JobRecord | None]:
+    """(the job key scope to use here, the finished record of any attempt made here or None).
+
+    Storage reads only, no EvoLink call: a rerun of a finished job never needs EvoLink, which
+    may have forgotten the task and its links long ago. Every attempt is looked at, since a
+    later attempt's record means the earlier ones failed.
+
+    Keys of EvoLink's own API are unscoped (`evolink.endpoint`). An old record found there that
+    was made on a local server (the simulator, before records said where they were made) is
+    set aside: the job then uses the explicitly scoped key of EvoLink's API, so the real job
+    gets records of its own.
+    """
+    scope = credentials.endpoint_scope
+    for _ in range(2):
+        foreign: dict[str, Any] | None = None
+        for attempt in range(1, resubmits + 2):
+            key = job_key(namespace, request, attempt=attempt, identity=identity, endpoint=scope)
+            data = await storage.aget_json(job_record_key(key))
+            if data is None:
+                continue
+            if reusable_here(data, credentials.base_url):
+                return scope, JobRecord.model_validate(data)
+            foreign = data
+        if foreign is None or scope:
+            return scope, None
+        get_run_logger().warning(
+            "Job %s has a record made at %s (task %s), not at %s: not reused; the job is sent "
+            "to %s as a job of its own",
+            namespace,
+            record_endpoint(foreign),
+            foreign.get("task_id"),
+            credentials.endpoint,
+            credentials.endpoint,
+        )
+        scope = DEFAULT_ENDPOINT
+    return scope, None
+
+
+def _family_key(namespace: str, request: ImageRequest, identity: dict[str, Any] | None) -> str:
+    """The job's key as EvoLink's own API has it (no endpoint scope): where every endpoint's
+    run of the same job leaves a note (`elsewhere.json`), so another endpoint's run can say why
+    it does not reuse that job."""
+    return job_key(namespace, request, identity=identity)
+
+
+def _elsewhere_key(family: str) -> str:
+    return f"{submit_record_key(family).rsplit('/', 1)[0]}/{ELSEWHERE_FILE}"
+
+
+async def _note_elsewhere(
+    storage: AssetStorage,
+    namespace: str,
+    request: ImageRequest,
+    identity: dict[str, Any] | None,
+    record: JobRecord,
+) -> None:
+    """Best effort: note where this job was done, under its unscoped key (see `_family_key`)."""
+    try:
+        await storage.aput_json(
+            _elsewhere_key(_family_key(namespace, request, identity)),
+            {
+                "endpoint": record.endpoint,
+                "simulator": record.simulator,
+                "job_key": record.job_key,
+                "task_id": record.task_id,
+            },
+        )
+    except Exception as error:  # noqa: BLE001 — only a log line depends on it
+        get_run_logger().debug("Note of where job %s was done not written: %s", namespace, error)
+
+
+async def _say_why_not_reused(
+    request: ImageRequest,
+    namespace: str,
+    credentials: EvoLinkCredentials,
+    storage: AssetStorage,
+    identity: dict[str, Any] | None,
+) -> None:
+    """A job about to be sent that was already done at another endpoint: say so, and why it is
+    not reused (records belong to the endpoint they were made at). Best effort."""
+    try:
+        note = await storage.aget_json(_elsewhere_key(_family_key(namespace, request, identity)))
+    except Exception:  # noqa: BLE001 — only a log line depends on it
+        return
+    if not note or reusable_here(note, credentials.base_url):
+        return
+    where = note.get("endpoint") or "another endpoint"
+    kind = "the EvoLink simulator" if note.get("simulator") else where
+    get_run_logger().warning(
+        "Job %s was done before at %s (%s, task %s): records are never reused across "
+        "endpoints, so it is sent to %s",
+        namespace,
+        kind,
+        where,
+        note.get("task_id"),
+        credentials.endpoint,
+    )
 
 
 async def _sent_before(storage: AssetStorage, key: str) -> bool:
@@ -207,5 +350,16 @@ async def _sent_before(storage: AssetStorage, key: str) -> bool:
     """
     try:
         return bool(await storage.aexists(submit_record_key(key)))
+    except Exception:  # noqa: BLE001 — see above
+        return False
+
+
+async def _intent_before(storage: AssetStorage, key: str) -> bool:
+    """Whether the job's intent record exists: its create may have reached EvoLink, and a retry
+    resends the stored bytes (so a `prepare`d request is not needed). Unknown counts as no: the
+    request is then prepared, which costs a look-up at most, and `submit_job` still resends the
+    stored intent if there is one."""
+    try:
+        return bool(await storage.aexists(intent_record_key(key)))
     except Exception:  # noqa: BLE001 — see above
         return False

@@ -14,7 +14,9 @@ The sums themselves are Prefect-free (`evolink.spend`); this is their glue:
   before the slot is released. The run releases it when it ends (`SpendReservation.release`,
   in a `finally`); until then it counts less what the run's own jobs already recorded. A
   reservation whose flow run ended (any final state) or that is older than the cap's
-  `reservation_hours` no longer counts, so a killed run cannot hold the cap forever.
+  `reservation_hours` no longer counts, so a killed run cannot hold the cap forever. The
+  period's spend is the real spend only: jobs made at the bundled simulator are synthetic
+  bills nobody paid, so they never count against a cap (`SpendReport.simulator_totals`).
 - what a job records for the report: its run's origin in the submit record (`run_origin`) and
   the bill of a job that ended without a result record (`record_bill`).
 
@@ -259,7 +261,8 @@ async def gather_spend(
     exclude_reservation: str | None = None,
     check_runs: bool = False,
 ) -> SpendReport:
-    """What storage says the jobs submitted in [since, until) cost (`evolink.spend`).
+    """What storage says the jobs submitted in [since, until) cost (`evolink.spend`): real
+    spend in the totals, the bundled simulator's jobs summed apart (`simulator_totals`).
 
     Args:
         storage: The storage block the runs used.
@@ -451,7 +454,9 @@ async def reserve_spend(
 
     Under the `evolink-spend-cap` lock: the period's spend (manifests and job records in
     `storage`) + what other running runs reserved + `estimate_usd` must fit `cap.limit_usd`;
-    then the reservation is stored. Without a cap nothing is checked or stored.
+    then the reservation is stored. Without a cap nothing is checked or stored. The spend is
+    the real spend only (`SpendReport.totals`): what the bundled simulator "billed" is
+    synthetic, and a cap that counted it would refuse real work over money never spent.
 
     Args:
         cap: The spend cap block, or None.
@@ -484,7 +489,7 @@ async def reserve_spend(
             exclude_reservation=reservation_id,
             check_runs=True,
         )
-        spent = Decimal(report.totals.total_usd)
+        spent = Decimal(report.totals.total_usd)  # real jobs only, never the simulator's
         refusal = cap_refusal(
             cap=_cap_name(cap),
             limit_usd=Decimal(cap.limit_usd),
@@ -520,6 +525,13 @@ async def reserve_spend(
         usd(estimate_usd),
         usd(left),
     )
+    if report.simulator_totals.jobs:
+        _logger().info(
+            "Not counted against the cap: %s over %d job(s) of the bundled simulator "
+            "(synthetic, not billed by EvoLink)",
+            usd(report.simulator_totals.total_usd),
+            report.simulator_totals.jobs,
+        )
     return SpendReservation(storage, key, reservation)
 
 

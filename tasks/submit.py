@@ -35,6 +35,7 @@ async def submit_job(
     storage: AssetStorage,
     attempt: int = 1,
     identity: dict[str, Any] | None = None,
+    scope: str | None = None,
 ) -> SubmitRecord:
     """Create the EvoLink task for this job, or reattach to the one already created.
 
@@ -59,6 +60,9 @@ async def submit_job(
             counts up, which makes it a new, separately keyed (and billed) job.
         identity: What identifies the job instead of the request itself, when the request
             holds values that change between runs (such as presigned reference URLs).
+        scope: What the job key adds for the endpoint (`evolink.endpoint`); None: the
+            credentials' own (`credentials.endpoint_scope`), which is what every caller wants
+            but `run_image_job` setting an old record of another endpoint aside.
 
     Returns:
         The submit record: job key, Idempotency-Key, EvoLink task id, the request as sent, the
@@ -83,7 +87,8 @@ async def submit_job(
         ```
     """
     logger = get_run_logger()
-    key = job_key(namespace, request, attempt=attempt, identity=identity)
+    scope = credentials.endpoint_scope if scope is None else scope
+    key = job_key(namespace, request, attempt=attempt, identity=identity, endpoint=scope)
     record_key = submit_record_key(key)
     existing = await storage.aget_json(record_key)
     if existing is not None:
@@ -130,6 +135,8 @@ async def submit_job(
         estimate=cost.as_dict(),
         replayed=created.replayed,
         estimated_time=created.task.estimated_time,
+        endpoint=credentials.endpoint,
+        simulator=created.simulator,
     )
     # The run it came from (flow run, deployment) rides along for the spend report.
     origin = await run_origin()

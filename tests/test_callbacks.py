@@ -42,6 +42,7 @@ from prefect import flow
 
 from evolink.callbacks import EVENT_COMPLETED, EVENT_FAILED, task_event
 from evolink.campaign import campaign_namespace
+from evolink.endpoint import endpoint_scope
 from evolink.jobs import (
     JobRecord,
     TaskIndex,
@@ -245,7 +246,7 @@ def test_a_moved_callback_url_reattaches_instead_of_paying_again(
     assert entry.request["callback_url"] == first_url  # the block's URL went with the request
     assert storage.get_json(task_index_key(first.task_id))["job_key"] == first.job_key
     # A crash after the create, before anything was recorded: only the intent is left.
-    key = job_key(namespace, REQUEST)
+    key = job_key(namespace, REQUEST, endpoint=endpoint_scope(sim.base_url))
     for record in (job_record_key(key), submit_record_key(key)):
         (Path(storage.base_dir) / record).unlink()
     moved = credentials_for(sim, "https://127.0.0.1:9/moved/evolink/callback")
@@ -636,7 +637,7 @@ def test_a_completed_jobs_callback_becomes_one_event_via_the_cli_receiver(
 
     campaign = unique_campaign()
     namespace = campaign_namespace(campaign, "hero", "final")
-    key = job_key(namespace, REQUEST)
+    key = job_key(namespace, REQUEST, endpoint=endpoint_scope(sim.base_url))
     running = start_receiver(sim, storage, tls)
     try:
         assert running.url.endswith(CALLBACK_PATH)

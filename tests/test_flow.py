@@ -16,6 +16,7 @@ import httpx
 import pytest
 from prefect import flow
 
+from evolink.endpoint import endpoint_scope
 from evolink.errors import PaidJobNotStoredError, PollDeadlineExceeded, TaskFailedError
 from evolink.jobs import (
     JobRecord,
@@ -133,7 +134,9 @@ def test_crash_after_submit_reattaches_to_the_same_task(
 
     submitted = asyncio.run(submit_then_crash())
     assert LocalAssetStorage(base_dir=str(assets_dir)).exists(
-        submit_record_key(job_key("adhoc/crash", REQUEST))
+        submit_record_key(
+            job_key("adhoc/crash", REQUEST, endpoint=endpoint_scope(evolink_env.base_url))
+        )
     )
     record = generate(job_name="crash")
     assert record.task_id == submitted.task_id

@@ -143,7 +143,7 @@ def test_the_wheel_installs_two_packages_and_nothing_generic(wheel: Path) -> Non
     assert "prefect_evolink/briefs/spring-launch.yaml" in names
     assert "prefect_evolink/deployments/prefect.yaml" in names
     assert "prefect_evolink/deployments/automations.yaml" in names
-    assert "[prefect.collections]\nprefect_evolink = prefect_evolink" in entry_points
+    assert "[prefect.collections]\nprefect_evolink = prefect_evolink.blocks\n" in entry_points
     assert "prefect-evolink = prefect_evolink.cli:main" in entry_points
 
 
@@ -204,7 +204,7 @@ def test_their_packages_and_ours_both_import_and_prefect_finds_our_blocks(
         "assert flows.OWNER == 'user-flows' and tasks.OWNER == 'user-tasks', (flows, tasks)\n"
         "from importlib.metadata import entry_points\n"
         "eps = entry_points(group='prefect.collections', name='prefect_evolink')\n"
-        "assert [e.value for e in eps] == ['prefect_evolink'], eps\n"
+        "assert [e.value for e in eps] == ['prefect_evolink.blocks'], eps\n"
         "from prefect.blocks.core import Block\n"
         "from prefect.plugins import load_prefect_collections\n"
         "from prefect.utilities.dispatch import lookup_type\n"
@@ -212,7 +212,7 @@ def test_their_packages_and_ours_both_import_and_prefect_finds_our_blocks(
         "collections = load_prefect_collections()\n"
         "assert 'prefect_evolink' in collections, collections\n"
         "for slug in ('evolink-credentials', 'evolink-local-asset-storage',\n"
-        "             'evolink-s3-asset-storage'):\n"
+        "             'evolink-s3-asset-storage', 'evolink-spend-cap'):\n"
         "    lookup_type(Block, slug)\n"
         "import prefect_evolink.flows.campaign, prefect_evolink.tasks.job\n"
         "from prefect_evolink import (EvoLinkCredentials, EvoLinkError, LocalAssetStorage,\n"

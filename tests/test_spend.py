@@ -4,6 +4,9 @@ EvoLink task once; a capped run refuses before it sends anything; two runs start
 cannot both pass a cap only one fits.
 
 On the simulator, with the session's Prefect test API where a flow or the lock is involved.
+What the simulator bills is synthetic and never real spend (`tests/test_spend_endpoints.py`);
+the tests here that need spend to count use it as a stand-in for a billing API
+(`simulator_as_billing_api`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from prefect.utilities.callables import parameter_schema
 
+import evolink.client
 from evolink.campaign import CampaignManifest, JobRow, totals
 from evolink.cost import estimate
 from evolink.errors import SpendCapExceededError
@@ -81,6 +85,15 @@ PRODUCT_ESTIMATE = estimate(
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def simulator_as_billing_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulator as a stand-in for a billing API: its replies still carry its header, but
+    the client looks for one nobody sends, so its jobs are recorded like those of any other
+    endpoint — real spend, as the totals and the cap tests below need. (Jobs it is known to
+    have made are summed apart and never count against a cap: test_spend_endpoints.py.)"""
+    monkeypatch.setattr(evolink.client, "SIMULATOR_HEADER", "x-no-such-header")
 
 
 def small_brief(tmp_path: Path, name: str = "spend-campaign", budget: float = 1.0) -> Path:
@@ -334,7 +347,7 @@ def test_reservations_count_until_released_expired_ended_or_replaced() -> None:
 # --- the report of real runs ----------------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.usefixtures("prefect_harness", "simulator_as_billing_api")
 def test_report_totals_are_the_manifests_plus_the_other_jobs_records(
     evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
 ) -> None:
@@ -445,7 +458,7 @@ def test_the_origin_names_the_deployment_of_a_deployed_run(monkeypatch: pytest.M
     assert origin["deployment"].startswith("evolink-product-asset/d-")
 
 
-@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.usefixtures("prefect_harness", "simulator_as_billing_api")
 def test_the_flow_stores_csv_and_json_and_publishes_stable_artifacts(
     evolink_env: EvoLinkSimulator, assets_dir: Path
 ) -> None:
@@ -475,7 +488,7 @@ def saved_cap(limit: Decimal, name: str | None = None) -> str:
     return name
 
 
-@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.usefixtures("prefect_harness", "simulator_as_billing_api")
 def test_a_job_over_the_cap_is_refused_before_anything_is_sent(
     evolink_env: EvoLinkSimulator, assets_dir: Path
 ) -> None:
@@ -611,7 +624,7 @@ def race(monkeypatch: pytest.MonkeyPatch, cap: EvoLinkSpendCap, *, locked: bool)
     return Race(states, seen["peak"], bool(seen["overlapped"]))
 
 
-@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.usefixtures("prefect_harness", "simulator_as_billing_api")
 def test_two_runs_at_once_cannot_both_pass_a_cap_only_one_fits(
     evolink_env: EvoLinkSimulator, assets_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -634,7 +647,7 @@ def test_two_runs_at_once_cannot_both_pass_a_cap_only_one_fits(
     assert asyncio.run(limit()).limit == 1  # created when missing, one slot
 
 
-@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.usefixtures("prefect_harness", "simulator_as_billing_api")
 def test_without_the_lock_the_same_race_lets_both_through(
     evolink_env: EvoLinkSimulator, assets_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

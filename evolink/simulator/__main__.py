@@ -1,7 +1,18 @@
 """`python -m evolink.simulator`: run the simulator in the foreground until Ctrl-C or SIGTERM.
 
-The first line printed to stdout is the base URL alone, so a script or test that starts this as a
-subprocess can read where to connect (useful with --port 0).
+Also `prefect-evolink simulator` (same options). The first line printed to stdout is the base URL
+alone, so a script or test that starts this as a subprocess can read where to connect (useful
+with --port 0). Then, on stderr, it says loudly that this is the simulator and not the real
+EvoLink API, where its state lives, and the environment that points code and workers at it.
+
+    python -m evolink.simulator --state-dir .evolink-sim     # survives restarts, same port
+    python -m evolink.simulator --task-ttl-seconds 600 --idempotency-ttl-seconds 300
+
+`--state-dir DIR` keeps tasks, links, Idempotency-Keys, the ledger and the clock in
+DIR/simulator-state.json, so a restart carries on where the last run stopped (and, with
+--port 0, on the same port if it is free); without it a restart forgets every task. Tasks are
+forgotten (GET → 404) `--task-ttl-seconds` after they finish and keys `--idempotency-ttl-seconds`
+after their task was created, like at EvoLink; POST /_sim/age ages past all of it at once.
 
     python -m evolink.simulator --seed 3 --faults '[{"kind": "rate_limit", "times": 2}]'
     python -m evolink.simulator --seed 3 --chaos '{"create": 0.05, "get": 0.03, "download": 0.03,
@@ -22,12 +33,30 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Final
 
 from evolink.simulator.chaos import FaultRates
 from evolink.simulator.faults import Fault
 from evolink.simulator.server import EvoLinkSimulator
-from evolink.simulator.service import DEFAULT_API_KEY
+from evolink.simulator.service import (
+    DEFAULT_API_KEY,
+    DEFAULT_IDEMPOTENCY_TTL_SECONDS,
+    DEFAULT_TASK_TTL_SECONDS,
+)
+from evolink.simulator.state import SimulatorStateError
 from evolink.simulator.tasks import PROGRESS_CURVES
+
+ADMIN_ROUTES: Final = (
+    "/_sim/health",
+    "/_sim/ledger",
+    "/_sim/stats",
+    "/_sim/faults",
+    "/_sim/chaos",
+    "/_sim/callbacks",
+    "/_sim/clock",
+    "/_sim/age",
+    "/_sim/reset",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,7 +67,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8787, help="0 picks a free port")
     parser.add_argument("--api-key", default=DEFAULT_API_KEY)
     parser.add_argument("--generation-seconds", type=float, default=2.0)
-    parser.add_argument("--result-ttl-seconds", type=float, default=86400)
+    parser.add_argument(
+        "--result-ttl-seconds", type=float, default=86400, help="result links expire after this"
+    )
+    parser.add_argument(
+        "--task-ttl-seconds",
+        type=float,
+        default=DEFAULT_TASK_TTL_SECONDS,
+        help="a task is forgotten (GET answers 404) this long after it finished",
+    )
+    parser.add_argument(
+        "--idempotency-ttl-seconds",
+        type=float,
+        default=DEFAULT_IDEMPOTENCY_TTL_SECONDS,
+        help="an Idempotency-Key replays its task this long after the task was created; "
+        "after that the same key creates (and bills) a new task",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="keep tasks, links, keys, ledger and clock in DIR/simulator-state.json so a "
+        "restart carries on (and, with --port 0, reuses the saved port if free); default: "
+        "memory only",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--estimate-factor",
@@ -91,6 +143,29 @@ def _load_chaos(spec: str) -> FaultRates:
     return FaultRates.from_dict(json.loads(text))
 
 
+def _shown_key(api_key: str) -> str:
+    """The key as the banner may print it: the simulator's own public test key in full; any
+    other (someone may have passed a real one to --api-key) never."""
+    return api_key if api_key == DEFAULT_API_KEY else "<the key given to --api-key>"
+
+
+def banner(sim: EvoLinkSimulator) -> list[str]:
+    """The stderr lines that say, unmistakably, what is running and how to use it."""
+    state = sim.state_file
+    where = (
+        f"state in {state.parent}"
+        if state is not None
+        else "state in memory only: a restart forgets every task"
+    )
+    return [
+        f"EvoLink SIMULATOR (not the real EvoLink API: synthetic images, nothing billed) on "
+        f"{sim.base_url} — {where}",
+        f"point your code and workers at it with EVOLINK_BASE_URL={sim.base_url} "
+        f"EVOLINK_ALLOW_PRIVATE_URLS=true EVOLINK_API_KEY={_shown_key(sim.api_key)}",
+        f"admin (loopback only): {sim.base_url}{', '.join(ADMIN_ROUTES)}. Ctrl-C stops.",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -98,19 +173,26 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    sim = EvoLinkSimulator(
-        host=args.host,
-        port=args.port,
-        api_key=args.api_key,
-        generation_seconds=args.generation_seconds,
-        result_ttl_seconds=args.result_ttl_seconds,
-        seed=args.seed,
-        chaos=_load_chaos(args.chaos) if args.chaos else None,
-        callback_ca_file=args.callback_ca_file,
-        estimate_factor=args.estimate_factor,
-        estimate_spread=args.estimate_spread,
-        progress_curve=args.progress_curve,
-    )
+    try:
+        sim = EvoLinkSimulator(
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            generation_seconds=args.generation_seconds,
+            result_ttl_seconds=args.result_ttl_seconds,
+            task_ttl_seconds=args.task_ttl_seconds,
+            idempotency_ttl_seconds=args.idempotency_ttl_seconds,
+            seed=args.seed,
+            chaos=_load_chaos(args.chaos) if args.chaos else None,
+            callback_ca_file=args.callback_ca_file,
+            estimate_factor=args.estimate_factor,
+            estimate_spread=args.estimate_spread,
+            progress_curve=args.progress_curve,
+            state_dir=args.state_dir,
+        )
+    except (SimulatorStateError, ValueError) as error:
+        print(f"prefect-evolink simulator: error: {error}", file=sys.stderr, flush=True)
+        return 2
     if args.faults:
         sim.add_faults(_load_faults(args.faults))
     stop = threading.Event()
@@ -121,16 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     with sim:
-        print(sim.base_url, flush=True)
-        print(
-            f"EvoLink simulator on {sim.base_url} (API key {sim.api_key}); "
-            f"admin: {sim.base_url}/_sim/health, /_sim/ledger, /_sim/faults, /_sim/chaos, "
-            "/_sim/callbacks, "
-            "/_sim/reset. "
-            "Ctrl-C stops.",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(sim.base_url, flush=True)  # first stdout line: scripts read it
+        print("\n".join(banner(sim)), file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass
     return 0

@@ -4,6 +4,10 @@ Tests prove claims about the client from the server's side: "exactly one task pe
 (idempotency), "the money billed equals the estimate", "never more than N tasks running at once"
 (a concurrency limit). The ledger is the evidence. Task state advances with the clock, not with
 background threads, so an entry is a snapshot of the task as of the read.
+
+It is the provider's billing record, so it keeps every task ever created — also those the API has
+forgotten (`forgotten`: GET answers 404 "Task not found or expired"), and across restarts of a
+simulator with a state directory.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class LedgerEntry:
     error_code: str | None
     faults: tuple[str, ...] = ()
     response_lost: bool = False
+    forgotten: bool = False  # the API answers 404 for it now; the bill stands
 
     @property
     def input_tokens(self) -> int:

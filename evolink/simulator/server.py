@@ -3,17 +3,22 @@
 A real socket matters: the client's timeouts, keep-alive pool, retries on dropped connections and
 streamed downloads are only tested when bytes really cross one. The standard library's
 ThreadingHTTPServer is enough (tests make tens of requests, not thousands) and adds no dependency.
+
+Every reply — API, download, admin, error, even the standard library's own 400/501 — carries
+`X-EvoLink-Simulator: 1`, so nothing that talks to it can mistake it for the real EvoLink API.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import sys
 import threading
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
@@ -22,7 +27,13 @@ from evolink.simulator.chaos import FaultRates
 from evolink.simulator.faults import Fault
 from evolink.simulator.ledger import LedgerEntry, max_concurrent
 from evolink.simulator.replies import Reply, error_reply, invalid_request
-from evolink.simulator.service import DEFAULT_API_KEY, SimulatorService
+from evolink.simulator.service import (
+    DEFAULT_API_KEY,
+    DEFAULT_IDEMPOTENCY_TTL_SECONDS,
+    DEFAULT_TASK_TTL_SECONDS,
+    SimulatorService,
+)
+from evolink.simulator.state import StateFile, WriteBehind
 
 log = logging.getLogger("evolink.simulator")
 
@@ -30,12 +41,16 @@ CHUNK_SIZE: Final = 64 * 1024
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 IDLE_TIMEOUT_SECONDS: Final = 60.0
+SIMULATOR_HEADER: Final = "X-EvoLink-Simulator"
+"""On every reply: this is the simulator, not the real EvoLink API."""
 
 
 class _Server(ThreadingHTTPServer):
     """Daemon handler threads, plus a registry of open sockets so stop() can hang them up."""
 
     daemon_threads = True
+    # SO_REUSEADDR: a simulator restarted at once gets its port back even while the old
+    # socket lingers in TIME_WAIT (it never lets two live listeners share a port on Linux).
     allow_reuse_address = True
     # listen() backlog: socketserver's default of 5 resets connections when a catalogue
     # benchmark opens 50-100 at once; a real API's load balancer accepts them.
@@ -88,6 +103,12 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with self.server.connections_lock:
                 self.server.open_connections.discard(self.connection)
+
+    def end_headers(self) -> None:
+        """Every reply says it comes from the simulator — ours and the standard library's
+        own error pages alike, since both end their headers here."""
+        self.send_header(SIMULATOR_HEADER, "1")
+        super().end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s - %s", self.address_string(), format % args)
@@ -151,6 +172,16 @@ class EvoLinkSimulator:
     A request with a `callback_url` gets the finished task POSTed there, in the background
     (`evolink.simulator.callbacks`; `sim.callbacks` lists the attempts). The URL is https-only,
     so `callback_ca_file` names the CA a local receiver's certificate is signed by.
+
+    Like the real API it forgets, by its clock: a task `task_ttl_seconds` after it finished, an
+    Idempotency-Key `idempotency_ttl_seconds` after its task was created; result links expire
+    after `result_ttl_seconds`. `sim.age()` (POST /_sim/age) moves the clock past all of it at
+    once. The ledger keeps every task ever billed.
+
+    With `state_dir`, the simulator keeps its state in `<state_dir>/simulator-state.json`
+    (`evolink.simulator.state`): a new simulator on the same directory carries on where the last
+    one stopped — tasks, links, keys, ledger, clock — on the same port when `port=0` and that
+    port is free. A corrupt file raises `SimulatorStateError` from the constructor.
     """
 
     def __init__(
@@ -161,6 +192,8 @@ class EvoLinkSimulator:
         api_key: str = DEFAULT_API_KEY,
         generation_seconds: float = 2.0,
         result_ttl_seconds: float = 86400,
+        task_ttl_seconds: float = DEFAULT_TASK_TTL_SECONDS,
+        idempotency_ttl_seconds: float = DEFAULT_IDEMPOTENCY_TTL_SECONDS,
         seed: int = 0,
         png_cache_bytes: int = 128 * 1024 * 1024,
         chaos: FaultRates | None = None,
@@ -168,6 +201,7 @@ class EvoLinkSimulator:
         estimate_factor: float = 1.0,
         estimate_spread: float = 0.0,
         progress_curve: str = "linear",
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -175,6 +209,8 @@ class EvoLinkSimulator:
             api_key=api_key,
             generation_seconds=generation_seconds,
             result_ttl_seconds=result_ttl_seconds,
+            task_ttl_seconds=task_ttl_seconds,
+            idempotency_ttl_seconds=idempotency_ttl_seconds,
             seed=seed,
             png_cache_bytes=png_cache_bytes,
             chaos=chaos,
@@ -185,14 +221,63 @@ class EvoLinkSimulator:
         )
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._saved_port: int | None = None  # the port the state file remembers
+        self._state: StateFile | None = None
+        self._saver: WriteBehind | None = None
+        if state_dir is not None:
+            self._state = StateFile(state_dir)
+            self._saver = WriteBehind(self._state, lambda: self.service.changes, self._document)
+            self._load_state(self._state)
+
+    # --- the state file -------------------------------------------------------------------
+
+    def _load_state(self, state: StateFile) -> None:
+        """Carry on from the saved state, if any; a file that cannot be used is an error, not
+        an empty start (that would silently lose every task it holds)."""
+        document = state.load()
+        if document is None:
+            return
+        try:
+            self.service.restore_state(document)
+            port = document.get("port")
+            if port is not None and (isinstance(port, bool) or not 0 < int(port) < 65536):
+                raise ValueError(f"port: {port!r} is not a TCP port")
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            problem = f"{type(error).__name__}: {error}"
+            raise state.error(f"is not a simulator state this version can read ({problem})") from (
+                error
+            )
+        self._saved_port = None if port is None else int(port)
+
+    def _document(self) -> dict[str, Any]:
+        return {**self.service.snapshot_state(), "port": self._saved_port}
+
+    @property
+    def state_file(self) -> Path | None:
+        """Where the state is kept (None: in memory only, a restart forgets every task)."""
+        return None if self._state is None else self._state.path
+
+    def save_state(self) -> None:
+        """Write the state file now (it is also written within ~0.25 s of every change, and
+        when the simulator stops); a no-op without a state dir."""
+        if self._saver is not None:
+            self._saver.save_now()
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> EvoLinkSimulator:
-        """Bind and serve in a daemon thread; returns self. Port 0 picks a free port."""
+        """Bind and serve in a daemon thread; returns self. Port 0 picks a free port — with a
+        state dir, the port saved there if it is free, so clients keep their base URL."""
         if self._server is not None:
             return self
-        server = _Server((self.host, self._requested_port), self.service)
+        server = None
+        if self._requested_port == 0 and self._saved_port:
+            try:
+                server = _Server((self.host, self._saved_port), self.service)
+            except OSError as error:
+                log.info("saved port %s is not free (%s): picking another", self._saved_port, error)
+        if server is None:
+            server = _Server((self.host, self._requested_port), self.service)
         self._server = server
         self.service.base_url = self.base_url
         self._thread = threading.Thread(
@@ -202,14 +287,31 @@ class EvoLinkSimulator:
             daemon=True,
         )
         self._thread.start()
+        if self._saver is not None:
+            self._saved_port = self.port
+            try:
+                self._saver.save_now()  # the port, and a file from the first second
+            except BaseException:
+                self._shut_down()
+                raise
+            self._saver.start()
         log.info("EvoLink simulator listening on %s", self.base_url)
         return self
 
     def stop(self) -> None:
-        """Stop accepting, hang up open keep-alive connections, release the port."""
+        """Stop accepting, hang up open keep-alive connections, release the port; with a
+        state dir, save the state one last time."""
+        if not self._shut_down():
+            return
+        if self._saver is not None:
+            self._saver.stop()
+            self._saver.save_now()
+
+    def _shut_down(self) -> bool:
+        """Stop serving and release the port; False if it was not running."""
         server, self._server = self._server, None
         if server is None:
-            return
+            return False
         self.service.close()  # callbacks not yet sent are dropped
         server.shutdown()
         server.close_open_connections()
@@ -217,6 +319,7 @@ class EvoLinkSimulator:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        return True
 
     def __enter__(self) -> EvoLinkSimulator:
         return self.start()
@@ -318,6 +421,32 @@ class EvoLinkSimulator:
         """Move the simulator's clock forward: tasks finish and links expire without waiting."""
         self.service.advance_clock(seconds)
 
+    def age(self, seconds: float | None = None) -> float:
+        """Age the simulator by `seconds` (same as POST /_sim/age), or with None far enough
+        that every task, link and Idempotency-Key that exists now has expired: GET answers
+        404, links are refused, keys create new tasks — and the ledger still has every bill.
+        Returns the seconds aged."""
+        return self.service.age(seconds)
+
+    @property
+    def task_ttl_seconds(self) -> float:
+        """New tasks are forgotten by the API (GET → 404) this long after they finish."""
+        return self.service.task_ttl_seconds
+
+    @task_ttl_seconds.setter
+    def task_ttl_seconds(self, seconds: float) -> None:
+        self.service.task_ttl_seconds = seconds
+
+    @property
+    def idempotency_ttl_seconds(self) -> float:
+        """New tasks' Idempotency-Keys replay them this long after their creation; after
+        that the same key makes (and bills) a new task."""
+        return self.service.idempotency_ttl_seconds
+
+    @idempotency_ttl_seconds.setter
+    def idempotency_ttl_seconds(self, seconds: float) -> None:
+        self.service.idempotency_ttl_seconds = seconds
+
     # --- faults ---------------------------------------------------------------------------
 
     def add_fault(self, fault: Fault | dict[str, Any] | None = None, **fields: Any) -> Fault:
@@ -364,7 +493,7 @@ class EvoLinkSimulator:
     # --- the books ------------------------------------------------------------------------
 
     def ledger(self) -> list[LedgerEntry]:
-        """Every task created, in creation order, evaluated now."""
+        """Every task created, in creation order, evaluated now — forgotten ones too."""
         return self.service.ledger()
 
     def billed_tasks(self) -> list[LedgerEntry]:
@@ -393,5 +522,6 @@ class EvoLinkSimulator:
         return self.service.callbacks.attempts()
 
     def task(self, task_id: str) -> dict[str, Any] | None:
-        """The task object as GET /v1/tasks/{id} would show it now (None if unknown)."""
+        """The task object as GET /v1/tasks/{id} would show it now (None if unknown or
+        forgotten)."""
         return self.service.task_object(task_id)

@@ -1,8 +1,14 @@
 """The simulated EvoLink API: routes in, `Reply` values out, all state behind one lock.
 
 This is where the documented behaviour lives (auth, validation with the project's own
-`ImageRequest`, idempotency, task lifecycle, billing, signed result links) and where faults are
-applied. It knows nothing about sockets, so the HTTP layer stays a thin adapter.
+`ImageRequest`, idempotency, task lifecycle, billing, signed result links, forgetting) and where
+faults are applied. It knows nothing about sockets or files, so the HTTP layer stays a thin
+adapter; `snapshot_state` / `restore_state` hand its state to `evolink.simulator.state` as plain
+JSON, and `changes` tells that saver when there is something new to write.
+
+Like the real API it forgets: a task `task_ttl_seconds` after it finished (GET answers 404 "Task
+not found or expired", its links 404), an Idempotency-Key `idempotency_ttl_seconds` after its task
+was created (the same key then creates, and bills, a new task). Its ledger forgets nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import random
 import re
 import secrets
@@ -25,7 +32,7 @@ from pydantic import ValidationError
 
 from evolink.cost import estimate
 from evolink.models import ImageRequest, validation_problems
-from evolink.simulator.callbacks import CallbackSender
+from evolink.simulator.callbacks import FINAL_STATUSES, CallbackSender
 from evolink.simulator.chaos import Chaos, FaultRates, request_key
 from evolink.simulator.faults import SERVER_ERROR_CODES, Fault, FaultBook
 from evolink.simulator.ledger import LedgerEntry, max_concurrent
@@ -41,6 +48,11 @@ from evolink.simulator.replies import (
 from evolink.simulator.tasks import PROGRESS_CURVES, LinkSigner, SimTask
 
 DEFAULT_API_KEY: Final = "sk-sim-local-demo-key"
+"""The simulator's own key: a public test value (printing it leaks nothing)."""
+DEFAULT_TASK_TTL_SECONDS: Final = 86400.0
+DEFAULT_IDEMPOTENCY_TTL_SECONDS: Final = 86400.0
+STATE_FORMAT: Final = "evolink-simulator-state"
+STATE_VERSION: Final = 1
 IDEMPOTENCY_KEY_RE: Final = re.compile(r"[A-Za-z0-9._-]{16,96}")
 ROUTE_NAMES: Final = ("create", "get", "download")
 _TASK_PATH: Final = re.compile(r"/v1/tasks/(?P<task_id>[^/]+)")
@@ -59,6 +71,14 @@ def _seconds_text(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else format(seconds, "g")
 
 
+def _ttl(name: str, seconds: float) -> float:
+    """A TTL must be a finite number of seconds >= 0 (0: gone the moment it could be)."""
+    value = float(seconds)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: must be a finite number of seconds >= 0, got {seconds!r}")
+    return value
+
+
 def _fingerprint(body: Any) -> str:
     """Same JSON meaning → same fingerprint, whatever the key order or whitespace."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -74,6 +94,8 @@ class SimulatorService:
         api_key: str = DEFAULT_API_KEY,
         generation_seconds: float = 2.0,
         result_ttl_seconds: float = 86400,
+        task_ttl_seconds: float = DEFAULT_TASK_TTL_SECONDS,
+        idempotency_ttl_seconds: float = DEFAULT_IDEMPOTENCY_TTL_SECONDS,
         seed: int = 0,
         clock: Callable[[], float] = time.time,
         png_cache_bytes: int = 128 * 1024 * 1024,
@@ -86,6 +108,8 @@ class SimulatorService:
         self.api_key = api_key
         self.generation_seconds = generation_seconds
         self.result_ttl_seconds = result_ttl_seconds
+        self.task_ttl_seconds = task_ttl_seconds
+        self.idempotency_ttl_seconds = idempotency_ttl_seconds
         self.bill_multiplier = 1.0  # new tasks bill this many times their estimated tokens
         self.estimate_factor = estimate_factor
         self.estimate_spread = estimate_spread
@@ -103,17 +127,44 @@ class SimulatorService:
         )
         self._signer = LinkSigner(secrets.token_bytes(32))
         self._lock = threading.RLock()
+        # Bumped on every change worth saving (a task created, the clock moved, a reset): a
+        # state file's saver compares it with what it last wrote. Without one it is only an int.
+        self._changes = 0
         self._reset_state()
 
     def _reset_state(self) -> None:
         # Task ids, drawn apart from the fault RNG on purpose; not secrets.
         self._ids = random.Random(f"task-ids-{self.seed}")  # nosec B311
-        self._tasks: dict[str, SimTask] = {}
+        self._tasks: dict[str, SimTask] = {}  # forgotten ones too: the ledger keeps them
         self._order: list[str] = []
-        self._idempotency: dict[str, str] = {}  # key → task id
-        self._chaos_streams: dict[str, str] = {}  # task id → what its chaos draws are about
+        self._idempotency: dict[str, str] = {}  # key → the last task id created with it
         self._counts: dict[str, int] = dict.fromkeys(ROUTE_NAMES, 0)
         self._clock_offset = 0.0
+
+    # --- how long things are remembered -----------------------------------------------------
+
+    @property
+    def task_ttl_seconds(self) -> float:
+        """New tasks are forgotten by the API this long after they finish (GET → 404)."""
+        return self._task_ttl_seconds
+
+    @task_ttl_seconds.setter
+    def task_ttl_seconds(self, seconds: float) -> None:
+        self._task_ttl_seconds = _ttl("task_ttl_seconds", seconds)
+
+    @property
+    def idempotency_ttl_seconds(self) -> float:
+        """New tasks' Idempotency-Keys replay them this long after they were created."""
+        return self._idempotency_ttl_seconds
+
+    @idempotency_ttl_seconds.setter
+    def idempotency_ttl_seconds(self, seconds: float) -> None:
+        self._idempotency_ttl_seconds = _ttl("idempotency_ttl_seconds", seconds)
+
+    @property
+    def changes(self) -> int:
+        """How many savable changes so far (tasks created, clock moves, resets)."""
+        return self._changes
 
     # --- how wrong the estimate is, how progress moves --------------------------------------
 
@@ -146,18 +197,60 @@ class SimulatorService:
 
     def advance_clock(self, seconds: float) -> float:
         """Jump ahead (tasks finish, links expire) without sleeping; returns the new offset."""
-        if seconds < 0:
-            raise ValueError("the simulator's clock only moves forward")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError("the simulator's clock only moves forward, by a finite amount")
         with self._lock:
             self._clock_offset += seconds
+            self._changes += 1
             return self._clock_offset
+
+    @property
+    def clock_offset(self) -> float:
+        """Seconds `advance_clock` has added to the real clock so far."""
+        return self._clock_offset
+
+    def seconds_to_expire_everything(self) -> float:
+        """How far the clock must move for every task, link and Idempotency-Key that exists
+        now to be gone: the longest TTL plus the longest generation time still to run, plus
+        1 s — or more, if a task was created under longer TTLs than today's."""
+        with self._lock:
+            now = self.now()
+            tasks = list(self._tasks.values())
+        longest_ttl = max(
+            self.task_ttl_seconds, self.idempotency_ttl_seconds, self.result_ttl_seconds
+        )
+        running = max((task.finish_at - now for task in tasks), default=0.0)
+        latest = max((task.expires_entirely_at - now for task in tasks), default=0.0)
+        return max(longest_ttl + max(running, 0.0), latest) + 1.0
+
+    def age(self, seconds: float | None = None) -> float:
+        """Move the clock `seconds` forward — None: far enough that every task, link and key
+        that exists now has expired (`seconds_to_expire_everything`). Returns the seconds aged.
+        Tasks still generating finish by the aged clock, as they would have by then."""
+        with self._lock:
+            aged = self.seconds_to_expire_everything() if seconds is None else float(seconds)
+            self.advance_clock(aged)
+        return aged
+
+    def forgotten_count(self) -> int:
+        """How many tasks the API has forgotten by now (all still in the ledger)."""
+        with self._lock:
+            now = self.now()
+            return sum(1 for task in self._tasks.values() if task.forgotten_at(now))
+
+    def _known(self, task_id: str, now: float) -> SimTask | None:
+        """The task as the API sees it (lock held): None if it never existed or is forgotten."""
+        task = self._tasks.get(task_id)
+        return None if task is None or task.forgotten_at(now) else task
 
     # --- inspection -----------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget every task, key, count and fault: afterwards it behaves like a fresh simulator."""
+        """Forget every task, key, count and fault: afterwards it behaves like a fresh simulator
+        (the link-signing secret stays; links of the forgotten tasks answer 404)."""
         with self._lock:
             self._reset_state()
+            self._changes += 1
         self.fault_book.reset()
         self.chaos.reset()
         self.png_cache.clear()
@@ -168,6 +261,7 @@ class SimulatorService:
         self.callbacks.close()
 
     def ledger(self) -> list[LedgerEntry]:
+        """Every task ever billed, forgotten ones too (`forgotten`), in creation order."""
         now = self.now()
         with self._lock:
             return [self._tasks[task_id].ledger_entry(now) for task_id in self._order]
@@ -177,14 +271,18 @@ class SimulatorService:
             return dict(self._counts)
 
     def task_status(self, task_id: str) -> str | None:
+        """The task's status now; None if unknown or forgotten (no callback is sent then)."""
         with self._lock:
-            task = self._tasks.get(task_id)
-            return None if task is None else task.status_at(self.now())
+            now = self.now()
+            task = self._known(task_id, now)
+            return None if task is None else task.status_at(now)
 
     def task_object(self, task_id: str) -> dict[str, Any] | None:
+        """The task as GET shows it now; None if unknown or forgotten."""
         with self._lock:
-            task = self._tasks.get(task_id)
-            return None if task is None else task.to_api(self.now(), self.base_url, self._signer)
+            now = self.now()
+            task = self._known(task_id, now)
+            return None if task is None else task.to_api(now, self.base_url, self._signer)
 
     def stats(self) -> dict[str, Any]:
         entries = self.ledger()
@@ -193,6 +291,7 @@ class SimulatorService:
             "fault_counts": self.fault_book.counts(),
             "chaos_counts": self.chaos.counts(),
             "tasks": len(entries),
+            "forgotten_tasks": sum(1 for entry in entries if entry.forgotten),
             "max_concurrent_processing": max_concurrent(entries, now=self.now()),
             "clock_offset_seconds": self._clock_offset,
             "billed_usd": str(sum((e.billed_usd for e in entries), Decimal(0))),
@@ -309,8 +408,11 @@ class SimulatorService:
         fingerprint = _fingerprint(body)
         with self._lock:
             now = self.now()
-            if key is not None and key in self._idempotency:
-                task = self._tasks[self._idempotency[key]]
+            earlier = None if key is None else self._tasks.get(self._idempotency.get(key, ""))
+            if earlier is not None and earlier.replays_at(now):
+                # Within the key's TTL: the same task (or a conflict). Past it the key is
+                # forgotten, so the request is a new one and makes, and bills, a new task.
+                task = earlier
                 if task.fingerprint != fingerprint:
                     return error_reply(
                         409,
@@ -374,10 +476,13 @@ class SimulatorService:
             response_lost="lose_create_response" in faults,
             progress_curve=self.progress_curve,
             estimated_seconds=self.estimated_seconds(seconds, stream),
+            task_ttl_seconds=self.task_ttl_seconds,
+            idempotency_ttl_seconds=self.idempotency_ttl_seconds,
+            chaos_stream=stream,
         )
         self._tasks[task.id] = task
-        self._chaos_streams[task.id] = stream
         self._order.append(task.id)
+        self._changes += 1
         if request.callback_url:
             self.callbacks.watch(task.id, request.callback_url)
         if key is not None:
@@ -392,15 +497,16 @@ class SimulatorService:
         if refused:
             return refused
         with self._lock:
-            task = self._tasks.get(task_id)
-            stream = self._chaos_streams.get(task_id, f"unknown/{task_id}")
+            task = self._known(task_id, self.now())
+        stream = task.chaos_stream if task else f"unknown/{task_id}"
         refused = self._request_faults("get", task.request.prompt if task else None, stream)
         if refused:
             return refused
-        if task is None:
-            return not_found("Task not found or expired")
         with self._lock:
-            return json_reply(task.to_api(self.now(), self.base_url, self._signer))
+            now = self.now()
+            if task is None or task.forgotten_at(now):  # forgotten meanwhile (a fault's delay)
+                return not_found("Task not found or expired")
+            return json_reply(task.to_api(now, self.base_url, self._signer))
 
     # --- GET /files/{id}/{i}.png ----------------------------------------------------------
 
@@ -408,8 +514,8 @@ class SimulatorService:
         """Presigned-link semantics: the signature and expiry are checked before anything else."""
         self._count("download")
         with self._lock:
-            task = self._tasks.get(task_id)
-            stream = self._chaos_streams.get(task_id, f"unknown/{task_id}")
+            task = self._known(task_id, self.now())
+        stream = task.chaos_stream if task else f"unknown/{task_id}"
         refused = self._request_faults(
             "download", task.request.prompt if task else None, f"{stream}/{index}"
         )
@@ -428,7 +534,12 @@ class SimulatorService:
         now = self.now()
         if now >= expires:
             return xml_error_reply(403, "AccessDenied", "Request has expired")
-        if task is None or index >= task.request.n or task.status_at(now) != "completed":
+        if (
+            task is None
+            or task.forgotten_at(now)
+            or index >= task.request.n
+            or task.status_at(now) != "completed"
+        ):
             return xml_error_reply(404, "NoSuchKey", "The specified key does not exist.")
         width, height = task.request.pixel_size()
         data = self.png_cache.get(f"{task_id}/{index}", width, height)
@@ -444,7 +555,16 @@ class SimulatorService:
         if (method, path) == ("GET", "/_sim/health"):
             with self._lock:
                 tasks = len(self._order)
-            return json_reply({"status": "ok", "base_url": self.base_url, "tasks": tasks})
+            return json_reply(
+                {
+                    "status": "ok",
+                    "simulator": True,  # not the real EvoLink API: nothing here is billed
+                    "base_url": self.base_url,
+                    "tasks": tasks,
+                    "forgotten_tasks": self.forgotten_count(),
+                    "clock_offset_seconds": self._clock_offset,
+                }
+            )
         if (method, path) == ("GET", "/_sim/ledger"):
             return json_reply([entry.to_json() for entry in self.ledger()])
         if (method, path) == ("GET", "/_sim/stats"):
@@ -461,6 +581,8 @@ class SimulatorService:
             return self._set_chaos(body)
         if (method, path) == ("POST", "/_sim/clock"):
             return self._advance_clock(body)
+        if (method, path) == ("POST", "/_sim/age"):
+            return self._age(body)
         if (method, path) == ("POST", "/_sim/reset"):
             self.reset()
             return json_reply({"status": "reset"})
@@ -501,3 +623,96 @@ class SimulatorService:
         except (ValueError, TypeError, KeyError) as error:
             return invalid_request(f'expected {{"advance": seconds >= 0}}: {error}')
         return json_reply({"clock_offset_seconds": offset, "now": self.now()})
+
+    def _age(self, raw: bytes) -> Reply:
+        """Body: {"seconds": N} to age by N seconds; {} or {"expire": true} to age until every
+        task, link and Idempotency-Key that exists now has expired."""
+        try:
+            data = json.loads(raw or b"{}")
+            if not isinstance(data, dict):
+                raise ValueError("the body must be a JSON object")
+            unknown = sorted(set(data) - {"seconds", "expire"})
+            if unknown:
+                raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+            seconds, expire = data.get("seconds"), data.get("expire")
+            if expire not in (None, True, False):
+                raise ValueError("expire: must be true or false")
+            if seconds is not None:
+                if expire or isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+                    raise ValueError("seconds: a number >= 0 (and not together with expire)")
+                aged = self.age(float(seconds))
+            elif expire is False:
+                raise ValueError("expire false and no seconds: nothing to do")
+            else:
+                aged = self.age(None)
+        except ValueError as error:
+            return invalid_request(f'expected {{"seconds": N >= 0}} or {{"expire": true}}: {error}')
+        with self._lock:
+            tasks = len(self._order)
+        return json_reply(
+            {
+                "aged_seconds": aged,
+                "clock_offset_seconds": self._clock_offset,
+                "now": self.now(),
+                "tasks": tasks,
+                "forgotten_tasks": self.forgotten_count(),
+            }
+        )
+
+    # --- the state file (evolink/simulator/state.py writes and reads it) ----------------------
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """Everything a restarted simulator needs to carry on as if it never stopped, as JSON:
+        the tasks in creation order (the idempotency map is rebuilt from them), the link-signing
+        secret (links issued before a restart still verify), the clock offset, the task-id
+        generator and the request counts. Not the fault and chaos books (configuration), nor
+        the PNG cache (images are re-rendered, deterministically)."""
+        with self._lock:
+            tasks = [self._tasks[task_id] for task_id in self._order]
+            version, internal, gauss = self._ids.getstate()
+            document: dict[str, Any] = {
+                "format": STATE_FORMAT,
+                "version": STATE_VERSION,
+                "clock_offset_seconds": self._clock_offset,
+                "link_secret": self._signer.secret.hex(),
+                "task_id_rng": [version, list(internal), gauss],
+                "request_counts": dict(self._counts),
+            }
+        # Tasks never change once created and cache their JSON, so this is cheap outside the lock.
+        document["tasks"] = [task.to_state() for task in tasks]
+        return document
+
+    def restore_state(self, document: dict[str, Any]) -> None:
+        """Carry on from a `snapshot_state` document (replacing whatever is here). Raises
+        KeyError, TypeError or ValueError, leaving this service untouched, if it is malformed.
+        Tasks still running get their callbacks watched again."""
+        if document.get("format") != STATE_FORMAT or document.get("version") != STATE_VERSION:
+            raise ValueError(f"not a {STATE_FORMAT} document of version {STATE_VERSION}")
+        tasks = [SimTask.from_state(item) for item in document["tasks"]]
+        by_id = {task.id: task for task in tasks}
+        if len(by_id) != len(tasks):
+            raise ValueError("a task id appears twice")
+        idempotency = {task.idempotency_key: task.id for task in tasks if task.idempotency_key}
+        offset = float(document["clock_offset_seconds"])
+        if not math.isfinite(offset) or offset < 0:
+            raise ValueError("clock_offset_seconds: must be a finite number >= 0")
+        secret = bytes.fromhex(document["link_secret"])
+        if len(secret) < 16:
+            raise ValueError("link_secret: too short")
+        version, internal, gauss = document["task_id_rng"]
+        # Task ids, not secrets.
+        ids = random.Random()  # nosec B311
+        ids.setstate((int(version), tuple(int(n) for n in internal), gauss))
+        counts = dict.fromkeys(ROUTE_NAMES, 0)
+        counts.update({str(k): int(v) for k, v in dict(document["request_counts"]).items()})
+        with self._lock:
+            self._tasks, self._order, self._idempotency = by_id, [t.id for t in tasks], idempotency
+            self._clock_offset = offset
+            self._signer = LinkSigner(secret)
+            self._ids = ids
+            self._counts = counts
+            self._changes += 1
+            now = self.now()
+            for task in tasks:
+                if task.request.callback_url and task.status_at(now) not in FINAL_STATUSES:
+                    self.callbacks.watch(task.id, task.request.callback_url)

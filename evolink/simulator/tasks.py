@@ -5,6 +5,15 @@ processing (progress rising along its `progress_curve`) until `finish_at`, then 
 or cancelled (a `cancel_task` fault; `cancel_billed_fraction` of the estimate is charged).
 Nothing runs in the background, so a thousand tasks cost nothing while nobody looks, and every
 read agrees with every other read at the same instant.
+
+Forgetting is a function of the clock too, as at EvoLink: `task_ttl_seconds` after it finished
+the API no longer knows the task (404 "Task not found or expired"), and `idempotency_ttl_seconds`
+after it was created its Idempotency-Key no longer replays it. Both TTLs are fixed when the task
+is created (like its link TTL), so changing the simulator's settings later never brings a
+forgotten task back. The simulator keeps forgotten tasks for its ledger: billing is forever.
+
+`SimTask.to_state` / `SimTask.from_state` are the task as JSON, for the simulator's state file
+(`evolink.simulator.state`).
 """
 
 from __future__ import annotations
@@ -45,6 +54,11 @@ class LinkSigner:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
 
+    @property
+    def secret(self) -> bytes:
+        """The HMAC key, for the state file: a restarted simulator must verify old links."""
+        return self._secret
+
     def sign(self, task_id: str, index: int, expires: int) -> str:
         message = f"{task_id}/{index}:{expires}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:40]
@@ -73,7 +87,11 @@ class SimTask:
     response_lost: bool = False
     progress_curve: str = "linear"
     estimated_seconds: float | None = None  # what `estimated_time` says; None: the truth
-    _links_cache: list[str] | None = field(default=None, repr=False)
+    task_ttl_seconds: float = 86400  # the API forgets it this long after it finished
+    idempotency_ttl_seconds: float = 86400  # its Idempotency-Key replays it this long
+    chaos_stream: str = ""  # what its chaos draws are about (evolink.simulator.chaos)
+    _links_cache: list[str] | None = field(default=None, repr=False, compare=False)
+    _state_cache: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def started_at(self) -> float:
@@ -89,6 +107,34 @@ class SimTask:
         if self.link_ttl_seconds <= 0:
             return math.floor(self.finish_at)
         return math.ceil(self.finish_at + self.link_ttl_seconds)
+
+    @property
+    def forget_at(self) -> float:
+        """When the API forgets the task: `task_ttl_seconds` after it finished."""
+        return self.finish_at + self.task_ttl_seconds
+
+    def forgotten_at(self, now: float) -> bool:
+        """True once GET answers 404 for it (it stays in the ledger: billing is forever)."""
+        return now >= self.forget_at
+
+    def replays_at(self, now: float) -> bool:
+        """Whether its Idempotency-Key still returns it: until `idempotency_ttl_seconds` after
+        it was created, and never once the task itself is forgotten (a replay cannot show a
+        task the API no longer knows)."""
+        return (
+            self.idempotency_key is not None
+            and now < self.created_at + self.idempotency_ttl_seconds
+            and not self.forgotten_at(now)
+        )
+
+    @property
+    def expires_entirely_at(self) -> float:
+        """The instant after which nothing of it answers: task, links and key all expired."""
+        return max(
+            self.forget_at,
+            float(self.links_expire_at),
+            self.created_at + self.idempotency_ttl_seconds,
+        )
 
     def status_at(self, now: float) -> str:
         if now >= self.finish_at:
@@ -221,4 +267,90 @@ class SimTask:
             error_code=self.failure[0] if self.failure and status == "failed" else None,
             faults=self.faults,
             response_lost=self.response_lost,
+            forgotten=self.forgotten_at(now),
         )
+
+    # --- the state file -------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything that defines the task, as JSON (Decimals as strings, no digit lost);
+        `from_state` reads it back. The request is kept as its payload. Computed once: a task
+        never changes after it is created, and a state file is rewritten often."""
+        if self._state_cache is None:
+            self._state_cache = self._state()
+        return self._state_cache
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "payload": self.payload,
+            "estimate": self.estimate.as_dict(),
+            "created_at": self.created_at,
+            "generation_seconds": self.generation_seconds,
+            "link_ttl_seconds": self.link_ttl_seconds,
+            "task_ttl_seconds": self.task_ttl_seconds,
+            "idempotency_ttl_seconds": self.idempotency_ttl_seconds,
+            "idempotency_key": self.idempotency_key,
+            "fingerprint": self.fingerprint,
+            "failure": None if self.failure is None else list(self.failure),
+            "cancel_billed_fraction": self.cancel_billed_fraction,
+            "faults": list(self.faults),
+            "response_lost": self.response_lost,
+            "progress_curve": self.progress_curve,
+            "estimated_seconds": self.estimated_seconds,
+            "chaos_stream": self.chaos_stream,
+        }
+
+    @classmethod
+    def from_state(cls, data: dict[str, Any]) -> SimTask:
+        """The task `to_state` wrote. Raises KeyError, TypeError or ValueError on a malformed
+        record (the state file reports which file). The request is rebuilt without validation:
+        it was validated when it arrived, and the URL rules depend on settings
+        (EVOLINK_ALLOW_PRIVATE_URLS) that the restarted process may not share."""
+        payload = data["payload"]
+        if not isinstance(payload, dict) or not isinstance(payload.get("prompt"), str):
+            raise ValueError("a task's payload must be a request object with a prompt")
+        est = data["estimate"]
+        estimate = CostEstimate(
+            int(est["width"]),
+            int(est["height"]),
+            str(est["quality"]),
+            int(est["n"]),
+            int(est["output_tokens"]),
+            int(est["image_input_tokens"]),
+            int(est["text_input_tokens"]),
+            Decimal(str(est["usd"])),
+            Decimal(str(est["credits"])),
+        )
+        failure = data["failure"]
+        curve = str(data["progress_curve"])
+        if curve not in PROGRESS_CURVES:
+            raise ValueError(f"unknown progress curve {curve!r}")
+        estimated = data["estimated_seconds"]
+        fraction = data["cancel_billed_fraction"]
+        return cls(
+            id=str(data["id"]),
+            request=ImageRequest.model_construct(**payload),
+            payload=dict(payload),
+            estimate=estimate,
+            created_at=float(data["created_at"]),
+            generation_seconds=float(data["generation_seconds"]),
+            link_ttl_seconds=float(data["link_ttl_seconds"]),
+            task_ttl_seconds=float(data["task_ttl_seconds"]),
+            idempotency_ttl_seconds=float(data["idempotency_ttl_seconds"]),
+            idempotency_key=_optional_str(data["idempotency_key"]),
+            fingerprint=_optional_str(data["fingerprint"]),
+            failure=None if failure is None else (str(failure[0]), str(failure[1])),
+            cancel_billed_fraction=None if fraction is None else float(fraction),
+            faults=tuple(str(kind) for kind in data["faults"]),
+            response_lost=bool(data["response_lost"]),
+            progress_curve=curve,
+            estimated_seconds=None if estimated is None else float(estimated),
+            chaos_stream=str(data["chaos_stream"]),
+        )
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"expected a string or null, got {type(value).__name__}")
+    return value
