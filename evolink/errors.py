@@ -26,6 +26,7 @@ Import any of them from here, or from `prefect_evolink` (which re-exports the lo
     ├── ProviderLimitsError        strict mode and a provider limit is missing
     ├── MissingCredentialsError    no credentials block and no EVOLINK_API_KEY
     ├── CampaignIncompleteError    some assets of a campaign got no final
+    ├── SimulatorStateError        the bundled simulator's state file cannot be used
     └── (also ValueError) validation errors, raised before any money is spent:
         InvalidRequestError, BriefError, HostError
 
@@ -433,3 +434,9 @@ def error_for_status(
     if cls is RateLimitError:
         return RateLimitError(message, retry_after=retry_after, **fields)
     return cls(message, **fields)
+
+
+class SimulatorStateError(EvoLinkError, RuntimeError):
+    """The bundled simulator's state file (`--state-dir`) exists but cannot be used; the
+    message names the file and the problem. Raised instead of starting empty, which would
+    silently lose every task and bill it kept."""
