@@ -167,9 +167,10 @@ def test_a_simulator_job_is_never_reused_at_another_endpoint(
     ok(run_cli(tmp_path, "demo", "--single", api_url=api_url, **against(simulator)))
     with EvoLinkSimulator(api_key="sk-second-0123456789abcdef", generation_seconds=0.3) as other:
         run = ok(run_cli(tmp_path, "demo", "--single", api_url=api_url, **against(other)))
-        [entry] = other.ledger()
+        [entry], url = other.ledger(), other.base_url
     assert len(simulator.ledger()) == 1
     assert "records are never reused across endpoints" in run.output, run
+    assert f"Using an EvoLink SIMULATOR at {url}" in run.out  # never "the real API"
     assert entry.task_id in run.out  # the stored images are the second API's task's
     stored = [
         line.split()[0] for line in run.out.splitlines() if line.strip().startswith("file://")
