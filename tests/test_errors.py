@@ -17,12 +17,16 @@ import prefect_evolink
 from evolink.errors import EvoLinkError
 
 VALIDATION_ERRORS = ("InvalidRequestError", "BriefError", "HostError")
+# The simulator stands in for EvoLink's service and runs as its own program
+# (`python -m evolink.simulator`): the client and the flows never raise its errors (a state file
+# it cannot use), so they are the service's, not this family's.
+NOT_OURS = ("evolink.simulator",)
 
 
 def _modules(package: ModuleType) -> list[ModuleType]:
     found = [package]
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-        if info.name.endswith("__main__"):
+        if info.name.endswith("__main__") or info.name.startswith(NOT_OURS):
             continue
         found.append(importlib.import_module(info.name))
     return found
