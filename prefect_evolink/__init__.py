@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "evolink.errors": (
         "APIConnectionError",
+        "APIError",
         "APIStatusError",
         "APITimeoutError",
         "AuthenticationError",
@@ -89,6 +90,7 @@ _SUBPACKAGES = frozenset({"blocks", "deployments", "flows", "tasks"})
 if TYPE_CHECKING:  # the same names, for type checkers and editors
     from evolink.errors import (
         APIConnectionError,
+        APIError,
         APIStatusError,
         APITimeoutError,
         AuthenticationError,
@@ -167,6 +169,7 @@ def _installed_version() -> str:
 
 __all__ = [
     "APIConnectionError",
+    "APIError",
     "APIStatusError",
     "APITimeoutError",
     "AssetStorage",
