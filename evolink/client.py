@@ -46,6 +46,7 @@ from evolink.polling import PollSchedule
 from evolink.retry import RetryPolicy, parse_retry_after
 from evolink.states import TaskSnapshot, TaskStatus
 from evolink.urls import download_url_problem, private_urls_allowed
+from evolink.version import installed_version
 
 CREATE_PATH: Final = "/v1/images/generations"
 TASK_PATH: Final = "/v1/tasks/{task_id}"
@@ -53,7 +54,7 @@ MAX_DOWNLOAD_BYTES: Final = 100 * 1024 * 1024  # a 4K PNG is ~25 MB; anything fa
 MAX_REDIRECTS: Final = 5
 DOWNLOAD_CHUNK: Final = 256 * 1024
 EXPIRED_LINK_STATUSES: Final = frozenset({401, 403, 404, 410})
-USER_AGENT: Final = "prefect-evolink/0.1"
+USER_AGENT: Final = f"prefect-evolink/{installed_version()}"
 REQUEST_ID_HEADER: Final = "x-request-id"  # EvoLink's id of one API response, for support
 MAX_REQUEST_ID_CHARS: Final = 128
 

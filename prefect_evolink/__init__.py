@@ -143,7 +143,9 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
 def __getattr__(name: str) -> Any:
     """Import a public name on first use (PEP 562) and keep it as a module attribute."""
     if name == "__version__":
-        value: Any = _installed_version()
+        from evolink.version import installed_version
+
+        value: Any = installed_version()
     elif name in _MODULE_OF:
         value = getattr(importlib.import_module(_MODULE_OF[name]), name)
     elif name in _SUBPACKAGES:
@@ -156,15 +158,6 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
-
-
-def _installed_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("prefect-evolink")
-    except PackageNotFoundError:  # pragma: no cover - only when run from a tree never installed
-        return "0+unknown"
 
 
 __all__ = [

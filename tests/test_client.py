@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.metadata
 import io
 import logging
 from collections.abc import Awaitable, Callable
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from evolink.client import EvoLinkClient, request_id_of
+from evolink.client import USER_AGENT, EvoLinkClient, request_id_of
 from evolink.errors import (
     APIConnectionError,
     APIError,
@@ -349,3 +350,14 @@ def test_a_request_id_header_is_kept_only_when_it_is_plain_text() -> None:
     assert request_id_of(httpx.Headers({"x-request-id": "a\tb"})) is None
     assert request_id_of(httpx.Headers({"x-request-id": ""})) is None
     assert request_id_of(httpx.Headers({})) is None
+
+
+def test_the_user_agent_names_the_installed_version() -> None:
+    installed = importlib.metadata.version("prefect-evolink")
+    assert f"prefect-evolink/{installed}" == USER_AGENT
+
+    async def headers() -> tuple[str, str]:
+        async with EvoLinkClient("sk-test") as client:
+            return client._api.headers["user-agent"], client._files.headers["user-agent"]
+
+    assert asyncio.run(headers()) == (USER_AGENT, USER_AGENT)
