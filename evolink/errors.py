@@ -1,6 +1,7 @@
 """Every error this project raises, in one family rooted at `EvoLinkError`.
 
-Import any of them from here, or from `prefect_evolink` (which re-exports the lot). The tree:
+Import any of them from here or from `prefect_evolink.errors`; `prefect_evolink` itself exports
+the root, the `APIError` tier and the few a caller of its flows catches by name. The tree:
 
     EvoLinkError
     ├── APIError                   the EvoLink API failed us: catch this for "any API failure"

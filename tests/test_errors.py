@@ -1,6 +1,7 @@
 """One exception root: every error the packages define derives from `EvoLinkError`, lives in
-`evolink.errors`, and is importable from `prefect_evolink` too; validation errors (raised before
-any money is spent) are also `ValueError`s, so `except ValueError` keeps working for callers."""
+`evolink.errors`, and is importable from `prefect_evolink.errors` too; one tier, `APIError`, holds
+every failure of the EvoLink API itself and nothing else; validation errors (raised before any
+money is spent) are also `ValueError`s, so `except ValueError` keeps working for callers."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import evolink
 import evolink.errors
 import prefect_evolink
+import prefect_evolink.errors
 from evolink.errors import APIError, EvoLinkError
 
 VALIDATION_ERRORS = ("InvalidRequestError", "BriefError", "HostError")
@@ -58,8 +60,8 @@ def test_every_error_derives_from_the_root_and_lives_in_errors(name: str) -> Non
     error = _defined_exceptions()[name]
     assert issubclass(error, EvoLinkError), f"{name} does not derive from EvoLinkError"
     assert error.__module__ == "evolink.errors", f"{name} is defined outside evolink/errors.py"
-    assert getattr(prefect_evolink, error.__name__) is error, f"{name} not in prefect_evolink"
-    assert error.__name__ in prefect_evolink.__all__
+    assert getattr(prefect_evolink.errors, error.__name__) is error, f"{name} not re-exported"
+    assert error.__name__ in prefect_evolink.errors.__all__
 
 
 @pytest.mark.parametrize("name", VALIDATION_ERRORS)
