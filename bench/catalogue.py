@@ -92,7 +92,7 @@ class Stack:
         self.worker_pids: list[int] = []
 
     def start_postgres(self) -> str:
-        from tests.postgres import Postgres, find_postgres
+        from bench.harness.postgres import Postgres, find_postgres
 
         pgdir = self.workdir / "pg"
         pgdir.mkdir()

@@ -7,9 +7,9 @@
 
 Everything runs on 127.0.0.1: a temporary Prefect API, one EvoLink simulator per row, a moto S3
 server, and (for the killed-process row) a child process. The rows, how each fault is provoked
-and how each figure is measured live in `tests/fault_matrix.py`, which `tests/test_fault_matrix.py`
-runs too. Prints the Markdown table on stdout (progress on stderr); exits 1 when a row misses
-its goal (see each row's check in that module).
+and how each figure is measured live in `bench/harness/fault_matrix.py`, which
+`tests/test_fault_matrix.py` runs too. Prints the Markdown table on stdout (progress on
+stderr); exits 1 when a row misses its goal (see each row's check in that module).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.fault_matrix import QUICK_ASSETS, SCENARIO_IDS, SCENARIOS, Result
+    from bench.harness.fault_matrix import QUICK_ASSETS, SCENARIO_IDS, SCENARIOS, Result
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    from tests.fault_matrix import check, markdown_table, run_matrix, temporary_workdir
+    from bench.harness.fault_matrix import check, markdown_table, run_matrix, temporary_workdir
 
     scenarios = [s for s in SCENARIOS if s.id in wanted]
     assets = QUICK_ASSETS if args.quick else None

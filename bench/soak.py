@@ -8,8 +8,8 @@
 Each seed runs the example brief (3 assets with `--quick` 2, 2 drafts each, 0.05 s generation)
 against its own `EvoLinkSimulator(seed=…, chaos=SOAK_RATES)` and a seeded flaky storage, one
 after another in one temporary Prefect API on 127.0.0.1, and checks the invariants of
-`tests/soak.py` (manifest written, billed = reported, no duplicate payment, every billed image
-stored or listed lost, the documented final run state). Prints a Markdown row per seed and a
+`bench/harness/soak.py` (manifest written, billed = reported, no duplicate payment, every billed
+image stored or listed lost, the documented final run state). Prints a Markdown row per seed and a
 summary on stdout (progress and each failing seed's report on stderr); exits 1 when a seed broke
 an invariant.
 """
@@ -55,8 +55,7 @@ os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from evolink.simulator import FaultRates
-    from tests.soak import (
+    from bench.harness.soak import (
         BENCH_ASSETS,
         SOAK_ASSETS,
         SOAK_RATES,
@@ -67,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         summary,
         table_row,
     )
+    from evolink.simulator import FaultRates
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")

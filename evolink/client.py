@@ -46,6 +46,7 @@ from evolink.polling import PollSchedule
 from evolink.retry import RetryPolicy, parse_retry_after
 from evolink.states import TaskSnapshot, TaskStatus
 from evolink.urls import download_url_problem, private_urls_allowed
+from evolink.version import installed_version
 
 CREATE_PATH: Final = "/v1/images/generations"
 TASK_PATH: Final = "/v1/tasks/{task_id}"
@@ -53,7 +54,9 @@ MAX_DOWNLOAD_BYTES: Final = 100 * 1024 * 1024  # a 4K PNG is ~25 MB; anything fa
 MAX_REDIRECTS: Final = 5
 DOWNLOAD_CHUNK: Final = 256 * 1024
 EXPIRED_LINK_STATUSES: Final = frozenset({401, 403, 404, 410})
-USER_AGENT: Final = "prefect-evolink/0.1"
+USER_AGENT: Final = f"prefect-evolink/{installed_version()}"
+REQUEST_ID_HEADER: Final = "x-request-id"  # EvoLink's id of one API response, for support
+MAX_REQUEST_ID_CHARS: Final = 128
 
 logger = logging.getLogger("evolink.client")
 
@@ -92,6 +95,16 @@ class CreateResult:
     replayed: bool  # the server returned an existing task for this Idempotency-Key
     attempts: int
     simulator: bool = False  # the bundled simulator answered (`evolink.endpoint.SIMULATOR_HEADER`)
+    request_id: str | None = None  # EvoLink's `x-request-id` of the create response
+
+
+def request_id_of(headers: httpx.Headers) -> str | None:
+    """EvoLink's `x-request-id` of a response (what its support asks for), or None.
+
+    A header is the server's text: kept only when printable, and cut to a sane length, since it
+    goes into error messages and records."""
+    value = headers.get(REQUEST_ID_HEADER, "").strip()[:MAX_REQUEST_ID_CHARS]
+    return value if value and value.isprintable() else None
 
 
 ProgressCallback = Callable[[TaskSnapshot, float], None]
@@ -191,7 +204,11 @@ class EvoLinkClient:
         replayed = response.headers.get("idempotency-replayed", "").lower() == "true"
         simulator = bool(response.headers.get(SIMULATOR_HEADER))
         return CreateResult(
-            TaskSnapshot.from_api(response.json()), replayed, attempts.count, simulator
+            TaskSnapshot.from_api(response.json()),
+            replayed,
+            attempts.count,
+            simulator,
+            request_id_of(response.headers),
         )
 
     async def get_task(self, task_id: str) -> TaskSnapshot:
@@ -444,6 +461,7 @@ class EvoLinkClient:
             body,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             task_id=task_id,
+            request_id=request_id_of(response.headers),
         )
 
     async def _pause(self, attempt: int, error: EvoLinkError, what: str) -> None:

@@ -1,24 +1,26 @@
 """Every error this project raises, in one family rooted at `EvoLinkError`.
 
-Import any of them from here, or from `prefect_evolink` (which re-exports the lot). The tree:
+Import any of them from here or from `prefect_evolink.errors`; `prefect_evolink` itself exports
+the root, the `APIError` tier and the few a caller of its flows catches by name. The tree:
 
     EvoLinkError
-    ├── APIStatusError             the API answered with an error status
-    │   ├── BadRequestError        400/409/413/422
-    │   ├── AuthenticationError    401
-    │   ├── InsufficientCreditsError 402
-    │   ├── PermissionDeniedError  403
-    │   ├── NotFoundError          404
-    │   ├── RateLimitError         429 (retryable, honours Retry-After)
-    │   └── ServerError            5xx (retryable)
-    ├── APIConnectionError         no usable response (retryable)
-    │   └── APITimeoutError
-    ├── TaskFailedError            the task ended failed/cancelled at EvoLink
-    ├── PollDeadlineExceeded       we stopped waiting; the task may still finish
-    ├── ResultExpiredError         a result link no longer serves the image
+    ├── APIError                   the EvoLink API failed us: catch this for "any API failure"
+    │   ├── APIStatusError         the API answered with an error status
+    │   │   ├── BadRequestError        400/409/413/422
+    │   │   ├── AuthenticationError    401
+    │   │   ├── InsufficientCreditsError 402
+    │   │   ├── PermissionDeniedError  403
+    │   │   ├── NotFoundError          404
+    │   │   ├── RateLimitError         429 (retryable, honours Retry-After)
+    │   │   └── ServerError            5xx (retryable)
+    │   ├── APIConnectionError     no usable response (retryable)
+    │   │   └── APITimeoutError
+    │   ├── TaskFailedError        the task ended failed/cancelled at EvoLink
+    │   ├── PollDeadlineExceeded   we stopped waiting; the task may still finish
+    │   ├── ResultExpiredError     a result link no longer serves the image
+    │   └── InvalidImageError      a download was not a usable image (retryable)
+    │       └── UnsafeResultLinkError  a link we refuse to fetch
     ├── DraftUnavailableError      a final's chosen draft is no longer at EvoLink (local storage)
-    ├── InvalidImageError          a download was not a usable image (retryable)
-    │   └── UnsafeResultLinkError  a link we refuse to fetch
     ├── PaidJobNotStoredError      billed, but its images could not all be stored
     ├── SubmitRecordNotStoredError the task was created, but its submit record not stored
     ├── BudgetExceededError        the campaign's estimate is over its budget; nothing sent
@@ -26,10 +28,18 @@ Import any of them from here, or from `prefect_evolink` (which re-exports the lo
     ├── ProviderLimitsError        strict mode and a provider limit is missing
     ├── MissingCredentialsError    no credentials block and no EVOLINK_API_KEY
     ├── CampaignIncompleteError    some assets of a campaign got no final
-    ├── SimulatorStateError        the bundled simulator's state file cannot be used
     └── (also ValueError) validation errors, raised before any money is spent:
         InvalidRequestError, BriefError, HostError
 
+`APIError` is what a call to EvoLink, a task at EvoLink or a result link of one can end in; the
+rest are our own decisions and bookkeeping around it: a brief or request we refuse, a budget or
+spend cap that says no, a missing credential or limit, storage that failed after EvoLink did its
+part (`PaidJobNotStoredError`, `SubmitRecordNotStoredError`: the API error, if any, is their
+`__cause__`), a draft local storage cannot hand back (`DraftUnavailableError`: EvoLink did as
+documented, links live 24 h), a campaign that ended incomplete. Every `APIError` has a
+`request_id`: EvoLink's `x-request-id` of the response that carried the error, for support, shown
+in the message as "(request id …)"; None when there was no such response (no connection, a
+deadline, a result link, a task that failed after it was created).
 
 `retryable` answers "may the *same* call be repeated?" (a GET, or a POST carrying an
 Idempotency-Key). `resubmit_may_help` on a failed task answers the different, costlier question
@@ -86,7 +96,25 @@ def _rebuild_error(
     return error
 
 
-class APIStatusError(EvoLinkError):
+class APIError(EvoLinkError):
+    """A failure of the EvoLink API itself: an error status, no usable response, a task that
+    failed or did not finish in time, a result that could not be fetched as an image.
+
+    Not an `APIError`: what we refuse before sending (validation, budget, spend cap, missing
+    credentials or limits) and our own bookkeeping failing after EvoLink did its part.
+    `request_id` is EvoLink's `x-request-id` of the error response (None without one).
+    """
+
+    request_id: str | None = None
+
+    def __init__(self, message: str, *, task_id: str | None = None, request_id: str | None = None):
+        if request_id:
+            message = f"{message} (request id {request_id})"
+        super().__init__(message, task_id=task_id)
+        self.request_id = request_id or None
+
+
+class APIStatusError(APIError):
     """The API answered with an error status and (usually) the error envelope."""
 
     def __init__(
@@ -99,9 +127,10 @@ class APIStatusError(EvoLinkError):
         param: str | None = None,
         fallback_suggestion: str | None = None,
         task_id: str | None = None,
+        request_id: str | None = None,
     ):
         detail = f"HTTP {status_code}" + (f" {code}" if code else "")
-        super().__init__(f"{detail}: {message}", task_id=task_id)
+        super().__init__(f"{detail}: {message}", task_id=task_id, request_id=request_id)
         self.status_code = status_code
         self.code = code
         self.error_type = error_type
@@ -145,7 +174,7 @@ class ServerError(APIStatusError):
     retryable = True
 
 
-class APIConnectionError(EvoLinkError):
+class APIConnectionError(APIError):
     """No usable response: connection refused or dropped, protocol error."""
 
     retryable = True
@@ -155,7 +184,7 @@ class APITimeoutError(APIConnectionError):
     """The request did not complete within its timeout."""
 
 
-class TaskFailedError(EvoLinkError):
+class TaskFailedError(APIError):
     """The task ended `failed` or `cancelled` at EvoLink; says whether a resubmission may help.
 
     `cancelled` is True when EvoLink reported the status `cancelled` (someone or something
@@ -221,7 +250,7 @@ def _bill_text(billed: BilledCost | None) -> str:
     return f"billed {amount}"
 
 
-class PollDeadlineExceeded(EvoLinkError):
+class PollDeadlineExceeded(APIError):
     """The task did not finish in time. It may still finish: poll the same id again, never resubmit.
 
     Not retryable: the deadline is the caller's limit on waiting, and a rerun reattaches anyway.
@@ -238,7 +267,7 @@ class PollDeadlineExceeded(EvoLinkError):
         self.progress = progress
 
 
-class ResultExpiredError(EvoLinkError):
+class ResultExpiredError(APIError):
     """A result link no longer serves the image (links live 24 h). The image is lost at EvoLink."""
 
     def __init__(self, task_id: str | None, url: str, status_code: int):
@@ -269,7 +298,7 @@ class DraftUnavailableError(EvoLinkError):
         self.asset = asset
 
 
-class InvalidImageError(EvoLinkError):
+class InvalidImageError(APIError):
     """A download was not a usable image (wrong type, too big, truncated)."""
 
     retryable = True  # a truncated transfer may well succeed the next time
@@ -413,8 +442,12 @@ def error_for_status(
     *,
     retry_after: float | None = None,
     task_id: str | None = None,
+    request_id: str | None = None,
 ) -> APIStatusError:
-    """Build the typed error for an error response, reading old and new envelope shapes."""
+    """Build the typed error for an error response, reading old and new envelope shapes.
+
+    `request_id` is the response's `x-request-id` (`evolink.client.request_id_of`).
+    """
     envelope = body.get("error") if isinstance(body, dict) else None
     if not isinstance(envelope, dict):
         envelope = {}
@@ -426,6 +459,7 @@ def error_for_status(
         "param": envelope.get("param"),
         "fallback_suggestion": envelope.get("fallback_suggestion"),
         "task_id": task_id,
+        "request_id": request_id,
     }
     message = str(envelope.get("message") or "no error message")[:500]
     cls = _STATUS_ERRORS.get(status_code)
@@ -434,9 +468,3 @@ def error_for_status(
     if cls is RateLimitError:
         return RateLimitError(message, retry_after=retry_after, **fields)
     return cls(message, **fields)
-
-
-class SimulatorStateError(EvoLinkError, RuntimeError):
-    """The bundled simulator's state file (`--state-dir`) exists but cannot be used; the
-    message names the file and the problem. Raised instead of starting empty, which would
-    silently lose every task and bill it kept."""

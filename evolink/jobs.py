@@ -164,6 +164,9 @@ class SubmitRecord(_Record):
     written before endpoints were recorded."""
     simulator: bool = False
     """Created at the bundled simulator (it said so in a response header): not real money."""
+    request_id: str | None = None
+    """EvoLink's `x-request-id` of the create response (what its support asks for); None when
+    it sent none, and in records written before request ids were kept."""
 
 
 class TaskIndex(_Record):
@@ -226,6 +229,8 @@ class JobRecord(_Record):
     """Where the job was made (its submit record's `endpoint`); reused only there."""
     simulator: bool = False
     """Made at the bundled simulator: its images are test patterns and its bill is not real."""
+    request_id: str | None = None
+    """EvoLink's `x-request-id` of the create call (its submit record's `request_id`)."""
 
     @classmethod
     def build(
@@ -251,4 +256,5 @@ class JobRecord(_Record):
             completed_at=completed_at,
             endpoint=submit.endpoint,
             simulator=submit.simulator,
+            request_id=submit.request_id,
         )

@@ -66,7 +66,8 @@ async def submit_job(
 
     Returns:
         The submit record: job key, Idempotency-Key, EvoLink task id, the request as sent, the
-        cost estimate, and whether EvoLink replayed an earlier create.
+        cost estimate, whether EvoLink replayed an earlier create, and EvoLink's request id of
+        the create (`request_id`, for its support).
 
     Raises:
         AuthenticationError: The API key is wrong or revoked (not retried).
@@ -137,6 +138,7 @@ async def submit_job(
         estimated_time=created.task.estimated_time,
         endpoint=credentials.endpoint,
         simulator=created.simulator,
+        request_id=created.request_id,
     )
     # The run it came from (flow run, deployment) rides along for the spend report.
     origin = await run_origin()
@@ -150,9 +152,10 @@ async def submit_job(
         # resends the stored intent with the same Idempotency-Key — EvoLink replays this task.
         raise SubmitRecordNotStoredError(record, error, retryable=is_retryable(error)) from error
     logger.info(
-        "Task %s %s",
+        "Task %s %s%s",
         record.task_id,
         "was already created earlier (idempotent replay)" if created.replayed else "created",
+        f" (request id {created.request_id})" if created.request_id else "",
     )
     return record
 

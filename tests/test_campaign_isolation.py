@@ -26,6 +26,14 @@ import pytest
 from botocore.exceptions import ClientError
 from pydantic import Field, SecretStr
 
+from bench.harness.fault_matrix import (
+    CAMPAIGN,
+    QUICK_ASSETS,
+    SOCIAL,
+    STORY,
+    prefect_api_url,
+    write_brief,
+)
 from evolink.brief import AssetBrief
 from evolink.campaign import AssetStatus, CampaignManifest
 from evolink.cost import usd
@@ -37,7 +45,6 @@ from prefect_evolink.blocks import EvoLinkCredentials, LocalAssetStorage, Stored
 from prefect_evolink.flows import campaign as campaign_flow
 from prefect_evolink.flows.campaign import CampaignRun, manifest_key, run_campaign
 from prefect_evolink.tasks.recovery import rebuild_campaign
-from tests.fault_matrix import CAMPAIGN, QUICK_ASSETS, SOCIAL, STORY, prefect_api_url, write_brief
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -31,9 +31,9 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.harness.postgres import Postgres, find_postgres
 from evolink.simulator import EvoLinkSimulator, max_concurrent
 from prefect_evolink.flows.asset_requested import EVENT_NAME
-from tests.postgres import Postgres, find_postgres
 from tests.test_deployments import (
     Processes,
     Stack,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.metadata
 import io
 import logging
 from collections.abc import Awaitable, Callable
@@ -12,9 +13,10 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from evolink.client import EvoLinkClient
+from evolink.client import USER_AGENT, EvoLinkClient, request_id_of
 from evolink.errors import (
     APIConnectionError,
+    APIError,
     AuthenticationError,
     BadRequestError,
     EvoLinkError,
@@ -323,3 +325,39 @@ def test_the_key_is_in_no_repr_log_or_error(
         f"{e}{e!r}{e.__dict__}" for e in errors
     )
     assert TEST_API_KEY not in everything
+
+
+def test_evolink_s_request_id_is_kept_on_a_create_and_on_a_status_error(
+    simulator: EvoLinkSimulator,
+) -> None:
+    async def job(client: EvoLinkClient) -> Any:
+        created = await client.create_task(REQUEST, idempotency_key=KEY)
+        with pytest.raises(BadRequestError) as info:
+            await client.create_task({**REQUEST, "prompt": "something else"}, idempotency_key=KEY)
+        return created, info.value
+
+    created, error = run(simulator, job)
+    assert created.request_id is not None and created.request_id.startswith("req_sim_")
+    assert isinstance(error, APIError)
+    assert error.request_id is not None and error.request_id.startswith("req_sim_")
+    assert error.request_id != created.request_id
+    assert str(error).endswith(f"(request id {error.request_id})")
+
+
+def test_a_request_id_header_is_kept_only_when_it_is_plain_text() -> None:
+    assert request_id_of(httpx.Headers({"X-Request-Id": " req_123 "})) == "req_123"
+    assert request_id_of(httpx.Headers({"x-request-id": "r" * 500})) == "r" * 128
+    assert request_id_of(httpx.Headers({"x-request-id": "a\tb"})) is None
+    assert request_id_of(httpx.Headers({"x-request-id": ""})) is None
+    assert request_id_of(httpx.Headers({})) is None
+
+
+def test_the_user_agent_names_the_installed_version() -> None:
+    installed = importlib.metadata.version("prefect-evolink")
+    assert f"prefect-evolink/{installed}" == USER_AGENT
+
+    async def headers() -> tuple[str, str]:
+        async with EvoLinkClient("sk-test") as client:
+            return client._api.headers["user-agent"], client._files.headers["user-agent"]
+
+    assert asyncio.run(headers()) == (USER_AGENT, USER_AGENT)

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tomllib
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -168,6 +169,106 @@ def test_the_package_face_exports_the_same_objects_as_their_modules() -> None:
     assert prefect_evolink.__version__ != "0+unknown"
     with pytest.raises(AttributeError, match="no_such_name"):
         _ = prefect_evolink.no_such_name
+
+
+# The curated public API (issue 19): blocks, flows, tasks, the request model, the error root,
+# the API tier and the errors a caller of the flows handles by name.
+CURATED = {
+    "EvoLinkCredentials",
+    "EvoLinkSpendCap",
+    "LocalAssetStorage",
+    "S3AssetStorage",
+    "AssetStorage",
+    "load_storage",
+    "generate_image",
+    "generate_product_asset",
+    "product_image",
+    "run_campaign",
+    "spend_report",
+    "submit_job",
+    "poll_job",
+    "persist_images",
+    "persist_image",
+    "run_image_job",
+    "request_products",
+    "arequest_products",
+    "ImageRequest",
+    "__version__",
+    "EvoLinkError",
+    "APIError",
+    "BriefError",
+    "BudgetExceededError",
+    "SpendCapExceededError",
+    "CampaignIncompleteError",
+}
+# What 0.2.0 exported besides: importable for one more release, each with a warning.
+MOVED = {
+    **{
+        name: "prefect_evolink.errors"
+        for name in (
+            "APIConnectionError",
+            "APIStatusError",
+            "APITimeoutError",
+            "AuthenticationError",
+            "BadRequestError",
+            "HostError",
+            "InsufficientCreditsError",
+            "InvalidImageError",
+            "InvalidRequestError",
+            "MissingCredentialsError",
+            "NotFoundError",
+            "PaidJobNotStoredError",
+            "PermissionDeniedError",
+            "PollDeadlineExceeded",
+            "ProviderLimitsError",
+            "RateLimitError",
+            "ResultExpiredError",
+            "ServerError",
+            "SubmitRecordNotStoredError",
+            "TaskFailedError",
+            "UnsafeResultLinkError",
+        )
+    },
+    "safe_key": "prefect_evolink.blocks",
+}
+
+
+def test_the_package_face_is_the_curated_api() -> None:
+    assert set(prefect_evolink.__all__) == CURATED
+    public = {name for name in dir(prefect_evolink) if not name.startswith("_")}
+    assert public == (CURATED - {"__version__"}) | {
+        "blocks",
+        "deployments",
+        "errors",
+        "flows",
+        "tasks",
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in CURATED:
+            getattr(prefect_evolink, name)
+
+
+@pytest.mark.parametrize("name", sorted(MOVED))
+def test_an_old_export_still_imports_with_a_warning_naming_its_module(name: str) -> None:
+    home = MOVED[name]
+    with pytest.warns(DeprecationWarning, match=f"`from {home} import {name}`") as caught:
+        value = getattr(prefect_evolink, name)
+    assert value is getattr(importlib.import_module(home), name)
+    assert name in importlib.import_module(home).__all__
+    assert {warning.filename for warning in caught} == {__file__}  # points at the caller
+    assert name not in dir(prefect_evolink) and name not in prefect_evolink.__all__
+    with pytest.warns(DeprecationWarning):  # not cached: every use warns
+        getattr(prefect_evolink, name)
+
+
+def test_a_from_import_of_an_old_export_warns_at_the_import() -> None:
+    with pytest.warns(DeprecationWarning, match="prefect_evolink.errors") as caught:
+        from prefect_evolink import TaskFailedError
+    from prefect_evolink.errors import TaskFailedError as defined
+
+    assert TaskFailedError is defined
+    assert {warning.filename for warning in caught} == {__file__}
 
 
 def test_the_type_checkers_imports_match_the_lazy_table() -> None:

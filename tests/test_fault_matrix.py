@@ -1,6 +1,6 @@
 """Fault matrix (issue #5): 'never pays twice', 'never loses a finished image', 'billed = reported'
-as figures, one row per fault. Rows and measurements live in `tests/fault_matrix.py`, shared
-with `bench/fault_matrix.py` (which prints the README table).
+as figures, one row per fault. Rows and measurements live in `bench/harness/fault_matrix.py`,
+shared with `bench/fault_matrix.py` (which prints the README table).
 
 The rows run side by side (each with its own simulator, blocks and storage) in one module
 fixture, for the rows selected in this session only; each row's test then checks its figures.
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.fault_matrix import (
+from bench.harness.fault_matrix import (
     QUICK_ASSETS,
     SCENARIO_IDS,
     Result,

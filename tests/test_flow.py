@@ -76,6 +76,17 @@ def test_one_job_is_stored_on_disk_with_metadata_and_its_bill(
     assert sidecar["sha256"] == image.sha256
     assert "sig=" not in json.dumps(sidecar)
 
+    # EvoLink's request id of the create call, on the submit record and the job record; records
+    # written before it was kept still load.
+    key = job_key("adhoc/disk", REQUEST, endpoint=endpoint_scope(evolink_env.base_url))
+    stored = LocalAssetStorage(base_dir=str(assets_dir)).get_json(submit_record_key(key))
+    submit = SubmitRecord.model_validate(stored)
+    assert submit.request_id is not None and submit.request_id.startswith("req_sim_")
+    assert record.request_id == submit.request_id
+    for model, data in ((SubmitRecord, stored), (JobRecord, record.model_dump(mode="json"))):
+        del data["request_id"]
+        assert model.model_validate(data).request_id is None
+
 
 def test_one_job_is_stored_on_s3(
     evolink_env: EvoLinkSimulator, s3_server: str, s3_storage: Callable[..., S3AssetStorage]
@@ -140,6 +151,7 @@ def test_crash_after_submit_reattaches_to_the_same_task(
     )
     record = generate(job_name="crash")
     assert record.task_id == submitted.task_id
+    assert record.request_id == submitted.request_id is not None  # the create's, not a GET's
     assert evolink_env.request_counts["create"] == 1 and len(evolink_env.ledger()) == 1
 
 

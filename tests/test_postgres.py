@@ -34,9 +34,9 @@ from typing import Any
 
 import pytest
 
+from bench.harness.postgres import Postgres, find_postgres
 from evolink.simulator import EvoLinkSimulator, max_concurrent
 from prefect_evolink.tasks.limits import LEASE_SECONDS
-from tests.postgres import Postgres, find_postgres
 from tests.test_deployments import (
     ACTIVE_JOBS,
     BUCKET,

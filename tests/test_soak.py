@@ -3,9 +3,9 @@
 First the simulator's random faults themselves (seeded, independent of how requests interleave,
 bursts longer than the client's retries, task faults, the admin endpoint and the command line)
 and the soak's flaky storage. Then `SUITE_SEEDS`, one test each, run one after another in the
-session's Prefect harness: each runs `tests/soak.py`'s campaign under that seed's faults and
-fails with a report naming the seed, every broken invariant and its evidence, and the command
-that replays it. `bench/soak.py` runs more seeds and prints the README's summary.
+session's Prefect harness: each runs `bench/harness/soak.py`'s campaign under that seed's
+faults and fails with a report naming the seed, every broken invariant and its evidence, and
+the command that replays it. `bench/soak.py` runs more seeds and prints the README's summary.
 """
 
 from __future__ import annotations
@@ -20,11 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from evolink.simulator import EvoLinkSimulator, FaultRates
-from evolink.simulator.__main__ import _load_chaos, parse_args
-from evolink.simulator.chaos import request_key
-from prefect_evolink.tasks.steps import is_retryable
-from tests.soak import (
+from bench.harness.soak import (
     FlakyLocalAssetStorage,
     SeedResult,
     markdown_table,
@@ -32,6 +28,10 @@ from tests.soak import (
     storage_book,
     summary,
 )
+from evolink.simulator import EvoLinkSimulator, FaultRates
+from evolink.simulator.__main__ import _load_chaos, parse_args
+from evolink.simulator.chaos import request_key
+from prefect_evolink.tasks.steps import is_retryable
 
 CREATE = "/v1/images/generations"
 TLS = ssl.create_default_context()

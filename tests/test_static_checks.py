@@ -11,6 +11,7 @@ documented in the README instead.
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -81,3 +82,43 @@ def test_mypy(tmp_path: Path) -> None:
 def test_bandit() -> None:
     result = run(str(BIN / "bandit"), "-q", "-r", *FOLDERS, "-c", "pyproject.toml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def imported_modules(source: str) -> set[str]:
+    """Every module a file imports, at any depth (inside functions too), by its full name."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in {
+            "importlib.import_module",
+            "import_module",
+            "__import__",
+        }:
+            first = node.args[0] if node.args else None
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                found.add(first.value)
+    return found
+
+
+def test_bench_stands_on_its_own() -> None:
+    """`bench/` imports nothing from `tests/`: what both need lives in `bench/harness/`."""
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(
+            name
+            for name in imported_modules(path.read_text())
+            if name == "tests" or name.startswith("tests.")
+        )
+        for path in sorted((ROOT / "bench").rglob("*.py"))
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def test_the_import_walk_would_see_a_stray_import() -> None:
+    source = "def f():\n    from tests.soak import x\n    import tests.postgres\n"
+    assert imported_modules(source) == {"tests.soak", "tests.postgres"}
+    assert imported_modules("importlib.import_module('tests.fault_matrix')") == {
+        "tests.fault_matrix"
+    }

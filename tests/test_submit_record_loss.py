@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import SecretStr
 
+from bench.harness.fault_matrix import CAMPAIGN, QUICK_ASSETS, SOCIAL, STORY, write_brief
 from evolink.campaign import AssetStatus, CampaignManifest
 from evolink.errors import SubmitRecordNotStoredError
 from evolink.models import ImageRequest
@@ -28,7 +29,6 @@ from prefect_evolink.flows.campaign import manifest_key, run_campaign
 from prefect_evolink.flows.generate import generate_image
 from prefect_evolink.tasks.steps import is_retryable
 from tests.conftest import artifacts_with_prefix
-from tests.fault_matrix import CAMPAIGN, QUICK_ASSETS, SOCIAL, STORY, write_brief
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

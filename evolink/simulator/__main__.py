@@ -35,7 +35,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from evolink.errors import SimulatorStateError
 from evolink.simulator.chaos import FaultRates
 from evolink.simulator.faults import Fault
 from evolink.simulator.server import EvoLinkSimulator
@@ -44,6 +43,7 @@ from evolink.simulator.service import (
     DEFAULT_IDEMPOTENCY_TTL_SECONDS,
     DEFAULT_TASK_TTL_SECONDS,
 )
+from evolink.simulator.state import SimulatorStateError
 from evolink.simulator.tasks import PROGRESS_CURVES
 
 ADMIN_ROUTES: Final = (

@@ -5,7 +5,9 @@ streamed downloads are only tested when bytes really cross one. The standard lib
 ThreadingHTTPServer is enough (tests make tens of requests, not thousands) and adds no dependency.
 
 Every reply — API, download, admin, error, even the standard library's own 400/501 — carries
-`X-EvoLink-Simulator: 1`, so nothing that talks to it can mistake it for the real EvoLink API.
+`X-EvoLink-Simulator: 1`, so nothing that talks to it can mistake it for the real EvoLink API,
+and a fresh `X-Request-Id`: the header the client keeps as EvoLink's request id (on API errors
+and submit records).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import socket
 import sys
 import threading
+import uuid
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,6 +46,8 @@ LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 IDLE_TIMEOUT_SECONDS: Final = 60.0
 SIMULATOR_HEADER: Final = "X-EvoLink-Simulator"
 """On every reply: this is the simulator, not the real EvoLink API."""
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+"""On every reply, a fresh id (`req_sim_…`) where EvoLink sends its request id."""
 
 
 class _Server(ThreadingHTTPServer):
@@ -108,6 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Every reply says it comes from the simulator — ours and the standard library's
         own error pages alike, since both end their headers here."""
         self.send_header(SIMULATOR_HEADER, "1")
+        self.send_header(REQUEST_ID_HEADER, f"req_sim_{uuid.uuid4().hex[:20]}")
         super().end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:

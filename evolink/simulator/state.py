@@ -31,12 +31,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from evolink.errors import SimulatorStateError
-
 log = logging.getLogger("evolink.simulator.state")
 
 STATE_FILE_NAME: Final = "simulator-state.json"
 SAVE_INTERVAL_SECONDS: Final = 0.25
+
+
+class SimulatorStateError(RuntimeError):
+    """The state file exists but cannot be used; the message names the file and the problem.
+    The simulator's own error, not the client's family (`evolink.errors`): it stands in for
+    EvoLink's service, and nothing of the client or the flows raises it."""
 
 
 class StateFile:

@@ -50,14 +50,14 @@ import yaml
 from botocore.exceptions import ClientError
 from pydantic import Field, SecretStr
 
+from bench.harness.fault_matrix import count_stored, logical_job, write_brief
 from evolink.campaign import FAILING_STATUSES, AssetStatus, CampaignManifest
 from evolink.errors import NOT_WORTH_RESUBMITTING
 from evolink.simulator import EvoLinkSimulator, FaultRates, LedgerEntry
 from prefect_evolink.blocks import LocalAssetStorage, StoredObject
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
-from tests.fault_matrix import count_stored, logical_job, write_brief
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SOAK_ASSETS = ("social-square", "story-vertical")
 BENCH_ASSETS = ("launch-banner", "social-square", "story-vertical")
 DRAFTS = 2
@@ -290,7 +290,8 @@ def _where(error: BaseException) -> str:
         (f, Path(f.filename).resolve().relative_to(ROOT))
         for f in frames
         if Path(f.filename).resolve().is_relative_to(ROOT)
-        and not {".venv", "tests"} & set(Path(f.filename).resolve().relative_to(ROOT).parts)
+        and not {".venv", "tests", "bench"}
+        & set(Path(f.filename).resolve().relative_to(ROOT).parts)
     ]
     if not ours:
         return ""

@@ -62,7 +62,7 @@ from prefect_evolink.blocks import (
 )
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_BRIEF = ROOT / "briefs" / "spring-launch.yaml"
 CAMPAIGN = "aurora-spring-launch"
 DRAFTS_PER_ASSET = 2
