@@ -282,6 +282,9 @@ def _start_simulator(stack: ExitStack, assets_dir: Path) -> None:
     )
 
 
+SIMULATED = "\n          (by the bundled simulator: synthetic images, nothing billed by EvoLink)"
+
+
 def _print_job(record: JobRecord) -> None:
     print("\n=== Stored images ===")
     for image in record.images:
@@ -293,7 +296,7 @@ def _print_job(record: JobRecord) -> None:
     print(f"  estimated before: {usd(record.estimated_usd)} ({record.estimated_credits} credits)")
     print(
         f"  billed after:     {usd(record.billed_usd)} ({record.billed_credits} credits)"
-        f"   [task {record.task_id}]"
+        f"   [task {record.task_id}]{SIMULATED if record.simulator else ''}"
     )
 
 
@@ -306,10 +309,12 @@ def _print_campaign(manifest: CampaignManifest, manifest_uri: str) -> None:
     print("\n=== Cost ===")
     for stage, amount in sorted(totals.by_stage.items()):
         print(f"  {stage:<7} {usd(amount)}")
+    simulated = bool(manifest.jobs) and all(row.simulator for row in manifest.jobs)
     print(
         f"  total   {usd(totals.billed_usd)} billed ({totals.billed_credits} credits); "
         f"estimate was {usd(manifest.pre_flight_estimate_usd)}; "
         f"budget {usd(manifest.budget_usd)}, {usd(manifest.budget_left_usd)} left"
+        + (SIMULATED if simulated else "")
     )
     from prefect_evolink.tasks.campaign_report import draft_first_words
 

@@ -146,6 +146,7 @@ def test_demo_three_times_in_one_folder(tmp_path: Path, api_url: str) -> None:
     for _ in range(3):
         run = ok(run_cli(tmp_path, "demo", api_url=api_url, EVOLINK_API_KEY=None))
         assert "USING THE BUNDLED LOCAL EVOLINK SIMULATOR" in run.out
+        assert "by the bundled simulator: synthetic images, nothing billed" in run.out
     state = tmp_path / "a" / SIMULATOR_STATE_DIR
     with EvoLinkSimulator(state_dir=state) as sim:  # the demo's simulator, state and all
         ledger = sim.ledger()
