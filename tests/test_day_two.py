@@ -27,7 +27,7 @@ from evolink.simulator import EvoLinkSimulator
 from prefect_evolink.cli import EXIT_CREDENTIALS, EXIT_OK, SIMULATOR_STATE_DIR
 from prefect_evolink.flows import campaign as campaign_flow
 from prefect_evolink.flows.campaign import run_campaign
-from tests.conftest import TEST_API_KEY
+from tests.conftest import TEST_API_KEY, artifacts_with_prefix
 from tests.test_campaign import start_in_thread, wait_for_paused_run
 from tests.test_cli import Run, run_cli
 
@@ -231,6 +231,8 @@ def test_late_approval_on_local_storage_names_both_ways_out_then_redo_drafts_fin
 
     error = outcome.get("error")
     assert isinstance(error, CampaignIncompleteError), outcome
+    review = asyncio.run(artifacts_with_prefix("day-two-review"))["day-two-review"]
+    assert "**Review deadline.**" in review.data and "--redo-drafts ASSET" in review.data
     assert len(evolink_env.ledger()) == outcome["drafts"] == 2  # no final was sent, or paid
     for asset in error.manifest.assets:
         assert asset.status is AssetStatus.FAILED
