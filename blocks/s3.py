@@ -544,8 +544,8 @@ if not TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    """`HAS_PREFECT_AWS`, which imports prefect-aws to find out, only when asked for."""
-    if name == "HAS_PREFECT_AWS":
-        has: bool = _aws.HAS_PREFECT_AWS
-        return has
+    """`HAS_PREFECT_AWS` and `S3CredentialsBlock` (names this module had), which import
+    prefect-aws to find out, only when asked for."""
+    if name in {"HAS_PREFECT_AWS", "S3CredentialsBlock"}:
+        return getattr(_aws, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
