@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, field_validator
 
-from evolink.client import EvoLinkClient, Timeouts
 from evolink.endpoint import DEFAULT_BASE_URL, endpoint_scope, normalize_base_url
 from evolink.errors import MissingCredentialsError
 from evolink.models import MAX_CALLBACK_URL_CHARS
@@ -16,6 +15,9 @@ from evolink.polling import DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL, PollSche
 from evolink.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy
 from evolink.urls import callback_url_problem
 from prefect_evolink.blocks._meta import EVOLINK_DOCS_URL, logo_url
+
+if TYPE_CHECKING:  # imported where used: Prefect imports this module whenever it loads collections
+    from evolink.client import EvoLinkClient, Timeouts
 
 ENV_API_KEY: Final = "EVOLINK_API_KEY"
 ENV_BASE_URL: Final = "EVOLINK_BASE_URL"
@@ -70,6 +72,11 @@ class EvoLinkCredentials(CredentialsBlock):
     )
     _logo_url = logo_url("evolink-credentials")  # type: ignore[assignment]
     _documentation_url = EVOLINK_DOCS_URL  # type: ignore[assignment]
+
+    @classmethod
+    def __dispatch_key__(cls) -> str | None:
+        """The slug, without building the schema (see `AssetStorage.__dispatch_key__`)."""
+        return cls.get_block_type_slug()
 
     api_key: SecretStr = Field(
         description="EvoLink API key, sent as a Bearer token to the API host only.",
@@ -156,6 +163,8 @@ class EvoLinkCredentials(CredentialsBlock):
         )
 
     def timeouts(self) -> Timeouts:
+        from evolink.client import Timeouts
+
         return Timeouts(
             connect=self.connect_timeout,
             read=self.read_timeout,
@@ -164,6 +173,8 @@ class EvoLinkCredentials(CredentialsBlock):
 
     def get_client(self, *, retry: RetryPolicy | None = None) -> EvoLinkClient:
         """A new async client; use it with `async with` so its connections are closed."""
+        from evolink.client import EvoLinkClient
+
         return EvoLinkClient(
             self.api_key,
             base_url=self.base_url,

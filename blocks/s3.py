@@ -9,39 +9,63 @@ Credentials come from one of three places, in this order:
 3. neither: boto3's default chain (environment, profile, instance role).
 
 This module imports and works without prefect-aws; only the `credentials` field needs it.
+
+**The credentials type.** Prefect imports this module whenever it loads collections (workers, its
+server, a deployed flow run's start, any `Block.load`), so importing it imports neither boto3
+(imported by the methods that use it) nor prefect-aws, which alone brings boto3, botocore,
+aiobotocore and aiohttp. Yet the field's type must stay `AwsCredentials | MinIOCredentials | None`:
+Prefect derives the block schema from it (the two blocks' definitions, `block_schema_references`
+to their slugs and checksums, the nested secret fields, the UI's block picker), and the schema's
+checksum is what saved block documents point to. So the annotation names the union through
+`_aws`, a reference to `blocks/_aws.py` that imports it on first attribute access, and `_aws` is
+bound only after the class statement: while pydantic builds the class the name is undefined, the
+field stays a forward reference, and the class is completed the first time it is needed —
+
+- by pydantic itself when the class is first validated (created, loaded), dumped or asked for
+  its schema, or when another model's schema names it (a flow's parameters);
+- by `model_fields`, which Prefect reads to find nested blocks (when it registers the block
+  type, collects secret fields and schema references), through `_FieldsOfACompleteModel`.
+
+Prefect's registry needs only the slug, which `AssetStorage.__dispatch_key__` returns without
+building the schema. The schema, its checksum and every saved document are exactly as with the
+type imported up front (tests/test_light_plugin.py compares them); the cost is that the first
+use of this block type pays for the prefect-aws import instead of every Prefect process.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeAlias
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 from urllib.parse import quote
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from prefect_evolink.blocks._meta import STORAGE_DOCS_URL, logo_url
 from prefect_evolink.blocks.keys import check_key, check_prefix
 from prefect_evolink.blocks.storage import AssetStorage, StoredObject
 
-try:
-    from prefect_aws.credentials import AwsCredentials, MinIOCredentials
-except ImportError:  # the optional [aws] extra is not installed
-    HAS_PREFECT_AWS = False
-else:
-    HAS_PREFECT_AWS = True
-
 if TYPE_CHECKING:
     from typing import Self
 
-    S3CredentialsBlock: TypeAlias = AwsCredentials | MinIOCredentials
-elif HAS_PREFECT_AWS:
-    S3CredentialsBlock = AwsCredentials | MinIOCredentials
-else:  # the field accepts only None then (see `_credentials_block`)
-    S3CredentialsBlock = Any
+    from pydantic.fields import FieldInfo
+
+    from prefect_evolink.blocks import _aws
+
+    HAS_PREFECT_AWS: bool  # from the module's `__getattr__`, imported when asked for
 
 __all__ = ["HAS_PREFECT_AWS", "S3AssetStorage"]
 
@@ -120,6 +144,37 @@ _CLIENT_LOCK = threading.Lock()
 """Guards client creation: boto3 sessions are not thread-safe, the clients they make are."""
 
 
+class _ModuleOnFirstUse:
+    """A module imported on its first attribute access (`_aws` below: prefect-aws, boto3, …)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("__"):  # probes (copy, inspect, …) import nothing
+            raise AttributeError(attribute)
+        module: ModuleType = importlib.import_module(self._name)
+        return getattr(module, attribute)
+
+    def __repr__(self) -> str:
+        return f"<{self._name}, imported on first use>"
+
+
+class _FieldsOfACompleteModel:
+    """`model_fields` that completes the class first (see "The credentials type" above).
+
+    Prefect walks `model_fields` annotations for nested blocks; before the class is complete,
+    `credentials` would be an unresolved forward reference there, and Prefect would miss the
+    prefect-aws blocks (register the type without them, leave their secrets unmasked). Pydantic
+    itself reads `__pydantic_fields__`, never this.
+    """
+
+    def __get__(self, instance: object, owner: type[BaseModel]) -> dict[str, FieldInfo]:
+        if not owner.__pydantic_complete__:
+            owner.model_rebuild()
+        return owner.__pydantic_fields__
+
+
 class S3AssetStorage(AssetStorage):
     """Store generated images and sidecars in an S3 bucket or any S3-compatible store.
 
@@ -194,7 +249,7 @@ class S3AssetStorage(AssetStorage):
             "under it. Leading and trailing '/' are ignored."
         ),
     )
-    credentials: S3CredentialsBlock | None = Field(
+    credentials: _aws.S3CredentialsBlock | None = Field(
         default=None,
         description=(
             "A prefect-aws AwsCredentials or MinIOCredentials block to build the S3 client "
@@ -249,6 +304,15 @@ class S3AssetStorage(AssetStorage):
 
     _client: Any = PrivateAttr(default=None)
 
+    model_config = ConfigDict(ignored_types=(_FieldsOfACompleteModel,))
+    model_fields = _FieldsOfACompleteModel()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass copies our fields as they are, and its own module has no `_aws` to resolve
+        `credentials` with: complete this class first (a subclass imports prefect-aws)."""
+        S3AssetStorage.model_rebuild()
+        super().__init_subclass__(**kwargs)
+
     @field_validator("prefix")
     @classmethod
     def _normalise_prefix(cls, value: str) -> str:
@@ -267,12 +331,14 @@ class S3AssetStorage(AssetStorage):
         """
         if value is None:
             return None
-        if not HAS_PREFECT_AWS:
+        block_types = _aws.credentials_block_types()
+        if block_types is None:
             raise ValueError(_INSTALL_AWS_HINT)
+        aws_credentials, minio_credentials = block_types
         if isinstance(value, dict):
             data = dict(value)
             slug = data.pop("block_type_slug", None)
-            by_slug = {c.get_block_type_slug(): c for c in (AwsCredentials, MinIOCredentials)}
+            by_slug = {c.get_block_type_slug(): c for c in block_types}
             if slug is not None:
                 if slug not in by_slug:
                     raise ValueError(
@@ -281,8 +347,8 @@ class S3AssetStorage(AssetStorage):
                     )
                 return by_slug[slug].model_validate(data)
             if "minio_root_user" in data:
-                return MinIOCredentials.model_validate(data)
-            return AwsCredentials.model_validate(data)
+                return minio_credentials.model_validate(data)
+            return aws_credentials.model_validate(data)
         return value
 
     @model_validator(mode="after")
@@ -470,3 +536,16 @@ class S3AssetStorage(AssetStorage):
             ExpiresIn=expires_seconds,
         )
         return url
+
+
+# Bound only now, after the class statement: see "The credentials type" in the module docstring.
+if not TYPE_CHECKING:
+    _aws = _ModuleOnFirstUse("prefect_evolink.blocks._aws")
+
+
+def __getattr__(name: str) -> Any:
+    """`HAS_PREFECT_AWS` and `S3CredentialsBlock` (names this module had), which import
+    prefect-aws to find out, only when asked for."""
+    if name in {"HAS_PREFECT_AWS", "S3CredentialsBlock"}:
+        return getattr(_aws, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator
 
-from evolink.spend import zone
+from evolink.timezones import zone
 from prefect_evolink.blocks._meta import REPOSITORY_URL, logo_url
 
 
@@ -59,6 +59,11 @@ class EvoLinkSpendCap(Block):
     )
     _logo_url = logo_url("evolink-spend-cap")  # type: ignore[assignment]
     _documentation_url = f"{REPOSITORY_URL}#spend-across-runs"  # type: ignore[assignment]
+
+    @classmethod
+    def __dispatch_key__(cls) -> str | None:
+        """The slug, without building the schema (see `AssetStorage.__dispatch_key__`)."""
+        return cls.get_block_type_slug()
 
     limit_usd: Decimal = Field(
         gt=0, description="Most USD the period's jobs may cost, bills and estimates together."

@@ -76,6 +76,16 @@ class AssetStorage(Block, ABC):
     _block_type_name: ClassVar[str | None] = "EvoLink Asset Storage"
     _description: ClassVar[str | None] = "Interface for EvoLink asset storage blocks."
 
+    @classmethod
+    def __dispatch_key__(cls) -> str | None:
+        """The key of Prefect's block registry: the block type slug.
+
+        Prefect's own `Block.__dispatch_key__` gives the same slug, but builds the whole block
+        schema to read it, every time a block class is defined: each time Prefect loads
+        collections, and before `S3AssetStorage` may know its `credentials` type (blocks/s3.py).
+        """
+        return cls.get_block_type_slug()
+
     def _check_key(self, key: str) -> str:
         """Validate `key` (see `check_key`); back-ends add their own containment checks."""
         return check_key(key)

@@ -73,10 +73,8 @@ from prefect.task_worker import TaskWorker
 from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.utilities.engine import emit_task_run_state_change_event
 
+from prefect_evolink.deployments._defaults import DEFAULT_LIMIT
 from prefect_evolink.flows.asset_requested import EVENT_NAME, product_image
-
-DEFAULT_LIMIT: Final = 25
-"""Products one task worker works on at once (they mostly wait on EvoLink: cheap)."""
 
 SCHEDULING_CONCURRENCY: Final = 8
 """Task runs the listener creates at once: a burst of 1,000 events is scheduled in seconds,

@@ -52,7 +52,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any, Final, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -61,6 +60,7 @@ from evolink.cost import usd
 from evolink.endpoint import made_on_simulator
 from evolink.jobs import JOBS_PREFIX, JobRecord, SubmitRecord, utcnow
 from evolink.recovery import TaskReading
+from evolink.timezones import zone as zone  # re-exported; its own module for the spend cap block
 
 REPORTS_PREFIX: Final = "_reports/spend"
 """Where the reports (`<period>.csv`, `<period>.json`) and the reservations are stored."""
@@ -430,14 +430,6 @@ def unknown_bills(
 
 
 # --- periods --------------------------------------------------------------------------------------
-
-
-def zone(name: str) -> ZoneInfo:
-    """A time zone by IANA name; ValueError names a wrong one."""
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as error:
-        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as 'UTC')") from error
 
 
 def _midnight(day: date, where: tzinfo) -> datetime:

@@ -10,7 +10,8 @@ from prefect import flow, get_run_logger
 
 from evolink.cost import usd
 from evolink.jobs import utcnow
-from evolink.spend import SpendReport, parse_bound, previous_period, summary_lines, zone
+from evolink.spend import SpendReport, parse_bound, previous_period, summary_lines
+from evolink.timezones import zone
 from prefect_evolink.blocks import (
     EvoLinkCredentials,
     LocalAssetStorage,

@@ -470,7 +470,8 @@ def _report(args: argparse.Namespace) -> int:
 
 def _spend(args: argparse.Namespace) -> int:
     """`spend`: the spend across runs in storage, printed and stored as CSV and JSON."""
-    from evolink.spend import parse_bound, summary_lines, zone
+    from evolink.spend import parse_bound, summary_lines
+    from evolink.timezones import zone
     from prefect_evolink.tasks.spend import gather_spend, store_spend_report
 
     async def add_up() -> int:
@@ -621,7 +622,7 @@ def _callbacks(args: argparse.Namespace) -> int:
 
 
 def _serve_products_arguments(commands: Any) -> None:
-    from prefect_evolink.deployments.task_workers import DEFAULT_LIMIT
+    from prefect_evolink.deployments._defaults import DEFAULT_LIMIT  # not Prefect's task worker
 
     serve = commands.add_parser(
         "serve-products",
@@ -800,6 +801,7 @@ def _quiet_prefect_tracebacks() -> None:
     """Prefect logs a failed task or flow run with its traceback; on the console the CLI's own
     message says it better. Only the console handler (the root logger's, reached last) loses
     them: the handlers sending run logs to the Prefect API format their records first."""
+    import prefect.main  # noqa: F401 - Prefect's SDK entry point: it sets up those handlers
     from prefect.logging.handlers import PrefectConsoleHandler
 
     for handler in logging.getLogger().handlers:

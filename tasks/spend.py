@@ -86,8 +86,8 @@ from evolink.spend import (
     report_markdown,
     table_rows,
     unknown_bills,
-    zone,
 )
+from evolink.timezones import zone
 from prefect_evolink.blocks import AssetStorage, safe_key
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
 from prefect_evolink.blocks.spend_cap import EvoLinkSpendCap
