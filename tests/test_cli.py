@@ -38,7 +38,6 @@ from evolink.errors import (
 from evolink.simulator import EvoLinkSimulator, Fault
 from prefect_evolink import cli
 
-NO_PREFECT_SECONDS = 6.0  # imports only; Prefect's temporary server alone needs ~8 s here
 
 
 def _closed_port() -> int:
@@ -162,7 +161,7 @@ def test_invalid_brief_exits_2_before_prefect_starts(tmp_path: Path) -> None:
         "asset 'product-shot': reference_images.0: must point to a jpeg/jpg/png/webp file, "
         "not a GIF file",
     )
-    assert not run.prefect_started and run.seconds < NO_PREFECT_SECONDS, run
+    assert not run.prefect_started, run  # no database: no Prefect server was started
 
 
 def test_missing_brief_file_exits_2(tmp_path: Path) -> None:
@@ -183,7 +182,7 @@ def test_over_budget_exits_3_before_prefect_starts(tmp_path: Path) -> None:
     brief = brief_file(tmp_path, budget_usd=0.001)
     run = run_cli(tmp_path, "campaign", str(brief))
     assert_expected_failure(run, cli.EXIT_BUDGET, "budget", "over its budget", "nothing was sent")
-    assert not run.prefect_started and run.seconds < NO_PREFECT_SECONDS, run
+    assert not run.prefect_started, run  # no database: no Prefect server was started
 
 
 def test_unreachable_api_exits_5_before_prefect_starts(tmp_path: Path) -> None:
@@ -193,7 +192,7 @@ def test_unreachable_api_exits_5_before_prefect_starts(tmp_path: Path) -> None:
     run = run_cli(tmp_path, "campaign", str(brief), **env)
     assert_expected_failure(run, cli.EXIT_UNREACHABLE, "EvoLink API unreachable", dead)
     assert "sk-test-unreachable" not in run.output
-    assert not run.prefect_started and run.seconds < NO_PREFECT_SECONDS, run
+    assert not run.prefect_started, run  # no database: no Prefect server was started
     single = run_cli(tmp_path, "demo", "--single", **env)
     assert_expected_failure(single, cli.EXIT_UNREACHABLE, "EvoLink API unreachable")
     assert not single.prefect_started, single
