@@ -39,7 +39,6 @@ from evolink.simulator import EvoLinkSimulator, Fault
 from prefect_evolink import cli
 
 
-
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
