@@ -311,7 +311,7 @@ def _print_campaign(manifest: CampaignManifest, manifest_uri: str) -> None:
         f"estimate was {usd(manifest.pre_flight_estimate_usd)}; "
         f"budget {usd(manifest.budget_usd)}, {usd(manifest.budget_left_usd)} left"
     )
-    from prefect_evolink.tasks.campaign_report import draft_first_words
+    from prefect_evolink.tasks.campaign_cost import draft_first_words
 
     words = draft_first_words(manifest)
     if words is not None:
