@@ -316,7 +316,7 @@ def _print_campaign(manifest: CampaignManifest, manifest_uri: str) -> None:
         f"budget {usd(manifest.budget_usd)}, {usd(manifest.budget_left_usd)} left"
         + (SIMULATED if simulated else "")
     )
-    from prefect_evolink.tasks.campaign_report import draft_first_words
+    from prefect_evolink.tasks.campaign_cost import draft_first_words
 
     words = draft_first_words(manifest)
     if words is not None:

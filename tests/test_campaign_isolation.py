@@ -42,7 +42,7 @@ from evolink.jobs import JOBS_PREFIX, StoredImage
 from evolink.simulator import EvoLinkSimulator, Fault, LedgerEntry
 from prefect_evolink import cli
 from prefect_evolink.blocks import EvoLinkCredentials, LocalAssetStorage, StoredObject
-from prefect_evolink.flows import campaign as campaign_flow
+from prefect_evolink.flows import campaign_stages
 from prefect_evolink.flows.campaign import CampaignRun, manifest_key, run_campaign
 from prefect_evolink.tasks.recovery import rebuild_campaign
 
@@ -214,7 +214,7 @@ def test_an_outage_fails_one_asset_and_the_others_finish(
         )
     elif call == "draft-lookup":  # armed when each asset's draft is chosen
         # as when the review outlasted the links the drafts' polls returned: looked up again
-        monkeypatch.setattr(campaign_flow, "DRAFT_LINK_REUSE_SECONDS", 0.0)
+        monkeypatch.setattr(campaign_stages, "DRAFT_LINK_REUSE_SECONDS", 0.0)
         _ARM.update({"sim": sim, "social-square": [OUTAGES[call][0]]})
         _ARM["story-vertical"] = [OUTAGES[call][1]]
         kw["selector"] = f"{HERE}:arming_selector"

@@ -28,7 +28,7 @@ from evolink.campaign import AssetStatus
 from evolink.errors import BriefError
 from evolink.simulator import EvoLinkSimulator
 from prefect_evolink.flows import campaign as campaign_flow
-from prefect_evolink.tasks import campaign_report
+from prefect_evolink.tasks import campaign_progress, campaign_report
 
 ASSETS = 200
 WORKERS = 8
@@ -87,7 +87,7 @@ def test_a_large_campaign_stores_every_asset_with_flat_bookkeeping(
         updates.append(progress)
 
     monkeypatch.setattr(campaign_report.Progress, "advance", sampling_advance)
-    monkeypatch.setattr(campaign_report, "aupdate_progress_artifact", counting_update)
+    monkeypatch.setattr(campaign_progress, "aupdate_progress_artifact", counting_update)
 
     manifest = asyncio.run(
         campaign_flow.run_campaign(

@@ -25,7 +25,7 @@ from evolink.campaign import AssetStatus, CampaignManifest
 from evolink.errors import CampaignIncompleteError
 from evolink.simulator import EvoLinkSimulator
 from prefect_evolink.cli import EXIT_CREDENTIALS, EXIT_OK, SIMULATOR_STATE_DIR
-from prefect_evolink.flows import campaign as campaign_flow
+from prefect_evolink.flows import campaign_stages
 from prefect_evolink.flows.campaign import run_campaign
 from tests.conftest import TEST_API_KEY, artifacts_with_prefix
 from tests.test_campaign import start_in_thread, wait_for_paused_run
@@ -204,7 +204,7 @@ def test_a_wrong_key_after_a_simulator_run_exits_4(
 def late_answers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The reviewer answers after the poll's own links went stale: the in-process run may not
     reuse them (in production that window is 1 h of a 20 h review), so it must ask EvoLink."""
-    monkeypatch.setattr(campaign_flow, "DRAFT_LINK_REUSE_SECONDS", 0.0)
+    monkeypatch.setattr(campaign_stages, "DRAFT_LINK_REUSE_SECONDS", 0.0)  # where it is read
     yield
 
 

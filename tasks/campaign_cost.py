@@ -1,0 +1,219 @@
+"""The cost of a campaign run, as a manager reads it: the `<campaign>-cost` table, its
+`<campaign>-cost-details` table and the `<campaign>-summary`.
+
+One concept: money. The rows and the sums come from the manifest (`evolink.campaign`); this
+module only lays them out — a few words per cell, so the tables fit a screen in both Prefect
+UIs — and says what draft-first saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any, Final
+
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+
+from evolink.campaign import AssetOutcome, AssetStatus, CampaignManifest, JobRow
+from evolink.cost import usd
+from evolink.previews import cell_text
+from prefect_evolink.tasks.campaign_artifacts import outcome_words, run_label
+from prefect_evolink.tasks.reporting import artifact_key
+
+COST_COLUMNS: Final = (
+    "Asset",
+    "Stage",
+    "Quality",
+    "Size",
+    "Images",
+    "Estimated",
+    "Billed",
+    "Credits",
+    "Status",
+)
+DETAIL_COLUMNS: Final = ("Asset", "Stage", "Task id", "Seconds", "Tokens (out / img / text)")
+NONE: Final = "—"
+"""An empty table cell. Not "-": the older UI renders each table cell as markdown, where a lone
+"-" is a list bullet."""
+
+
+async def publish_campaign_report(manifest: CampaignManifest) -> None:
+    """The cost table, its details table and the summary (see the module docstring)."""
+    run = run_label()
+    await acreate_table_artifact(
+        key=artifact_key(manifest.campaign, "cost"),
+        table=cost_rows(manifest),
+        description=(
+            f"Cost of {manifest.campaign} per job: estimated before, billed after ({run}). "
+            f"Task ids, seconds and tokens: `{artifact_key(manifest.campaign, 'cost-details')}`"
+        ),
+    )
+    await acreate_table_artifact(
+        key=artifact_key(manifest.campaign, "cost-details"),
+        table=cost_detail_rows(manifest),
+        description=f"Task ids, seconds and tokens of the paid jobs of {manifest.campaign} ({run})",
+    )
+    await acreate_markdown_artifact(
+        key=artifact_key(manifest.campaign, "summary"),
+        markdown=summary_markdown(manifest),
+        description=f"Spend, budget and outcome of campaign {manifest.campaign} ({run})",
+    )
+
+
+def cost_rows(manifest: CampaignManifest) -> list[dict[str, Any]]:
+    """The `<campaign>-cost` table: what a manager reads, in `COST_COLUMNS` order — one row per
+    paid job, then one per asset left without a final (nothing billed for its final).
+
+    Every cell is a few words, so the table fits the content column of a 1,440-px screen in both
+    Prefect UIs (their table cells do not wrap): task ids, durations and tokens are in
+    `cost_detail_rows`, reasons in the summary, storage locations in the manifest."""
+    rows = [
+        {
+            "Asset": row.asset,
+            "Stage": row.stage,
+            "Quality": row.quality,
+            "Size": row.pixel_size,
+            "Images": row.images,
+            "Estimated": usd(row.estimated_usd),
+            "Billed": usd(row.billed_usd),
+            "Credits": row.billed_credits or "unknown",
+            "Status": _job_status(row),
+        }
+        for row in manifest.jobs
+    ]
+    rows += [
+        {
+            "Asset": o.asset,
+            "Stage": _ended_at(o),
+            "Quality": NONE,
+            "Size": NONE,
+            "Images": 0,
+            "Estimated": NONE,
+            "Billed": NONE,
+            "Credits": NONE,
+            "Status": outcome_words(o),
+        }
+        for o in manifest.assets
+        if o.status is not AssetStatus.FINAL
+    ]
+    return rows
+
+
+def _job_status(row: JobRow) -> str:
+    """'stored', or 'not stored' for a paid job whose images are (partly) missing — its reason
+    is in the summary. An unknown bill shows as "unknown" in the Billed column."""
+    return "not stored" if row.failed else "stored"
+
+
+def _ended_at(outcome: AssetOutcome) -> str:
+    """The stage an asset without a final ended at: 'review', 'draft', 'final'…"""
+    if outcome.status in (AssetStatus.REJECTED, AssetStatus.NOT_REVIEWED):
+        return "review"
+    stage, colon, _ = outcome.detail.partition(":")
+    return stage if colon and stage.isalpha() else NONE
+
+
+def cost_detail_rows(manifest: CampaignManifest) -> list[dict[str, Any]]:
+    """The `<campaign>-cost-details` table, in `DETAIL_COLUMNS` order: the same jobs' task ids,
+    seconds from submission to result, and tokens (output / image input / text input, as
+    estimated). Storage locations stay in the manifest (every image's URI), the contact sheet
+    and the review: a URI column would not fit the page."""
+    return [
+        {
+            "Asset": row.asset,
+            "Stage": row.stage,
+            "Task id": row.task_id,
+            "Seconds": row.duration_s,
+            "Tokens (out / img / text)": (
+                f"{row.output_tokens} / {row.image_input_tokens} / {row.text_input_tokens}"
+            ),
+        }
+        for row in manifest.jobs
+    ]
+
+
+def summary_markdown(manifest: CampaignManifest) -> str:
+    """The `<campaign>-summary`: spend by stage, the budget, the draft-first saving in words,
+    paid jobs whose images were not stored, and every asset's outcome."""
+    totals = manifest.totals
+    spent = Decimal(totals.billed_usd)
+    budget = Decimal(manifest.budget_usd)
+    used = f"used {spent / budget:.0%}, " if budget > 0 else ""
+    words = draft_first_words(manifest)
+    lines = [
+        f"# {manifest.campaign}",
+        "",
+        f"Run: **{manifest.run_state}**",
+        "",
+        "| | USD |",
+        "|---|---|",
+        *(f"| {stage} | {usd(amount)} |" for stage, amount in sorted(totals.by_stage.items())),
+        f"| **total billed** | **{usd(spent)}** ({totals.billed_credits} credits) |",
+        f"| pre-flight estimate | {usd(manifest.pre_flight_estimate_usd)} |",
+        f"| budget | {usd(budget)} — {used}left {usd(budget - spent)} |",
+    ]
+    if words is not None:
+        lines.append(f"| same finals as {words[0]} | {usd(manifest.high_quality_variants_usd)} |")
+    lines.append("")
+    if words is not None:
+        lines.append(words[1])
+    if totals.unknown_bills:
+        lines.append(
+            f"\n{totals.unknown_bills} job(s) reported no bill; counted at their estimate."
+        )
+    unstored = [row for row in manifest.jobs if row.failed]
+    if unstored:
+        lines += ["", "Paid jobs whose images were not (all) stored:", ""]
+        lines += [
+            f"- {row.asset} {row.stage} (`{row.task_id}`, billed {usd(row.billed_usd)}): "
+            f"{row.failed}"
+            for row in unstored
+        ]
+    for job in manifest.submissions_unknown:
+        lines.append(
+            f"\n{job.asset} {job.stage}: {job.note} (`{job.idempotency_key}`, "
+            f"≈{usd(job.estimated_usd)} if EvoLink created it; not counted above)."
+        )
+    lines += ["", "| Asset | Outcome | Chosen draft | Detail |", "|---|---|---|---|"]
+    lines += [
+        f"| {o.asset} | {o.status.value} | "
+        f"{'-' if o.chosen_draft is None else f'image-{o.chosen_draft}'} | "
+        f"{cell_text(o.detail)} |"
+        for o in manifest.assets
+    ]
+    return "\n".join(lines)
+
+
+def draft_first_words(manifest: CampaignManifest) -> tuple[str, str] | None:
+    """(the alternative, in words; the saving sentence), or None without a final.
+
+    The alternative to draft-first is generating, per delivered final, as many high-quality
+    variants as there were drafts ("4 high-quality variants per asset") and picking from those.
+    """
+    variants = Decimal(manifest.high_quality_variants_usd)
+    finals = [o for o in manifest.assets if o.status is AssetStatus.FINAL and o.final and o.drafts]
+    if variants <= 0 or not finals:
+        return None
+    drafts = _counts([o.drafts.request.n for o in finals if o.drafts is not None])
+    draft_quality = "/".join(sorted({o.drafts.request.quality for o in finals if o.drafts}))
+    final_quality = "/".join(sorted({o.final.request.quality for o in finals if o.final}))
+    spent = Decimal(manifest.totals.billed_usd)
+    alternative = f"{drafts} {final_quality}-quality variants per asset, no drafts"
+    saving = (
+        f"Draft-first: {drafts} {draft_quality}-quality drafts per asset, then one "
+        f"{final_quality}-quality final from the chosen draft. Getting the same "
+        f"{len(finals)} final(s) by generating {drafts} {final_quality}-quality variants per "
+        f"asset would have cost **{usd(variants)}**; this run billed **{usd(spent)}** in all "
+        f"(drafts of every asset included) — **{spent / variants:.2f}×** of that"
+    )
+    if spent < variants:
+        saving += f", a saving of **{usd(variants - spent)}**."
+    else:
+        saving += "."
+    return alternative, saving
+
+
+def _counts(values: Sequence[int]) -> str:
+    """4 → '4'; 2 and 4 → '2–4'."""
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}–{high}"
