@@ -32,7 +32,15 @@ from evolink.campaign import (
 from evolink.cost import CostEstimate, usd
 from evolink.endpoint import record_endpoint, reusable_here
 from evolink.errors import PaidJobNotStoredError, TaskFailedError
-from evolink.jobs import JobRecord, idempotency_key, intent_record_key, job_key, job_record_key
+from evolink.jobs import (
+    JobRecord,
+    SubmitRecord,
+    idempotency_key,
+    intent_record_key,
+    job_key,
+    job_record_key,
+    submit_record_key,
+)
 from evolink.models import ImageRequest
 from evolink.polling import PollSchedule
 from evolink.recovery import JournalEntry, stored_row
@@ -196,12 +204,17 @@ class Booking:
     ) -> None:
         """A job that stopped before its bill was read: booked as unknown if it may be paid."""
         reason = f"{type(error).__name__}: {error}"
-        if trail.submitted is not None:  # the task exists: it is billed if it completes
+        submitted = trail.submitted
+        if submitted is None and trail.sending is not None:
+            # A cancellation can land after the submit record was stored and before the step
+            # returned it: the record, not the trail, says whether the task exists.
+            submitted = await self._submit_record(trail.sending)
+        if submitted is not None:  # the task exists: it is billed if it completes
             note = (
-                f"{reason} — task {trail.submitted.task_id} may still complete and be billed: "
+                f"{reason} — task {submitted.task_id} may still complete and be billed: "
                 "bill unknown, counted at its estimate"
             )
-            record = submitted_job_record(trail.submitted)
+            record = submitted_job_record(submitted)
             await self.book(asset, stage, record, reserved, estimate, failed=note)
         elif trail.sending is not None and await self._intent_written(trail.sending):
             # the create may or may not have reached EvoLink: listed, held in the budget
@@ -217,6 +230,13 @@ class Booking:
             await self.budget.settle(reserved, estimate.usd, None)
         else:  # nothing was sent
             await self.budget.release(reserved)
+
+    async def _submit_record(self, key: str) -> SubmitRecord | None:
+        try:
+            data = await self.storage.aget_json(submit_record_key(key))
+            return None if data is None else SubmitRecord.model_validate(data)
+        except Exception:  # noqa: BLE001 — cannot tell: the intent decides (see the caller)
+            return None
 
     async def _intent_written(self, key: str) -> bool:
         try:
