@@ -8,14 +8,12 @@ run look cheaper than it was.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
-from evolink.sizes import resolve_size
-
-if TYPE_CHECKING:
-    from evolink.models import ImageRequest
+from evolink.sizes import Resolution, resolve_size
 
 Quality = Literal["low", "medium", "high"]
 
@@ -161,7 +159,25 @@ def _token_usd(output: int, image_input: int, text_input: int) -> Decimal:
     ) / _PER_TOKEN
 
 
-def estimate(request: ImageRequest) -> CostEstimate:
+class PricedRequest(Protocol):
+    """What the price of a request depends on: an `evolink.models.ImageRequest` (a protocol,
+    not an import, so that prices sit below the request model and the layers form no loop)."""
+
+    @property
+    def size(self) -> str: ...
+    @property
+    def resolution(self) -> Resolution | None: ...
+    @property
+    def quality(self) -> Quality: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def image_urls(self) -> Sequence[str] | None: ...
+    @property
+    def prompt(self) -> str: ...
+
+
+def estimate(request: PricedRequest) -> CostEstimate:
     """Pre-flight estimate of a validated request (`auto` is priced as 2048×2048)."""
     width, height = resolve_size(request.size, request.resolution)
     return estimate_tokens(

@@ -49,13 +49,34 @@ given the key, and response bodies are reduced to the documented error fields.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Sized
+from typing import Any, Final, Protocol
 
 from evolink.cost import BilledCost, usd
 
-if TYPE_CHECKING:
-    from evolink.campaign import CampaignManifest
-    from evolink.jobs import JobRecord, SubmitRecord
+
+class PaidJob(Protocol):
+    """What `PaidJobNotStoredError` reads of the job record it carries (an `evolink.jobs.
+    JobRecord`). A protocol, not an import: the client's errors must not import the campaign
+    domain (`evolink.jobs` imports this module), so the layers form no loop."""
+
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def billed_usd(self) -> str | None: ...
+    @property
+    def images(self) -> Sized: ...
+
+
+class CreatedTask(Protocol):
+    """What `SubmitRecordNotStoredError` reads of the submit record it carries (an
+    `evolink.jobs.SubmitRecord`; see `PaidJob` for why a protocol)."""
+
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def job_key(self) -> str: ...
+
 
 # Task failure codes that a fresh submission will not fix (EvoLink's own client's verdict).
 NOT_WORTH_RESUBMITTING: Final = frozenset(
@@ -323,8 +344,8 @@ class PaidJobNotStoredError(EvoLinkError):
     underlying error (expired link, storage failure, …) is the `__cause__` and leads the message.
     """
 
-    def __init__(self, record: JobRecord, cause: BaseException):
-        self.record = record
+    def __init__(self, record: PaidJob, cause: BaseException):
+        self.record: Any = record  # the `evolink.jobs.JobRecord`
         billed = "an unknown amount" if record.billed_usd is None else usd(record.billed_usd)
         super().__init__(
             f"{type(cause).__name__}: {cause} (task {record.task_id} was billed {billed}, "
@@ -346,8 +367,8 @@ class SubmitRecordNotStoredError(EvoLinkError):
     storage failure is the `__cause__` and leads the message.
     """
 
-    def __init__(self, record: SubmitRecord, cause: BaseException, *, retryable: bool = False):
-        self.record = record
+    def __init__(self, record: CreatedTask, cause: BaseException, *, retryable: bool = False):
+        self.record: Any = record  # the `evolink.jobs.SubmitRecord`
         self.job_key = record.job_key
         self.retryable = retryable
         super().__init__(
@@ -389,11 +410,12 @@ class CampaignIncompleteError(EvoLinkError):
         self,
         message: str,
         *,
-        manifest: CampaignManifest | None = None,
+        manifest: Any = None,
         manifest_uri: str | None = None,
     ):
         super().__init__(message)
-        self.manifest = manifest
+        self.manifest: Any = manifest  # the `evolink.campaign.CampaignManifest` (not imported:
+        # the client's errors import no campaign domain, see `PaidJob`)
         self.manifest_uri = manifest_uri
 
 
