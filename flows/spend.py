@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 
 from evolink.cost import usd
 from evolink.jobs import utcnow
-from evolink.spend import SpendReport, parse_bound, previous_period, summary_lines
+from evolink.spend import SpendReport, parse_bound, previous_period
 from evolink.timezones import zone
 from prefect_evolink.blocks import (
     EvoLinkCredentials,
@@ -20,6 +20,7 @@ from prefect_evolink.blocks import (
 )
 from prefect_evolink.blocks.credentials import ENV_API_KEY, resolve_credentials
 from prefect_evolink.tasks.spend import gather_spend, publish_spend_report, store_spend_report
+from prefect_evolink.tasks.spend_report import summary_lines
 
 
 def report_window(

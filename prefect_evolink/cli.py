@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     """`report CAMPAIGN`: the manifest rebuilt from the job records, stored, and its cost."""
-    from evolink.recovery import cost_summary
+    from prefect_evolink.tasks.campaign_cost import cost_summary
     from prefect_evolink.tasks.recovery import manifest_key, rebuild_campaign
 
     async def rebuild() -> int:
@@ -470,9 +470,10 @@ def _report(args: argparse.Namespace) -> int:
 
 def _spend(args: argparse.Namespace) -> int:
     """`spend`: the spend across runs in storage, printed and stored as CSV and JSON."""
-    from evolink.spend import parse_bound, summary_lines
+    from evolink.spend import parse_bound
     from evolink.timezones import zone
     from prefect_evolink.tasks.spend import gather_spend, store_spend_report
+    from prefect_evolink.tasks.spend_report import summary_lines
 
     async def add_up() -> int:
         where = zone(args.timezone)

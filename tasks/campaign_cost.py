@@ -1,5 +1,6 @@
 """The cost of a campaign run, as a manager reads it: the `<campaign>-cost` table, its
-`<campaign>-cost-details` table and the `<campaign>-summary`.
+`<campaign>-cost-details` table and the `<campaign>-summary` — and, as plain text, the cost of a
+manifest `prefect-evolink report` rebuilt (`cost_summary`).
 
 One concept: money. The rows and the sums come from the manifest (`evolink.campaign`); this
 module only lays them out — a few words per cell, so the tables fit a screen in both Prefect
@@ -15,6 +16,7 @@ from typing import Any, Final
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
 from evolink.campaign import AssetOutcome, AssetStatus, CampaignManifest, JobRow
+from evolink.campaign import totals as row_totals
 from evolink.cost import usd
 from evolink.previews import cell_text
 from prefect_evolink.tasks.campaign_artifacts import outcome_words, run_label
@@ -217,3 +219,84 @@ def _counts(values: Sequence[int]) -> str:
     """4 → '4'; 2 and 4 → '2–4'."""
     low, high = min(values), max(values)
     return str(low) if low == high else f"{low}–{high}"
+
+
+def cost_summary(manifest: CampaignManifest) -> list[str]:
+    """Plain-text lines: what each asset came to, what was billed, what is not known.
+
+    Jobs made at the bundled simulator (`JobRow.simulator`) are synthetic: nobody paid for
+    them. A manifest of simulator jobs only says so on its total; one that mixes both shows
+    the real total and, apart from it, the simulator's — never one sum of the two. Jobs paid
+    in earlier runs of the campaign (`JobRow.earlier_run`) are ordinary paid jobs, counted.
+    """
+    simulator_label = "bundled simulator: synthetic, nothing billed by EvoLink"
+    totals_ = manifest.totals
+    lines = [f"Campaign {manifest.campaign} ({manifest.run_state})"]
+    for outcome in manifest.assets:
+        where = outcome.final.images[0].uri if outcome.final and outcome.final.images else ""
+        text = where or outcome.detail
+        lines.append(f"  {outcome.asset:<16} {outcome.status.value:<14} {text}")
+    lines.append("Cost:")
+    for row in manifest.jobs:
+        billed = usd(row.billed_usd) if row.billed_usd is not None else "unknown"
+        stored = f"{row.images} image(s) stored" if not row.failed else f"NOT STORED: {row.failed}"
+        marks = ("; simulator" if row.simulator else "") + (
+            "; paid in an earlier run" if row.earlier_run else ""
+        )
+        lines.append(
+            f"  {row.asset:<16} {row.stage:<6} task {row.task_id}: estimated "
+            f"{usd(row.estimated_usd)}, billed {billed} — {stored}{marks}"
+        )
+
+    def total_line(
+        label: str, rows: Sequence[JobRow], billed: str, credits: str, unknown: int
+    ) -> str:
+        not_known = f", {unknown} bill(s) unknown, counted at estimate" if unknown else ""
+        earlier = sum(1 for row in rows if row.earlier_run)
+        return (
+            f"  {label:<7} {usd(billed)} billed ({credits} credits{not_known}) for "
+            f"{len(rows)} paid job(s)"
+            + (f", {earlier} of them paid in earlier runs" if earlier else "")
+        )
+
+    simulated = [row for row in manifest.jobs if row.simulator]
+    real = [row for row in manifest.jobs if not row.simulator]
+    if simulated and real:  # never one sum: the real total, and the simulator's apart
+        paid, synthetic = row_totals(real), row_totals(simulated)
+        for stage, amount in sorted(paid.by_stage.items()):
+            lines.append(f"  {stage:<7} {usd(amount)}")
+        lines.append(
+            total_line("total", real, paid.billed_usd, paid.billed_credits, paid.unknown_bills)
+        )
+        lines.append(
+            total_line(
+                "simulator",
+                simulated,
+                synthetic.billed_usd,
+                synthetic.billed_credits,
+                synthetic.unknown_bills,
+            )
+            + f" ({simulator_label}) — not in the total above"
+        )
+    else:
+        for stage, amount in sorted(totals_.by_stage.items()):
+            lines.append(f"  {stage:<7} {usd(amount)}")
+        label = f" ({simulator_label})" if simulated else ""
+        lines.append(
+            total_line(
+                "total",
+                manifest.jobs,
+                totals_.billed_usd,
+                totals_.billed_credits,
+                totals_.unknown_bills,
+            )
+            + label
+        )
+    if Decimal(manifest.budget_usd) > 0:
+        lines.append(f"  budget  {usd(manifest.budget_usd)}, {usd(manifest.budget_left_usd)} left")
+    for job in manifest.submissions_unknown:
+        lines.append(
+            f"  {job.asset} {job.stage}: {job.note} ({job.idempotency_key}, "
+            f"≈{usd(job.estimated_usd)} if EvoLink created it)"
+        )
+    return lines

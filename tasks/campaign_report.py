@@ -37,7 +37,8 @@ Each artifact is made in its own module, and every name is re-exported here:
 - the review sheet and the Resume dialog's description: `flows/campaign_review.py`, with the
   form they describe and the approval step;
 - the finals (`-finals`, `-<asset>-final`): `campaign_finals`;
-- the cost tables and the summary (`-cost`, `-cost-details`, `-summary`): `campaign_cost`;
+- the cost tables and the summary (`-cost`, `-cost-details`, `-summary`): `campaign_cost`,
+  with the cost lines `prefect-evolink report` prints (`cost_summary`);
 - progress and the manifest the run saves: `campaign_progress`;
 - what they share (the run's label, the picture budget, an outcome in words):
   `campaign_artifacts`.
@@ -61,6 +62,7 @@ from prefect_evolink.tasks.campaign_cost import (
     NONE,
     cost_detail_rows,
     cost_rows,
+    cost_summary,
     draft_first_words,
     publish_campaign_report,
     summary_markdown,
@@ -88,6 +90,7 @@ __all__ = [
     "contact_sheet_markdown",
     "cost_detail_rows",
     "cost_rows",
+    "cost_summary",
     "draft_first_words",
     "outcome_words",
     "publish_campaign_report",

@@ -82,9 +82,6 @@ from evolink.spend import (
     held_reservations,
     origin_of,
     period_window,
-    report_csv,
-    report_markdown,
-    table_rows,
     unknown_bills,
 )
 from evolink.timezones import zone
@@ -99,6 +96,7 @@ from prefect_evolink.tasks.recovery import (
     read_models,
 )
 from prefect_evolink.tasks.reporting import artifact_key
+from prefect_evolink.tasks.spend_report import report_csv, report_markdown, table_rows
 
 logger = logging.getLogger(__name__)
 

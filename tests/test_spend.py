@@ -1,7 +1,7 @@
-"""Spend across runs (`evolink/spend.py`, `tasks/spend.py`, `flows/spend.py`) and the spend cap
-(`EvoLinkSpendCap`): the report adds up the manifests and the job records in storage, each
-EvoLink task once; a capped run refuses before it sends anything; two runs starting at once
-cannot both pass a cap only one fits.
+"""Spend across runs (`evolink/spend.py`, `tasks/spend.py`, `tasks/spend_report.py`,
+`flows/spend.py`) and the spend cap (`EvoLinkSpendCap`): the report adds up the manifests and the
+job records in storage, each EvoLink task once; a capped run refuses before it sends anything;
+two runs starting at once cannot both pass a cap only one fits.
 
 On the simulator, with the session's Prefect test API where a flow or the lock is involved.
 What the simulator bills is synthetic and never real spend (`tests/test_spend_endpoints.py`);
@@ -58,7 +58,6 @@ from evolink.spend import (
     parse_bound,
     period_window,
     previous_period,
-    report_csv,
     window_label,
     zone,
 )
@@ -75,6 +74,7 @@ from prefect_evolink.tasks.spend import (
     reservation_key,
     run_origin,
 )
+from prefect_evolink.tasks.spend_report import report_csv
 from tests.conftest import artifacts_with_prefix
 
 ROOT = Path(__file__).resolve().parents[1]

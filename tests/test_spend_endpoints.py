@@ -38,14 +38,15 @@ from evolink.jobs import (
     submit_record_key,
 )
 from evolink.models import parse_request
-from evolink.recovery import cost_summary
 from evolink.simulator import EvoLinkSimulator
-from evolink.spend import CSV_COLUMNS, SIMULATOR, report_csv, summary_lines
+from evolink.spend import SIMULATOR
 from prefect_evolink.blocks import EvoLinkSpendCap, LocalAssetStorage
 from prefect_evolink.flows.asset_requested import generate_product_asset
 from prefect_evolink.flows.campaign import run_campaign
+from prefect_evolink.tasks.campaign_cost import cost_summary
 from prefect_evolink.tasks.recovery import manifest_key
 from prefect_evolink.tasks.spend import gather_spend, reserve_spend, store_spend_report
+from prefect_evolink.tasks.spend_report import CSV_COLUMNS, report_csv, summary_lines
 
 SIMULATOR_URL = "http://127.0.0.1:8787"
 OCT = datetime(2026, 10, 10, 12, tzinfo=UTC)
