@@ -849,10 +849,9 @@ def serve(
     forwarded_allow_ips: str | None = None,
     on_ready: Callable[[], None] | None = None,
     log_level: str = "info",
-    on_server: Callable[[Any], None] | None = None,
 ) -> None:
-    """Run `receiver` under uvicorn on `sock` until SIGINT/SIGTERM (or `server.should_exit`;
-    `on_server` gets the server); `on_ready` once it accepts connections.
+    """Run `receiver` under uvicorn on `sock` until SIGINT/SIGTERM; `on_ready` once it
+    accepts connections.
 
     uvicorn runs its h11 protocol on the plain asyncio loop here (not httptools or uvloop), as
     the connection guard needs both: connections are capped at accept and reset past their
@@ -913,11 +912,8 @@ def serve(
         limit_concurrency=settings.max_connections + 1,  # the guard's cap is the one that acts
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
-    server = _Server(config)
-    if on_server is not None:
-        on_server(server)
     try:
-        server.run(sockets=[listener])
+        _Server(config).run(sockets=[listener])
     finally:
         logger.setLevel(level)
         listener.guard = None
