@@ -5,7 +5,9 @@ On completed, failed or cancelled, after billing, EvoLink POSTs the task object 
 (`prefect_evolink.tasks.callbacks`) takes only a task id from it (`callback_task_id`), looks the
 id up in our storage (`evolink.jobs.task_index_key`), asks the API for the task, and emits the
 event `task_event` builds from the API's answer. This module holds the parts that need neither
-Prefect nor a socket: body parsing, the event's shape, the request rate limit.
+Prefect nor a socket: strict body parsing (`read_callback_task_id`), the event's shape, the
+durable "reported" marker (`reported_marker_key`), and the rate limits (`TokenBucket` for what
+reads the API, `SourceBuckets` per sender for what reads storage).
 
 Event shape (one per finished task):
 - name: `evolink.task.completed`, or `evolink.task.failed` for failed *and* cancelled tasks (the
@@ -25,14 +27,17 @@ No Prefect imports: this is part of the API layer.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from datetime import datetime
+from typing import Any, Final, NoReturn
 
 from evolink.campaign import parse_campaign_namespace
-from evolink.jobs import TaskIndex, is_task_id
+from evolink.jobs import TASKS_PREFIX, TaskIndex, is_task_id
 from evolink.states import TaskSnapshot, TaskStatus
 
 EVENT_COMPLETED: Final = "evolink.task.completed"
@@ -45,22 +50,101 @@ FLOW_RUN_RESOURCE: Final = "prefect.flow-run."
 MAX_CALLBACK_BYTES: Final = 64 * 1024
 """A task object is a few KiB; 64 KiB leaves room for ten result links and long errors."""
 MAX_ERROR_MESSAGE_CHARS: Final = 500
+MAX_NUMBER_CHARS: Final = 64
+"""A task object's numbers (credits, timestamps, sizes) are short; a longer one is an attack."""
+# The receiver's default limits (prefect_evolink.tasks.callbacks; here so that the CLI's --help
+# needs no Prefect import).
+DEFAULT_RATE: Final = 20.0
+"""EvoLink task reads a second, for all senders together (`TokenBucket`)."""
+DEFAULT_BURST: Final = 40
+DEFAULT_SOURCE_RATE: Final = 50.0
+"""Storage lookups a second per sender address (`SourceBuckets`)."""
+DEFAULT_SOURCE_BURST: Final = 100
+READ_TIMEOUT_SECONDS: Final = 10.0
+"""Headers and body of one request, in all (EvoLink sends a few KiB at once)."""
+MAX_CONNECTIONS: Final = 256
+MAX_CONNECTIONS_PER_SOURCE: Final = 16
+REPORTED_PREFIX: Final = f"{TASKS_PREFIX}/_reported"
+"""`_tasks/_reported/<task id>.json`: the task was reported (no task id starts with "_")."""
 # Event ids are derived from (task id, status): a callback delivered twice (EvoLink retries, two
 # receiver replicas) gives the same id, which the Prefect event store keeps once.
 _EVENT_NAMESPACE: Final = uuid.UUID("6c7c0f49-3a51-4b8e-9d0e-6f1c2b7a5e11")
 
 
-def callback_task_id(body: bytes) -> str | None:
-    """The task id a callback body names (`id`, or `task_id`), None when it names none that
-    could be an EvoLink task id. Nothing else in the body is read."""
+class BadCallback(ValueError):
+    """A callback body we will not read further; `reason` is one short word for the log line
+    and the 400 answer: not_json, too_deep, duplicate_key, bad_number, not_an_object,
+    no_task_id."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _refuse(reason: str) -> NoReturn:
+    raise BadCallback(reason)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:  # two "id"s: which one would a reader believe?
+            _refuse("duplicate_key")
+        data[key] = value
+    return data
+
+
+def _int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        _refuse("bad_number")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text) if len(text) <= MAX_NUMBER_CHARS else math.inf
+    if not math.isfinite(value):  # 1e999 is inf: no task object carries one
+        _refuse("bad_number")
+    return value
+
+
+def _constant(_: str) -> NoReturn:
+    _refuse("bad_number")  # NaN, Infinity, -Infinity: not JSON
+
+
+def read_callback_task_id(body: bytes) -> str:
+    """The task id a callback body names (`id`, or `task_id`); `BadCallback` for anything else.
+
+    The body must be one UTF-8 JSON object, without duplicate keys, NaN/Infinity or numbers
+    over `MAX_NUMBER_CHARS` characters; nesting deep enough to exhaust the parser's recursion
+    is refused (`too_deep`), not raised. Nothing but the id is read."""
     try:
-        data = json.loads(body)
+        data = json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_object,
+            parse_int=_int,
+            parse_float=_float,
+            parse_constant=_constant,
+        )
+    except BadCallback:
+        raise
+    except RecursionError:
+        raise BadCallback("too_deep") from None
     except (ValueError, UnicodeDecodeError):
-        return None
+        raise BadCallback("not_json") from None
     if not isinstance(data, dict):
-        return None
+        raise BadCallback("not_an_object")
     task_id = data.get("id") or data.get("task_id")
-    return task_id if is_task_id(task_id) else None
+    if not is_task_id(task_id):
+        raise BadCallback("no_task_id")
+    return str(task_id)
+
+
+def callback_task_id(body: bytes) -> str | None:
+    """`read_callback_task_id`, None instead of `BadCallback`."""
+    try:
+        return read_callback_task_id(body)
+    except BadCallback:
+        return None
 
 
 def event_name(status: TaskStatus) -> str | None:
@@ -151,14 +235,37 @@ def task_event(task: TaskSnapshot, index: TaskIndex) -> TaskEvent | None:
     )
 
 
+def reported_marker_key(task_id: str) -> str:
+    """`_tasks/_reported/<task id>.json`, beside the task's index: written before its event is
+    emitted, so no restart, second replica or full memory reports the task again. ValueError
+    for anything that is no task id."""
+    if not is_task_id(task_id):
+        raise ValueError(f"not an EvoLink task id: {task_id[:40]!r}")
+    return f"{REPORTED_PREFIX}/{task_id}.json"
+
+
+def reported_marker(event: TaskEvent, at: datetime) -> dict[str, str]:
+    """The marker's content: which event, with which id, for which status, since when.
+    `state` is "reported"; the receiver rewrites it to "emit_failed" when the event could not
+    be handed over, so that EvoLink's retry emits it (the same id) after all."""
+    return {
+        "task_id": event.payload["task_id"],
+        "status": event.payload["status"],
+        "event": event.event,
+        "event_id": str(event.id),
+        "reported_at": at.isoformat(),
+        "state": "reported",
+    }
+
+
 @dataclass(slots=True)
 class TokenBucket:
     """At most `rate` requests a second on average, `burst` at once. `take()` answers None
     (go ahead) or the seconds until a token is free (refuse with 429 and that Retry-After).
 
-    One bucket for the whole receiver, not one per client address: EvoLink calls from its own
-    addresses, and what the limit protects is our API key — every accepted callback costs one
-    query of the task at EvoLink."""
+    The receiver's global bucket guards only what reads the API with our key (one task query
+    per callback that got that far); cheap refusals never take from it, so a junk flood cannot
+    spend the tokens genuine callbacks need."""
 
     rate: float
     burst: int
@@ -180,3 +287,31 @@ class TokenBucket:
             self._tokens -= 1
             return None
         return (1 - self._tokens) / self.rate
+
+
+@dataclass(slots=True)
+class SourceBuckets:
+    """One `TokenBucket` per sender address (at most `max_sources`, least recently used
+    forgotten first): what a request costs in storage reads is charged to whoever sent it."""
+
+    rate: float
+    burst: int
+    max_sources: int = 4096
+    clock: Callable[[], float] = time.monotonic
+    _buckets: OrderedDict[str, TokenBucket] = field(init=False, default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        TokenBucket(self.rate, self.burst, self.clock)  # the same validation
+
+    def take(self, source: str) -> float | None:
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            bucket = self._buckets[source] = TokenBucket(self.rate, self.burst, self.clock)
+            while len(self._buckets) > self.max_sources:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(source)
+        return bucket.take()
+
+    def __len__(self) -> int:
+        return len(self._buckets)

@@ -511,7 +511,16 @@ def _spend(args: argparse.Namespace) -> int:
 
 
 def _callbacks_arguments(commands: Any) -> None:
-    from evolink.callbacks import MAX_CALLBACK_BYTES
+    from evolink.callbacks import (
+        DEFAULT_BURST,
+        DEFAULT_RATE,
+        DEFAULT_SOURCE_BURST,
+        DEFAULT_SOURCE_RATE,
+        MAX_CALLBACK_BYTES,
+        MAX_CONNECTIONS,
+        MAX_CONNECTIONS_PER_SOURCE,
+        READ_TIMEOUT_SECONDS,
+    )
 
     callbacks = commands.add_parser(
         "callbacks",
@@ -522,7 +531,8 @@ def _callbacks_arguments(commands: Any) -> None:
         "others are ignored), the task is asked for at EvoLink with the key, and an event is "
         "emitted to the Prefect API (PREFECT_API_URL) from the API's answer — never from the "
         "body. Point EvoLinkCredentials.callback_url (or EVOLINK_CALLBACK_URL) at its public "
-        "https URL. The first line printed is the URL it listens on.",
+        "https URL. The first line printed is the URL it listens on; then one line per request "
+        "on stderr (outcome, source address, task id; --debug adds more).",
     )
     callbacks.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     callbacks.add_argument("--port", type=int, default=8788, help="0 picks a free port")
@@ -533,13 +543,52 @@ def _callbacks_arguments(commands: Any) -> None:
     callbacks.add_argument(
         "--forwarded-allow-ips",
         default=None,
-        help="proxies trusted for X-Forwarded-Proto/-For (uvicorn's; default 127.0.0.1): "
-        "behind a TLS proxy, plain http from it counts as https",
+        help="proxies trusted for X-Forwarded-Proto/-For, comma-separated addresses or "
+        "networks (default: none with --ssl-certfile, else 127.0.0.1): behind a TLS proxy, "
+        "plain http from it counts as https, and X-Forwarded-For is the source address",
     )
-    callbacks.add_argument("--rate-limit", type=float, default=20.0, help="callbacks/s on average")
-    callbacks.add_argument("--burst", type=int, default=40, help="callbacks at once")
+    callbacks.add_argument(
+        "--rate-limit",
+        type=float,
+        default=DEFAULT_RATE,
+        help="EvoLink task reads/s on average, for all senders (default %(default)s)",
+    )
+    callbacks.add_argument(
+        "--burst", type=int, default=DEFAULT_BURST, help="task reads at once (default %(default)s)"
+    )
+    callbacks.add_argument(
+        "--source-rate-limit",
+        type=float,
+        default=DEFAULT_SOURCE_RATE,
+        help="storage lookups/s on average per source address (default %(default)s)",
+    )
+    callbacks.add_argument(
+        "--source-burst",
+        type=int,
+        default=DEFAULT_SOURCE_BURST,
+        help="storage lookups at once per source address (default %(default)s)",
+    )
     callbacks.add_argument(
         "--max-body-bytes", type=int, default=MAX_CALLBACK_BYTES, help="larger bodies get 413"
+    )
+    callbacks.add_argument(
+        "--read-timeout",
+        type=float,
+        default=READ_TIMEOUT_SECONDS,
+        help="seconds for a request's headers and body, in all (default %(default)s)",
+    )
+    callbacks.add_argument(
+        "--max-connections",
+        type=int,
+        default=MAX_CONNECTIONS,
+        help="open connections in all (default %(default)s)",
+    )
+    callbacks.add_argument(
+        "--max-connections-per-source",
+        type=int,
+        default=MAX_CONNECTIONS_PER_SOURCE,
+        help="open connections per source address; trusted proxies are exempt "
+        "(default %(default)s)",
     )
 
 
@@ -578,6 +627,11 @@ def _callbacks(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes,
             rate=args.rate_limit,
             burst=args.burst,
+            source_rate=args.source_rate_limit,
+            source_burst=args.source_burst,
+            read_timeout=args.read_timeout,
+            max_connections=args.max_connections,
+            max_connections_per_source=args.max_connections_per_source,
         )
         receiver = CallbackReceiver(storage, credentials, settings)
         sock = bind(args.host, args.port)

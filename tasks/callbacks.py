@@ -5,20 +5,33 @@ An ASGI app (`CallbackReceiver`) served by uvicorn (`serve`). For each POST to i
 1. refuses plain http outside testing (403): EvoLink only calls https URLs, so a plain request
    did not come from it — unless `EVOLINK_ALLOW_PRIVATE_URLS=true` (testing), or a proxy in
    `--forwarded-allow-ips` says the client spoke https (X-Forwarded-Proto);
-2. applies one request rate limit to everything (429 with Retry-After; `TokenBucket`);
-3. refuses a body over `max_body_bytes` (413), by its Content-Length or while reading it;
-4. takes only a task id from the body (400 without one that could be an EvoLink task id, so
-   it never becomes a storage key) — nothing else in the body is read, let alone believed;
-5. answers 202 `ignored` at once for a task id our storage has no index for
-   (`_tasks/<task id>.json`, written at submit): not ours, nothing emitted, EvoLink not asked;
-   200 `duplicate` for a task it already reported (EvoLink repeating itself);
-6. asks the API for the task with our key (503 when it cannot, so EvoLink retries; 202 when
-   the API does not know the task), and answers 409 `not_final` while the API says the task
-   is not finished (a lying body, or a callback faster than the API: EvoLink retries);
-7. emits `evolink.task.completed` or `evolink.task.failed` built from the API's answer and the
-   index (`evolink.callbacks.task_event`: resource, related job/campaign/asset/flow run, bill);
-   the event id is derived from (task id, status), so the Prefect event store keeps one even
-   when two receivers report the same task.
+2. reads the body within the read deadline (408) and up to `max_body_bytes` (413);
+3. takes only a task id from it (`read_callback_task_id`): anything that is not one UTF-8 JSON
+   object with a well-formed task id — wrong content type, deep nesting, duplicate keys, huge
+   numbers, no id — gets 400, so the id never becomes a storage key unchecked;
+4. answers at once, for free, what it already knows: 200 `duplicate` for a task it reported,
+   409 `not_final` for a task the API called unfinished less than `not_final_ttl` ago;
+5. charges the sender one token of its own bucket (`SourceBuckets`: 429 when empty) and reads
+   storage: 202 `ignored` for a task id without our index (`_tasks/<task id>.json`, written at
+   submit), 200 `duplicate` when its "reported" marker (`_tasks/_reported/<task id>.json`)
+   says another process or an earlier life of this one reported it;
+6. takes one token of the global bucket (429 when empty: it guards only what reads the API)
+   and asks the API for the task with our key (503 when it cannot, so EvoLink retries; 202
+   when the API does not know it); 409 `not_final` while the API says it is not finished;
+7. writes the marker, then emits `evolink.task.completed` or `evolink.task.failed`, built from
+   the API's answer and the index (`evolink.callbacks.task_event`). The event id is derived
+   from (task id, status): two replicas racing past each other's marker emit the same id,
+   which the Prefect event store keeps once.
+
+Requests for one task id are handled one at a time, so a burst of forged callbacks for an
+unfinished task costs one API read, not one each. Every request ends in one audit log line
+(outcome, source address, task id) on the `prefect_evolink.callbacks` logger, at INFO.
+
+Below the app, `serve` guards the connections themselves (`ConnectionGuard`): the listening
+socket's accept() enforces a per-source and a total connection cap, and a sweep every half
+second resets connections past their phase's deadline — TLS handshake, request (headers and
+body, in all), app, keep-alive idle, closing. An ASGI app never sees a request whose headers
+never complete, so this is the only place a header deadline can live.
 
 Polling stays the source of truth: the event only tells people (automations) sooner; the
 waiting poll task does not hear of it (receiver and poller share no process, and a socket per
@@ -28,22 +41,41 @@ waiting poll would cost more than the poll interval it saves).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
+import ipaddress
 import json
 import logging
 import math
+import os
+import re
 import socket
+import struct
+import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from pydantic import ValidationError
 
 from evolink.callbacks import (
+    DEFAULT_BURST,
+    DEFAULT_RATE,
+    DEFAULT_SOURCE_BURST,
+    DEFAULT_SOURCE_RATE,
     MAX_CALLBACK_BYTES,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_SOURCE,
+    READ_TIMEOUT_SECONDS,
+    BadCallback,
+    SourceBuckets,
     TaskEvent,
     TokenBucket,
-    callback_task_id,
+    read_callback_task_id,
+    reported_marker,
+    reported_marker_key,
     task_event,
 )
 from evolink.client import EvoLinkClient
@@ -58,17 +90,26 @@ logger = logging.getLogger("prefect_evolink.callbacks")
 
 DEFAULT_PATH: Final = "/evolink/callback"
 HEALTH_PATH: Final = "/healthz"
-DEFAULT_RATE: Final = 20.0
-DEFAULT_BURST: Final = 40
 API_TIMEOUT_SECONDS: Final = 8.0
 """EvoLink waits 10 s for an answer; the task query must be done (or given up) before that."""
+KEEP_ALIVE_SECONDS: Final = 5
+CLOSING_TIMEOUT_SECONDS: Final = 5.0
+APP_TIMEOUT_SECONDS: Final = 30.0
+"""A safety net: the app bounds its own work (storage, then the API's 8 s)."""
+NOT_FINAL_TTL_SECONDS: Final = 2.5
+"""Under the 2 s and 4 s gaps between EvoLink's later retries: each of those reads again."""
+MAX_HEADER_BYTES: Final = 16 * 1024
 REMEMBERED_TASKS: Final = 4096
+SWEEP_TICKS: Final = 5  # uvicorn ticks every 0.1 s: a sweep every 0.5 s
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Emit = Callable[[TaskEvent], None]
+
+_SAFE_SOURCE = re.compile(r"[0-9A-Za-z.:%\[\]_-]{1,64}")
+_JSON_TYPE = re.compile(r"application/([a-z0-9.+-]+\+)?json", re.IGNORECASE)
 
 
 def emit_to_prefect(event: TaskEvent) -> None:
@@ -89,11 +130,27 @@ def emit_to_prefect(event: TaskEvent) -> None:
 
 @dataclass(frozen=True, slots=True)
 class ReceiverSettings:
+    """The receiver's limits. `rate`/`burst` guard the API reads (global); `source_rate`/
+    `source_burst` the storage reads, per sender address; the connection settings are
+    enforced by `serve`."""
+
     path: str = DEFAULT_PATH
     max_body_bytes: int = MAX_CALLBACK_BYTES
     rate: float = DEFAULT_RATE
     burst: int = DEFAULT_BURST
     api_timeout: float = API_TIMEOUT_SECONDS
+    source_rate: float = DEFAULT_SOURCE_RATE
+    source_burst: int = DEFAULT_SOURCE_BURST
+    read_timeout: float = READ_TIMEOUT_SECONDS
+    not_final_ttl: float = NOT_FINAL_TTL_SECONDS
+    max_connections: int = MAX_CONNECTIONS
+    max_connections_per_source: int = MAX_CONNECTIONS_PER_SOURCE
+
+    def __post_init__(self) -> None:
+        if self.read_timeout <= 0 or self.not_final_ttl < 0 or self.max_body_bytes < 1:
+            raise ValueError("read_timeout must be > 0, not_final_ttl >= 0, max_body_bytes >= 1")
+        if self.max_connections < 1 or self.max_connections_per_source < 1:
+            raise ValueError("max_connections and max_connections_per_source must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +158,22 @@ class _Answer:
     status: int
     body: dict[str, Any]
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    task_id: str | None = None
+    note: str | None = None  # for the log line only, never for the caller
+    level: int = logging.INFO
+
+
+_GONE: Final = _Answer(499, {"status": "client_gone"})  # logged, never sent
+
+
+def _retry_after(wait: float) -> tuple[tuple[bytes, bytes], ...]:
+    return ((b"retry-after", str(max(1, math.ceil(wait))).encode()),)
 
 
 class CallbackReceiver:
     """The ASGI app. `emit` is how events leave (default: the Prefect API); `counts` tallies
-    the outcomes (`emitted`, `ignored`, `rate_limited`, …) for `GET /healthz`."""
+    the outcomes (`emitted`, `ignored`, `rate_limited`, …), shown by `GET /healthz` to
+    loopback callers and to callers with the API key only."""
 
     def __init__(
         self,
@@ -120,9 +188,15 @@ class CallbackReceiver:
         self.settings = settings or ReceiverSettings()
         self.emit = emit
         self.counts: Counter[str] = Counter()
+        self.connection_stats: Callable[[], dict[str, Any]] | None = None  # set by `serve`
         self._bucket = TokenBucket(self.settings.rate, self.settings.burst)
+        self._sources = SourceBuckets(self.settings.source_rate, self.settings.source_burst)
         self._client: EvoLinkClient | None = None
         self._reported: OrderedDict[str, str] = OrderedDict()  # task id → status, newest last
+        self._not_final: OrderedDict[str, tuple[float, str]] = OrderedDict()  # → (until, status)
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._storage_ok = True
+        self._api_ok = True
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -137,8 +211,24 @@ class CallbackReceiver:
             return
         if scope["type"] != "http":
             return  # websockets: not served (uvicorn closes the connection)
-        answer = await self._answer(scope, receive)
-        self.counts[str(answer.body.get("status", answer.status))] += 1
+        started = time.monotonic()
+        try:
+            answer = await self._answer(scope, receive)
+        except Exception as error:  # a bug: one line (its traceback at DEBUG)
+            answer = _Answer(
+                500,
+                {"status": "internal_error"},
+                note=f"{type(error).__name__}: {error}",
+                level=logging.ERROR,
+            )
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("Internal error", exc_info=error)
+        outcome = str(answer.body.get("status", answer.status))
+        if scope.get("path") != HEALTH_PATH:
+            self.counts[outcome] += 1
+        self._audit(scope, answer, outcome, started)
+        if answer is _GONE:
+            return
         body = _json_bytes(answer.body)
         await send(
             {
@@ -164,88 +254,254 @@ class CallbackReceiver:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    def _audit(self, scope: Scope, answer: _Answer, outcome: str, started: float) -> None:
+        """The request's one log line: what, outcome, who, which task — never the body."""
+        if not logger.isEnabledFor(answer.level):
+            return
+        path = scope.get("path", "")
+        where = path if path in (self.settings.path, HEALTH_PATH) else "<other path>"
+        method = str(scope.get("method", ""))[:16]
+        note = f": {answer.note[:200]}" if answer.note else ""
+        logger.log(
+            answer.level,
+            "%s %s %d %s source=%s task=%s %d ms%s",
+            method,
+            where,
+            answer.status,
+            outcome,
+            _source(scope),
+            answer.task_id or "-",
+            round((time.monotonic() - started) * 1000),
+            note,
+        )
+
     async def _answer(self, scope: Scope, receive: Receive) -> _Answer:
         method, path = scope.get("method", ""), scope.get("path", "")
         if path == HEALTH_PATH and method in ("GET", "HEAD"):
-            return _Answer(200, {"status": "ok", "counts": dict(self.counts)})
+            return self._health(scope)
         if path != self.settings.path:
             return _Answer(404, {"status": "not_found"})
         if method != "POST":
             return _Answer(405, {"status": "method_not_allowed"}, ((b"allow", b"POST"),))
         if scope.get("scheme") != "https" and not private_urls_allowed():
             return _Answer(403, {"status": "https_required"})
-        wait = self._bucket.take()
-        if wait is not None:
-            retry_after = str(max(1, math.ceil(wait))).encode()
-            return _Answer(429, {"status": "rate_limited"}, ((b"retry-after", retry_after),))
+        content_type = _header(scope, b"content-type")
+        if content_type is not None and not _is_json(content_type):
+            return _Answer(
+                400, {"status": "malformed", "reason": "content_type"}, note="content_type"
+            )
         body = await self._read_body(scope, receive)
-        if body is None:
-            return _Answer(413, {"status": "too_large", "limit": self.settings.max_body_bytes})
-        task_id = callback_task_id(body)
-        if task_id is None:
-            return _Answer(400, {"status": "no_task_id"})
-        return await self._confirm(task_id)
+        if isinstance(body, _Answer):
+            return body
+        try:
+            task_id = read_callback_task_id(body)
+        except BadCallback as bad:
+            if bad.reason == "no_task_id":
+                return _Answer(400, {"status": "no_task_id"})
+            return _Answer(400, {"status": "malformed", "reason": bad.reason}, note=bad.reason)
+        return await self._confirm(task_id, _source(scope))
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
-        """The body; None once it is over the limit (unread, when its Content-Length says so)."""
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | _Answer:
+        """The body, within `read_timeout` and `max_body_bytes` (unread, when its
+        Content-Length says it is too large); else the answer that says why not."""
         limit = self.settings.max_body_bytes
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
-                return None
+        too_large = _Answer(413, {"status": "too_large", "limit": limit})
+        declared = _header(scope, b"content-length")
+        if declared is not None and not (declared.isascii() and declared.isdigit()):
+            return too_large
+        if declared is not None and int(declared) > limit:
+            return too_large
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.settings.read_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return _GONE
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        return too_large
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            return _Answer(408, {"status": "read_timeout"}, ((b"connection", b"close"),))
         return b"".join(chunks)
+
+    def _health(self, scope: Scope) -> _Answer:
+        """ok or not_ok (the last storage or API check failed: callbacks get 503 now); the
+        outcome counts and connection figures only for loopback and holders of the key."""
+        healthy = self._storage_ok and self._api_ok
+        body: dict[str, Any] = {"status": "ok" if healthy else "not_ok"}
+        if self._may_see_details(scope):
+            body["storage"] = "ok" if self._storage_ok else "failing"
+            body["api"] = "ok" if self._api_ok else "failing"
+            body["counts"] = dict(self.counts)
+            if self.connection_stats is not None:
+                body["connections"] = self.connection_stats()
+        return _Answer(200 if healthy else 503, body)
+
+    def _may_see_details(self, scope: Scope) -> bool:
+        client = scope.get("client")
+        if client:
+            try:
+                if ipaddress.ip_address(str(client[0]).split("%")[0]).is_loopback:
+                    return True
+            except ValueError:
+                pass
+        authorization = _header(scope, b"authorization") or ""
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        key = self.credentials.api_key.get_secret_value()
+        return hmac.compare_digest(token.strip().encode(), key.encode())
 
     # --- the callback itself --------------------------------------------------------------
 
-    async def _confirm(self, task_id: str) -> _Answer:
-        """Index → API → event. Only the task id came from the caller."""
+    async def _confirm(self, task_id: str, source: str) -> _Answer:
+        """Memory → (sender's token) index, marker → (global token) API → marker, event.
+        Only the task id came from the caller."""
+        known = self._known(task_id)
+        if known is not None:
+            return known
+        async with self._task_lock(task_id):
+            known = self._known(task_id)  # settled while this one waited for the lock
+            if known is not None:
+                return known
+            wait = self._sources.take(source)
+            if wait is not None:
+                return _Answer(
+                    429, {"status": "source_rate_limited"}, _retry_after(wait), task_id=task_id
+                )
+            return await self._check(task_id)
+
+    def _known(self, task_id: str) -> _Answer | None:
+        """What this process already knows, answered without storage or the API."""
         if task_id in self._reported:  # only ever our tasks: EvoLink repeating itself
-            return _Answer(200, {"status": "duplicate", "task_status": self._reported[task_id]})
+            status = self._reported[task_id]
+            return _Answer(200, {"status": "duplicate", "task_status": status}, task_id=task_id)
+        cached = self._not_final.get(task_id)
+        if cached is not None:
+            until, status = cached
+            if time.monotonic() < until:
+                return _Answer(409, {"status": "not_final", "task_status": status}, task_id=task_id)
+            del self._not_final[task_id]
+        return None
+
+    async def _check(self, task_id: str) -> _Answer:
+        def answer(status: int, body: dict[str, Any], **extra: Any) -> _Answer:
+            return _Answer(status, body, task_id=task_id, **extra)
+
+        def storage_failed(error: Exception) -> _Answer:
+            self._storage_ok = False
+            return answer(
+                503,
+                {"status": "storage_unavailable"},
+                headers=((b"retry-after", b"2"),),
+                note=f"storage: {type(error).__name__}: {error}",
+                level=logging.WARNING,
+            )
+
         try:
             raw = await self.storage.aget_json(task_index_key(task_id))
         except Exception as error:  # noqa: BLE001 — storage trouble: let EvoLink retry
-            logger.warning("Callback for task %s not checked: storage failed: %s", task_id, error)
-            return _Answer(503, {"status": "storage_unavailable"}, ((b"retry-after", b"2"),))
+            return storage_failed(error)
+        self._storage_ok = True
         if raw is None:
-            logger.info("Callback for task %s ignored: not one of ours", task_id)
-            return _Answer(202, {"status": "ignored"})
+            return answer(202, {"status": "ignored"}, note="not one of ours")
         try:
             index = TaskIndex.model_validate(raw)
         except ValidationError:
-            logger.warning("Callback for task %s ignored: its index is unreadable", task_id)
-            return _Answer(202, {"status": "ignored"})
+            return answer(202, {"status": "ignored"}, note="its index is unreadable")
+        try:
+            marker = await self.storage.aget_bytes(reported_marker_key(task_id))
+        except Exception as error:  # noqa: BLE001
+            return storage_failed(error)
+        reported = _marker_status(marker)
+        if reported is not None:  # another replica, or this one before a restart
+            self._remember(task_id, reported)
+            return answer(200, {"status": "duplicate", "task_status": reported}, note="marker")
+        wait = self._bucket.take()
+        if wait is not None:
+            return answer(429, {"status": "rate_limited"}, headers=_retry_after(wait))
         try:
             task = await asyncio.wait_for(
                 self._api().get_task(task_id), timeout=self.settings.api_timeout
             )
         except NotFoundError:
-            logger.warning("Callback for task %s ignored: EvoLink does not know it", task_id)
-            return _Answer(202, {"status": "ignored"})
+            self._api_ok = True
+            return answer(202, {"status": "ignored"}, note="EvoLink does not know it")
         except (EvoLinkError, TimeoutError, ValueError) as error:  # ValueError: no task object
-            logger.warning("Callback for task %s not confirmed: %s", task_id, error)
-            return _Answer(503, {"status": "api_unavailable"}, ((b"retry-after", b"2"),))
+            self._api_ok = False
+            return answer(
+                503,
+                {"status": "api_unavailable"},
+                headers=((b"retry-after", b"2"),),
+                note=f"{type(error).__name__}: {error}",
+                level=logging.WARNING,
+            )
+        self._api_ok = True
         if task.id != task_id:
-            logger.warning("Callback for task %s ignored: the API answered for another id", task_id)
-            return _Answer(202, {"status": "ignored"})
+            return answer(202, {"status": "ignored"}, note="the API answered for another id")
         event = task_event(task, index)
         if event is None:
-            return _Answer(409, {"status": "not_final", "task_status": task.status.value})
-        self.emit(event)
-        self._remember(task_id, task.status.value)
-        logger.info("Task %s %s: emitted %s", task_id, task.status.value, event.event)
-        return _Answer(200, {"status": "emitted", "event": event.event})
+            self._cache_not_final(task_id, task.status.value)
+            return answer(409, {"status": "not_final", "task_status": task.status.value})
+        return await self._report(task_id, event)
+
+    async def _report(self, task_id: str, event: TaskEvent) -> _Answer:
+        """Marker first, then the event: a crash between them loses this one hint (polling
+        still books the task), it never makes a second one."""
+        status = str(event.payload["status"])
+        marker = reported_marker(event, datetime.now(UTC))
+        key = reported_marker_key(task_id)
+        try:
+            await self.storage.aput_json(key, marker)
+        except Exception as error:  # noqa: BLE001 — storage trouble: let EvoLink retry
+            self._storage_ok = False
+            return _Answer(
+                503,
+                {"status": "storage_unavailable"},
+                ((b"retry-after", b"2"),),
+                task_id=task_id,
+                note=f"marker not written: {type(error).__name__}: {error}",
+                level=logging.WARNING,
+            )
+        try:
+            self.emit(event)
+        except Exception as error:  # noqa: BLE001 — free the marker so EvoLink's retry emits
+            with contextlib.suppress(Exception):
+                await self.storage.aput_json(key, {**marker, "state": "emit_failed"})
+            return _Answer(
+                503,
+                {"status": "not_emitted"},
+                ((b"retry-after", b"2"),),
+                task_id=task_id,
+                note=f"{type(error).__name__}: {error}",
+                level=logging.WARNING,
+            )
+        self._remember(task_id, status)
+        return _Answer(
+            200, {"status": "emitted", "event": event.event}, task_id=task_id, note=status
+        )
+
+    @contextlib.asynccontextmanager
+    async def _task_lock(self, task_id: str) -> AsyncIterator[None]:
+        """One request per task id at a time; the lock lives while someone holds or waits."""
+        entry = self._locks.get(task_id)
+        if entry is None:
+            entry = self._locks[task_id] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                self._locks.pop(task_id, None)
 
     def _api(self) -> EvoLinkClient:
         if self._client is None:
@@ -255,23 +511,333 @@ class CallbackReceiver:
         return self._client
 
     def _remember(self, task_id: str, status: str) -> None:
+        self._not_final.pop(task_id, None)
         self._reported[task_id] = status
         self._reported.move_to_end(task_id)
         while len(self._reported) > REMEMBERED_TASKS:
             self._reported.popitem(last=False)
+
+    def _cache_not_final(self, task_id: str, status: str) -> None:
+        if self.settings.not_final_ttl <= 0:
+            return
+        self._not_final[task_id] = (time.monotonic() + self.settings.not_final_ttl, status)
+        self._not_final.move_to_end(task_id)
+        while len(self._not_final) > REMEMBERED_TASKS:
+            self._not_final.popitem(last=False)
+
+
+def _marker_status(marker: bytes | None) -> str | None:
+    """The status a stored marker reports; None when there is none, or its emit failed. A
+    marker we cannot read still counts as reported: never a second event."""
+    if marker is None:
+        return None
+    try:
+        data = json.loads(marker)
+    except ValueError:
+        return "unknown"
+    if not isinstance(data, dict):
+        return "unknown"
+    if data.get("state") == "emit_failed":
+        return None
+    return str(data.get("status") or "unknown")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _is_json(content_type: str) -> bool:
+    return _JSON_TYPE.fullmatch(content_type.split(";", 1)[0].strip()) is not None
+
+
+def _source(scope: Scope) -> str:
+    """The sender's address as uvicorn reports it (the proxy's X-Forwarded-For when the proxy
+    is trusted), safe to log."""
+    client = scope.get("client")
+    host = str(client[0]) if client else ""
+    return host if _SAFE_SOURCE.fullmatch(host) else "?"
 
 
 def _json_bytes(data: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
+# --- connections: caps and deadlines below the app ------------------------------------------
+
+HANDSHAKE: Final = "handshake"
+REQUEST: Final = "request"
+APP: Final = "app"
+IDLE: Final = "idle"
+CLOSING: Final = "closing"
+RESET: Final = "reset"
+_WHY: Final = {
+    HANDSHAKE: "no TLS handshake",
+    REQUEST: "no complete request (headers and body)",
+    APP: "no answer",
+    IDLE: "idle",
+    CLOSING: "not closed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Caps on open connections and each phase's deadline in seconds."""
+
+    max_connections: int = MAX_CONNECTIONS
+    per_source: int = MAX_CONNECTIONS_PER_SOURCE
+    handshake: float = READ_TIMEOUT_SECONDS
+    request: float = READ_TIMEOUT_SECONDS
+    app: float = APP_TIMEOUT_SECONDS
+    idle: float = KEEP_ALIVE_SECONDS + CLOSING_TIMEOUT_SECONDS
+    closing: float = CLOSING_TIMEOUT_SECONDS
+
+    def deadline(self, phase: str) -> float:
+        return float(getattr(self, phase, CLOSING_TIMEOUT_SECONDS))
+
+
+@dataclass(slots=True)
+class _Connection:
+    sock: socket.socket
+    source: str
+    phase: str
+    since: float
+    protocol: Any = None  # uvicorn's protocol, once TLS is done
+    exempt: bool = False
+
+
+@dataclass
+class ConnectionGuard:
+    """Every accepted connection, its source and phase; caps at accept, deadlines by sweep.
+
+    Runs on the server's event loop only (accept, protocol callbacks and the sweep all do), so
+    it needs no lock. `exempt(source)` spares trusted proxies the per-source cap: behind one,
+    every connection comes from it."""
+
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    tls: bool = True
+    exempt: Callable[[str], bool] = lambda source: False
+    clock: Callable[[], float] = time.monotonic
+    totals: Counter[str] = field(default_factory=Counter)
+    _open: dict[int, _Connection] = field(default_factory=dict)
+    _per_source: Counter[str] = field(default_factory=Counter)
+    _refused: Counter[str] = field(default_factory=Counter)
+
+    def admit(self, sock: socket.socket, address: Any) -> bool:
+        """Whether to keep a just-accepted connection (the caller resets it when not)."""
+        source = _address_host(address)
+        fd = sock.fileno()
+        if fd in self._open:  # the descriptor was reused: that connection is gone
+            self._forget(fd)
+        exempt = self.exempt(source)
+        if not self._room_for(source, exempt):
+            self._prune()  # closed ones may not have been noticed yet
+            if not self._room_for(source, exempt):
+                self._refused[source] += 1
+                self.totals["refused"] += 1
+                return False
+        phase = HANDSHAKE if self.tls else REQUEST
+        self._open[fd] = _Connection(sock, source, phase, self.clock(), exempt=exempt)
+        self._per_source[source] += 1
+        return True
+
+    def _room_for(self, source: str, exempt: bool) -> bool:
+        if len(self._open) >= self.limits.max_connections:
+            return False
+        return exempt or self._per_source[source] < self.limits.per_source
+
+    def attach(self, fd: int, protocol: Any) -> None:
+        """TLS is done: the protocol takes over; its first request's deadline starts now."""
+        connection = self._open.get(fd)
+        if connection is not None:
+            connection.protocol = protocol
+            connection.phase, connection.since = REQUEST, self.clock()
+
+    def enter(self, fd: int, protocol: Any, phase: str) -> None:
+        """The protocol moved to `phase`; staying in one keeps its start (a trickle of bytes
+        never buys a slow request more time)."""
+        connection = self._open.get(fd)
+        if connection is None or connection.protocol is not protocol:
+            return
+        if connection.phase not in (phase, RESET):
+            connection.phase, connection.since = phase, self.clock()
+
+    def release(self, fd: int, protocol: Any) -> None:
+        connection = self._open.get(fd)
+        if connection is not None and connection.protocol is protocol:
+            self._forget(fd)
+
+    def _forget(self, fd: int) -> None:
+        connection = self._open.pop(fd)
+        self._per_source[connection.source] -= 1
+        if self._per_source[connection.source] <= 0:
+            del self._per_source[connection.source]
+
+    def _prune(self) -> None:
+        for fd, connection in list(self._open.items()):
+            if connection.sock.fileno() == -1:
+                self._forget(fd)
+
+    def sweep(self) -> None:
+        """Reset every connection past its phase's deadline; report refusals since the last
+        sweep (one line per source, not one per connection)."""
+        now = self.clock()
+        self._prune()
+        for connection in list(self._open.values()):
+            protocol = connection.protocol
+            transport = getattr(protocol, "transport", None)
+            closing = transport is not None and transport.is_closing()
+            if closing and connection.phase not in (CLOSING, RESET):
+                connection.phase, connection.since = CLOSING, now
+            if connection.phase == RESET:
+                if now - connection.since >= self.limits.closing:  # still there: the socket
+                    _shutdown(connection.sock)
+                continue
+            if now - connection.since < self.limits.deadline(connection.phase):
+                continue
+            self.totals[f"deadline_{connection.phase}"] += 1
+            if connection.phase != CLOSING:
+                logger.info(
+                    "connection from %s reset: %s within %g s",
+                    connection.source,
+                    _WHY[connection.phase],
+                    self.limits.deadline(connection.phase),
+                )
+            connection.phase, connection.since = RESET, now
+            if transport is not None:
+                transport.abort()
+            else:
+                _shutdown(connection.sock)
+        for source, count in self._refused.items():
+            logger.warning(
+                "refused %d connection(s) from %s: %s",
+                count,
+                source,
+                f"over {self.limits.per_source} per source"
+                if len(self._open) < self.limits.max_connections
+                else f"over {self.limits.max_connections} in all",
+            )
+        self._refused.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """For /healthz (details): what is open now, what was refused or reset so far."""
+        phases = Counter(connection.phase for connection in self._open.values())
+        return {
+            "open": len(self._open),
+            "sources": len(self._per_source),
+            "phases": dict(phases),
+            **dict(self.totals),
+        }
+
+
+def _address_host(address: Any) -> str:
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return "unix" if isinstance(address, str | bytes) else "?"
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """End a connection under asyncio's feet without closing its descriptor (asyncio does
+    that when it reads the EOF), so no descriptor is reused while the loop still watches it."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class GuardedListener(socket.socket):
+    """A listening socket whose accept() asks the `ConnectionGuard` (when one is set) and
+    resets what it refuses, before asyncio, TLS or uvicorn spend anything on it."""
+
+    guard: ConnectionGuard | None = None
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        for _ in range(64):  # then let the loop run; the rest is accepted on the next round
+            conn, address = super().accept()  # BlockingIOError when none is waiting
+            guard = self.guard
+            if guard is None or guard.admit(conn, address):
+                return conn, address
+            with contextlib.suppress(OSError):  # RST at once: no TIME_WAIT for refusals
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+        raise BlockingIOError
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening-ready socket on host:port (0 picks a free port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = GuardedListener(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     return sock
+
+
+def _trusted_proxies(spec: str | None) -> Callable[[str], bool]:
+    """`--forwarded-allow-ips` as a test: addresses and networks, comma-separated; "*" all."""
+    items = [item.strip() for item in (spec or "").split(",") if item.strip()]
+    if "*" in items:
+        return lambda source: True
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    names: set[str] = set()
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            names.add(item)
+
+    def trusted(source: str) -> bool:
+        if source in names:
+            return True
+        try:
+            address = ipaddress.ip_address(source)
+        except ValueError:
+            return False
+        return any(address in network for network in networks)
+
+    return trusted
+
+
+def _guarded_protocol(guard: ConnectionGuard) -> type[Any]:
+    """uvicorn's h11 protocol, reporting each connection's phase to `guard`."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    def fd_of(transport: Any) -> int:
+        sock = transport.get_extra_info("socket")
+        return int(sock.fileno()) if sock is not None else -1
+
+    class GuardedH11Protocol(H11Protocol):
+        _guard_fd = -1
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._guard_fd = fd_of(transport)
+            guard.attach(self._guard_fd, self)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._report(arrived=True)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._report(arrived=False)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            guard.release(self._guard_fd, self)
+            super().connection_lost(exc)
+
+        def _report(self, *, arrived: bool) -> None:
+            state = self.conn.their_state
+            if state is h11.SEND_BODY:
+                phase = REQUEST
+            elif state is h11.IDLE:  # between requests, or some of the next one's headers
+                pending = arrived or bool(self.conn.trailing_data[0])
+                phase = REQUEST if pending else IDLE
+            else:  # the request is in: the app's turn, or closing
+                phase = APP
+            guard.enter(self._guard_fd, self, phase)
+
+    return GuardedH11Protocol
 
 
 def serve(
@@ -285,8 +851,39 @@ def serve(
     log_level: str = "info",
 ) -> None:
     """Run `receiver` under uvicorn on `sock` until SIGINT/SIGTERM; `on_ready` once it
-    accepts connections."""
+    accepts connections.
+
+    uvicorn runs its h11 protocol on the plain asyncio loop here (not httptools or uvloop), as
+    the connection guard needs both: connections are capped at accept and reset past their
+    deadlines (`ConnectionGuard`). Proxy headers are believed only from `forwarded_allow_ips`;
+    without it, a TLS receiver trusts none (it faces the internet itself) and a plain-http one
+    trusts loopback (uvicorn's default: a proxy on the same host)."""
     import uvicorn
+
+    settings = receiver.settings
+    tls = ssl_certfile is not None
+    proxies = forwarded_allow_ips
+    if proxies is None and not tls:
+        proxies = "127.0.0.1,::1"
+    guard = ConnectionGuard(
+        ConnectionLimits(
+            max_connections=settings.max_connections,
+            per_source=settings.max_connections_per_source,
+            handshake=settings.read_timeout,
+            request=settings.read_timeout,
+        ),
+        tls=tls,
+        exempt=_trusted_proxies(proxies),
+    )
+    listener = (
+        sock
+        if isinstance(sock, GuardedListener)
+        else GuardedListener(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
+    )
+    listener.guard = guard
+    receiver.connection_stats = guard.stats
+    level = logger.level
+    logger.setLevel(logging.DEBUG if log_level == "debug" else logging.INFO)
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -294,16 +891,32 @@ def serve(
             if self.started and on_ready is not None:
                 on_ready()
 
+        async def on_tick(self, counter: int) -> bool:
+            if counter % SWEEP_TICKS == 0:
+                guard.sweep()
+            return await super().on_tick(counter)
+
     config = uvicorn.Config(
         receiver,
+        http=_guarded_protocol(guard),
+        loop="asyncio",
         lifespan="on",
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
-        proxy_headers=True,
-        forwarded_allow_ips=forwarded_allow_ips,
+        proxy_headers=proxies is not None,
+        forwarded_allow_ips=proxies,
         log_level=log_level,
-        access_log=False,  # one log line per callback comes from the receiver itself
-        timeout_keep_alive=5,
-        limit_concurrency=64,
+        access_log=False,  # one log line per request comes from the receiver itself
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=int(CLOSING_TIMEOUT_SECONDS),
+        limit_concurrency=settings.max_connections + 1,  # the guard's cap is the one that acts
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
-    _Server(config).run(sockets=[sock])
+    try:
+        _Server(config).run(sockets=[listener])
+    finally:
+        logger.setLevel(level)
+        listener.guard = None
+        receiver.connection_stats = None
+        if listener is not sock:
+            listener.close()

@@ -7,8 +7,13 @@
   API, read back with a real events subscriber;
 - forged bodies: an unknown id gets 2xx and no event (EvoLink is not even asked); a known id
   with a lying body gets the API's truth; a task not finished at the API gets 409, no event;
-- guards: 413 over 64 KiB, 429 over the rate, 403 for plain http outside testing, and http or
-  private callback URLs refused where they are configured;
+- guards: 413 over 64 KiB, 403 for plain http outside testing, and http or private callback
+  URLs refused where they are configured; 429 from the API bucket only for what reads the API,
+  from a sender's own bucket for what reads storage; malformed bodies of every kind get 400
+  and one short log line; forged callbacks for an unfinished task cost one API read per TTL;
+- replay memory: the "reported" marker, written before the event, stops a restarted receiver,
+  a second replica and a receiver 4,096 tasks later from emitting again; `/healthz` details
+  only for loopback and the key; one audit line per request, without the key;
 - deployments/automations.yaml is created by `prefect automation create --from-file`, and its
   trigger (the server's own matching) covers the receiver's event for a final.
 
@@ -22,6 +27,7 @@ import datetime
 import http.server
 import ipaddress
 import json
+import logging
 import os
 import ssl
 import subprocess
@@ -40,7 +46,13 @@ import pytest
 import yaml
 from prefect import flow
 
-from evolink.callbacks import EVENT_COMPLETED, EVENT_FAILED, task_event
+from evolink.callbacks import (
+    EVENT_COMPLETED,
+    EVENT_FAILED,
+    TaskEvent,
+    reported_marker_key,
+    task_event,
+)
 from evolink.campaign import campaign_namespace
 from evolink.endpoint import endpoint_scope
 from evolink.jobs import (
@@ -58,7 +70,7 @@ from evolink.simulator.callbacks import RETRY_DELAYS, TIMEOUT_SECONDS
 from evolink.states import TaskSnapshot
 from prefect_evolink.blocks import LocalAssetStorage
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
-from prefect_evolink.tasks.callbacks import CallbackReceiver, ReceiverSettings
+from prefect_evolink.tasks.callbacks import REMEMBERED_TASKS, CallbackReceiver, ReceiverSettings
 from prefect_evolink.tasks.job import run_image_job
 from tests.conftest import TEST_API_KEY
 
@@ -518,18 +530,262 @@ def test_oversize_bodies_get_413_unread(
     assert fits.status_code == 202
 
 
-def test_the_rate_limit_answers_429_with_retry_after(
+def finished_tasks(sim: EvoLinkSimulator, storage: LocalAssetStorage, count: int) -> list[str]:
+    """`count` completed tasks of ours (indexed), the clock moved past their generation."""
+    ids = [create_task(sim) for _ in range(count)]
+    sim.advance_clock(1)
+    namespace = campaign_namespace(unique_campaign(), "hero", "final")
+    for task_id in ids:
+        index(storage, task_id, namespace)
+    return ids
+
+
+async def post_all(
+    receiver: CallbackReceiver,
+    bodies: list[Any],
+    *,
+    client: tuple[str, int] = ("127.0.0.1", 123),
+    headers: dict[str, str] | None = None,
+    concurrently: bool = False,
+) -> list[httpx.Response]:
+    """POST each body (a dict is sent as JSON, bytes as they are) on one ASGI client."""
+    transport = httpx.ASGITransport(app=receiver, client=client)  # type: ignore[arg-type]
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as http:
+
+            def one(body: Any) -> Awaitable[httpx.Response]:
+                content = body if isinstance(body, bytes) else json.dumps(body).encode()
+                return http.post(CALLBACK_PATH, content=content, headers=headers)
+
+            if concurrently:
+                return list(await asyncio.gather(*(one(body) for body in bodies)))
+            return [await one(body) for body in bodies]
+    finally:
+        await receiver.aclose()
+
+
+def test_the_api_bucket_charges_only_what_reads_the_api(
     sim: EvoLinkSimulator, storage: LocalAssetStorage
 ) -> None:
-    receiver = CallbackReceiver(storage, credentials_for(sim), ReceiverSettings(rate=0.5, burst=3))
+    emitted: list[TaskEvent] = []
+    settings = ReceiverSettings(rate=0.5, burst=2)
+    receiver = CallbackReceiver(storage, credentials_for(sim), settings, emit=emitted.append)
+    first, second, third = finished_tasks(sim, storage, 3)
+    reads = sim.request_counts["get"]
+    junk: list[Any] = [b"{", {"status": "completed"}, {"id": "../x"}]
+    junk += [{"id": f"task-unified-1-junk-{n}"} for n in range(20)]  # not ours: storage only
 
-    async def flood() -> list[httpx.Response]:
-        return [await post(receiver, {"id": f"task-unified-1-{n}"}) for n in range(5)]
+    answers = asyncio.run(post_all(receiver, [*junk, {"id": first}, {"id": second}, {"id": third}]))
 
-    answers = asyncio.run(flood())
-    assert [a.status_code for a in answers] == [202, 202, 202, 429, 429]
+    assert [a.status_code for a in answers[: len(junk)]] == [400] * 3 + [202] * 20
+    assert [a.json()["status"] for a in answers[len(junk) :]] == [
+        "emitted",
+        "emitted",
+        "rate_limited",  # the junk before took no token: only these reads did
+    ]
     assert answers[-1].headers["retry-after"] == "2"
-    assert receiver.counts["rate_limited"] == 2
+    assert sim.request_counts["get"] == reads + 2
+    # A repeat of a reported task is free: answered from memory, the bucket still empty.
+    [again] = asyncio.run(post_all(receiver, [{"id": first}]))
+    assert again.json() == {"status": "duplicate", "task_status": "completed"}
+    assert len(emitted) == 2 and receiver.counts["rate_limited"] == 1
+
+
+def test_storage_lookups_are_charged_to_the_sender_not_to_everyone(
+    sim: EvoLinkSimulator, storage: LocalAssetStorage
+) -> None:
+    emitted: list[TaskEvent] = []
+    settings = ReceiverSettings(source_rate=0.5, source_burst=3)
+    receiver = CallbackReceiver(storage, credentials_for(sim), settings, emit=emitted.append)
+    [ours] = finished_tasks(sim, storage, 1)
+    unknown = [{"id": f"task-unified-1-junk-{n}"} for n in range(5)]
+
+    flood = asyncio.run(post_all(receiver, [*unknown, b"not json"], client=("203.0.113.9", 1)))
+    genuine = asyncio.run(post_all(receiver, [{"id": ours}], client=("198.51.100.7", 1)))
+
+    assert [a.status_code for a in flood] == [202, 202, 202, 429, 429, 400]
+    assert flood[3].json() == {"status": "source_rate_limited"}
+    assert flood[3].headers["retry-after"] == "2"
+    assert genuine[0].json()["status"] == "emitted"  # another sender's bucket is full
+    assert len(emitted) == 1
+
+
+MALFORMED: list[tuple[str, bytes, str | None, str]] = [
+    ("deep nesting: 5,000 levels in 10 KB", b'{"a":' * 5000 + b"1" + b"}" * 5000, None, "too_deep"),
+    ("deep arrays", b'{"id":"task-unified-1-x","a":' + b"[" * 20000 + b"]" * 20000 + b"}", None,
+     "too_deep"),
+    ("a 5,000-digit integer", b'{"id":"task-unified-1-x","n":' + b"9" * 5000 + b"}", None,
+     "bad_number"),
+    ("a float that is infinite", b'{"id":"task-unified-1-x","n":1e999}', None, "bad_number"),
+    ("NaN", b'{"id":"task-unified-1-x","n":NaN}', None, "bad_number"),
+    ("duplicate keys", b'{"id":"task-unified-1-a","id":"task-unified-1-b"}', None,
+     "duplicate_key"),
+    ("a duplicate key deeper down", b'{"id":"task-unified-1-x","u":{"c":1,"c":2}}', None,
+     "duplicate_key"),
+    ("wrong content type", b'{"id":"task-unified-1-x"}', "text/plain", "content_type"),
+    ("form data", b"id=task-unified-1-x", "application/x-www-form-urlencoded", "content_type"),
+    ("not UTF-8", b'{"id":"task-unified-1-\xff"}', None, "not_json"),
+    ("a UTF-8 byte order mark", b'\xef\xbb\xbf{"id":"task-unified-1-x"}', None, "not_json"),
+    ("truncated", b'{"id":"task-unified-1-x"', None, "not_json"),
+    ("an array", b'[{"id":"task-unified-1-x"}]', None, "not_an_object"),
+    ("a string", b'"task-unified-1-x"', None, "not_an_object"),
+    ("empty", b"", None, "not_json"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "reason"),
+    [case[1:] for case in MALFORMED],
+    ids=[case[0] for case in MALFORMED],
+)
+def test_malformed_bodies_get_400_and_one_short_log_line(
+    sim: EvoLinkSimulator,
+    storage: LocalAssetStorage,
+    caplog: pytest.LogCaptureFixture,
+    body: bytes,
+    content_type: str | None,
+    reason: str,
+) -> None:
+    receiver = CallbackReceiver(storage, credentials_for(sim))
+    headers = (
+        {"content-type": content_type} if content_type else {"content-type": "application/json"}
+    )
+    with caplog.at_level(logging.DEBUG, logger="prefect_evolink.callbacks"):
+        [answer] = asyncio.run(post_all(receiver, [body], headers=headers))
+    assert answer.status_code == 400
+    assert answer.json() == {"status": "malformed", "reason": reason}
+    [line] = [r for r in caplog.records if r.name.startswith("prefect_evolink")]
+    assert line.levelno == logging.INFO and line.exc_info is None
+    assert "400 malformed source=127.0.0.1 task=- " in line.getMessage()
+    assert line.getMessage().endswith(f": {reason}") and len(line.getMessage()) < 200
+    assert sim.request_counts["get"] == 0
+
+
+def test_forged_callbacks_for_an_unfinished_task_cost_one_read_per_ttl(
+    sim: EvoLinkSimulator, storage: LocalAssetStorage
+) -> None:
+    sim.add_fault(Fault(kind="slow_task", seconds=3600))
+    slow = create_task(sim)
+    index(storage, slow, campaign_namespace(unique_campaign(), "hero", "final"))
+    receiver = CallbackReceiver(storage, credentials_for(sim), ReceiverSettings(not_final_ttl=0.5))
+    reads = sim.request_counts["get"]
+    forged = [{"id": slow, "status": "completed"}] * 40
+
+    burst = asyncio.run(post_all(receiver, forged, concurrently=True))  # one at a time per id
+    later = asyncio.run(post_all(receiver, forged))
+    assert {a.status_code for a in burst + later} == {409}
+    assert sim.request_counts["get"] == reads + 1
+    time.sleep(0.6)  # the answer is old now: the next one reads again
+    asyncio.run(post_all(receiver, forged[:5]))
+    assert sim.request_counts["get"] == reads + 2
+
+
+def test_the_reported_marker_survives_a_restart_a_second_replica_and_4097_tasks(
+    sim: EvoLinkSimulator, storage: LocalAssetStorage
+) -> None:
+    emitted: list[TaskEvent] = []
+
+    def emit(event: TaskEvent) -> None:  # the marker is there before the event leaves
+        marker = storage.get_json(reported_marker_key(event.payload["task_id"]), _sync=True)
+        assert marker is not None and marker["event_id"] == str(event.id)
+        emitted.append(event)
+
+    credentials = credentials_for(sim)
+    first = CallbackReceiver(storage, credentials, emit=emit)
+    [task_id] = finished_tasks(sim, storage, 1)
+    callback = sim.task(task_id)
+    [answer] = asyncio.run(post_all(first, [callback]))
+    assert answer.json()["status"] == "emitted"
+    [event] = emitted
+    marker = storage.get_json(f"_tasks/_reported/{task_id}.json")
+    assert marker == {
+        "task_id": task_id,
+        "status": "completed",
+        "event": EVENT_COMPLETED,
+        "event_id": str(event.id),
+        "reported_at": marker["reported_at"],
+        "state": "reported",
+    }
+    reads = sim.request_counts["get"]
+
+    restarted = CallbackReceiver(storage, credentials, emit=emit)  # empty memory, same storage
+    replica = CallbackReceiver(storage, credentials, emit=emit)
+    replays = asyncio.run(post_all(restarted, [callback] * 3))
+    replays += asyncio.run(post_all(replica, [callback], client=("198.51.100.7", 1)))
+    for other in range(REMEMBERED_TASKS):  # the first receiver's memory moves on
+        first._remember(f"task-unified-1-other-{other}", "completed")
+    assert task_id not in first._reported
+    replays += asyncio.run(post_all(first, [callback]))
+
+    assert [a.json() for a in replays] == [{"status": "duplicate", "task_status": "completed"}] * 5
+    assert len(emitted) == 1
+    assert sim.request_counts["get"] == reads  # a marker costs no API read
+
+
+def test_an_event_that_could_not_be_emitted_is_emitted_by_the_retry(
+    sim: EvoLinkSimulator, storage: LocalAssetStorage
+) -> None:
+    emitted: list[TaskEvent] = []
+    failures = [RuntimeError("events client down")]
+
+    def emit(event: TaskEvent) -> None:
+        if failures:
+            raise failures.pop()
+        emitted.append(event)
+
+    receiver = CallbackReceiver(storage, credentials_for(sim), emit=emit)
+    [task_id] = finished_tasks(sim, storage, 1)
+    answers = asyncio.run(post_all(receiver, [{"id": task_id}] * 3))
+    assert [a.status_code for a in answers] == [503, 200, 200]
+    assert [a.json()["status"] for a in answers] == ["not_emitted", "emitted", "duplicate"]
+    assert len(emitted) == 1
+
+
+def test_healthz_says_ok_or_not_ok_and_details_only_to_loopback_or_the_key(
+    sim: EvoLinkSimulator, storage: LocalAssetStorage
+) -> None:
+    receiver = CallbackReceiver(storage, credentials_for(sim))
+
+    async def health(client: tuple[str, int], key: str | None = None) -> httpx.Response:
+        transport = httpx.ASGITransport(app=receiver, client=client)  # type: ignore[arg-type]
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as http:
+            return await http.get("/healthz", headers=headers)
+
+    outside = ("203.0.113.9", 1)
+    asyncio.run(post_all(receiver, [{"id": "task-unified-1-junk"}]))
+    assert asyncio.run(health(outside)).json() == {"status": "ok"}
+    assert asyncio.run(health(outside, key="sk-wrong")).json() == {"status": "ok"}
+    for answer in (asyncio.run(health(outside, key=sim.api_key)), asyncio.run(health(("::1", 1)))):
+        assert answer.json()["counts"] == {"ignored": 1}
+        assert (answer.json()["storage"], answer.json()["api"]) == ("ok", "ok")
+
+    broken = CallbackReceiver(
+        storage, EvoLinkCredentials(api_key="sk-x", base_url="http://127.0.0.1:9")
+    )
+    index(storage, "task-unified-1-ours", campaign_namespace("c", "a", "final"))
+    receiver = broken
+    asyncio.run(post_all(broken, [{"id": "task-unified-1-ours"}]))
+    down = asyncio.run(health(outside))
+    assert (down.status_code, down.json()) == (503, {"status": "not_ok"})
+    assert asyncio.run(health(("127.0.0.1", 1))).json()["api"] == "failing"
+
+
+def test_every_request_leaves_one_audit_line_without_the_key(
+    sim: EvoLinkSimulator, storage: LocalAssetStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = CallbackReceiver(storage, credentials_for(sim), emit=lambda event: None)
+    [ours] = finished_tasks(sim, storage, 1)
+    bodies: list[Any] = [{"id": ours}, {"id": ours}, {"id": "task-unified-1-junk"}, b"{"]
+    with caplog.at_level(logging.INFO, logger="prefect_evolink.callbacks"):
+        asyncio.run(post_all(receiver, bodies, client=("203.0.113.9", 1)))
+    lines = [r.getMessage() for r in caplog.records if r.name == "prefect_evolink.callbacks"]
+    assert len(lines) == 4
+    assert lines[0].startswith(f"POST {CALLBACK_PATH} 200 emitted source=203.0.113.9 task={ours} ")
+    assert lines[1].startswith(f"POST {CALLBACK_PATH} 200 duplicate source=203.0.113.9 task={ours}")
+    assert " 202 ignored source=203.0.113.9 task=task-unified-1-junk " in lines[2]
+    assert " 400 malformed source=203.0.113.9 task=- " in lines[3]
+    assert all(sim.api_key not in line for line in lines)
 
 
 def test_plain_http_and_private_callback_urls_are_refused_outside_testing(
