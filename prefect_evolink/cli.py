@@ -594,6 +594,7 @@ def _callbacks_arguments(commands: Any) -> None:
 
 def _callbacks(args: argparse.Namespace) -> int:
     """`callbacks`: the receiver under uvicorn until SIGINT/SIGTERM (tasks/callbacks.py)."""
+    import prefect.main  # noqa: F401 - Prefect's logging setup: the audit lines reach stderr
     from prefect.settings import get_current_settings
 
     from evolink.urls import ENV_ALLOW_PRIVATE_URLS, private_urls_allowed
