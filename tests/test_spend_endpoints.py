@@ -47,6 +47,7 @@ from prefect_evolink.tasks.campaign_cost import cost_summary
 from prefect_evolink.tasks.recovery import manifest_key
 from prefect_evolink.tasks.spend import gather_spend, reserve_spend, store_spend_report
 from prefect_evolink.tasks.spend_report import CSV_COLUMNS, report_csv, summary_lines
+from tests.test_spend import row
 
 SIMULATOR_URL = "http://127.0.0.1:8787"
 OCT = datetime(2026, 10, 10, 12, tzinfo=UTC)
@@ -125,24 +126,9 @@ def cost_row(
     simulator: bool = False,
     earlier_run: bool = False,
 ) -> JobRow:
-    return JobRow(
-        asset=asset,
-        stage=stage,
-        quality="low",
-        pixel_size="1x1",
-        images=1,
-        output_tokens=0,
-        image_input_tokens=0,
-        text_input_tokens=0,
-        estimated_usd=billed,
-        billed_usd=billed,
-        billed_credits="1",
-        task_id=task,
-        duration_s=1.0,
-        stored_at=[],
-        endpoint=endpoint,
-        simulator=simulator,
-        earlier_run=earlier_run,
+    """`tests.test_spend.row`, billed at its estimate, made at `endpoint`."""
+    return row(asset, stage, task, billed, billed).model_copy(
+        update={"endpoint": endpoint, "simulator": simulator, "earlier_run": earlier_run}
     )
 
 
