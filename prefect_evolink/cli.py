@@ -142,15 +142,49 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="the example campaign (or --single: one image)")
+    demo = commands.add_parser(
+        "demo",
+        help="the example campaign (or --single: one image)",
+        description="Run the example campaign (briefs/spring-launch.yaml, shipped in the "
+        "package): low-quality drafts, one chosen per asset, high-quality finals, the cost as "
+        "Prefect artifacts. Without EVOLINK_API_KEY or --credentials-block it runs against the "
+        "bundled simulator (synthetic images, nothing billed), which keeps its state in "
+        "<assets-dir>/.evolink-simulator so a rerun pays nothing. --single: one image job.",
+    )
     demo.add_argument("--single", action="store_true", help="one image job instead of a campaign")
-    demo.add_argument("--prompt", default=DEMO_PROMPT)
-    demo.add_argument("--size", default="16:9")
-    demo.add_argument("--resolution", default="1K")
-    demo.add_argument("--quality", default="low", choices=["low", "medium", "high"])
-    demo.add_argument("--n", type=int, default=1)
-    demo.add_argument("--job-name", default="demo-banner")
-    campaign = commands.add_parser("campaign", help="run a campaign brief")
+    demo.add_argument(
+        "--prompt", default=DEMO_PROMPT, help="with --single: the image prompt (default: a banner)"
+    )
+    demo.add_argument(
+        "--size", default="16:9", help="with --single: a ratio or WxH (default %(default)s)"
+    )
+    demo.add_argument(
+        "--resolution", default="1K", help="with --single: 1K, 2K or 4K (default %(default)s)"
+    )
+    demo.add_argument(
+        "--quality",
+        default="low",
+        choices=["low", "medium", "high"],
+        help="with --single (default %(default)s)",
+    )
+    demo.add_argument(
+        "--n", type=int, default=1, help="with --single: images, 1-10 (default %(default)s)"
+    )
+    demo.add_argument(
+        "--job-name",
+        default="demo-banner",
+        help="with --single: names the job; the same name and request reuse it "
+        "(default %(default)s)",
+    )
+    campaign = commands.add_parser(
+        "campaign",
+        help="run a campaign brief",
+        description="Run a campaign brief (YAML): the brief and its estimate are checked "
+        "against its budget before anything is sent; drafts for every asset, one chosen per "
+        "asset (auto, or by a reviewer in the Prefect UI with --selection approval), finals "
+        "for those. A rerun of the same brief reuses every stored job and pays only for "
+        "what is missing.",
+    )
     campaign.add_argument("brief", type=Path)
     campaign.add_argument("--selection", choices=["auto", "approval"], default="auto")
     campaign.add_argument("--selector", default=None, help="package.module:function for auto")
@@ -323,10 +357,14 @@ def _print_campaign(manifest: CampaignManifest, manifest_uri: str) -> None:
         alternative, _ = words
         print(f"  the same finals as {alternative}: {usd(manifest.high_quality_variants_usd)}")
     print(f"\nManifest: {manifest_uri}")
-    key = manifest.campaign
+    from prefect_evolink.tasks.reporting import artifact_key
+
+    def key(*suffix: str) -> str:  # the keys the reports are published under, not the name
+        return artifact_key(manifest.campaign, *suffix)
+
     print(
-        f"Artifacts: {key}-cost (table), {key}-cost-details, {key}-summary, {key}-finals "
-        f"(contact sheet), {key}-progress, {key}-<asset>-final"
+        f"Artifacts: {key('cost')} (table), {key('cost', 'details')}, {key('summary')}, "
+        f"{key('finals')} (contact sheet), {key('progress')}, {key()}-<asset>-final"
     )
 
 

@@ -373,3 +373,19 @@ def test_an_old_simulator_record_is_not_taken_for_a_real_job(tmp_path: Path) -> 
     storage.put_json(job_record_key(old), old_record("https://files.evolink.ai/t/0.png"))
     scope, found = asyncio.run(look())
     assert scope == "" and found is not None and found.task_id == "task-unified-1-old"
+
+
+def test_the_campaign_summary_prints_the_artifact_keys_it_published(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A campaign name with a space and a '!' is published under a slugged key: the summary
+    names that key, not the name."""
+    from prefect_evolink.cli import _print_campaign
+    from prefect_evolink.tasks.reporting import artifact_key
+    from tests.test_spend_endpoints import campaign_manifest
+
+    _print_campaign(campaign_manifest("Summer Sale!", []), "file:///m.json")
+    out = capsys.readouterr().out
+    assert f"{artifact_key('Summer Sale!', 'cost')} (table)" in out
+    assert f"{artifact_key('Summer Sale!', 'cost-details')}," in out
+    assert "Summer Sale!-" not in out
