@@ -37,6 +37,7 @@ from datetime import datetime
 from typing import Any, Final, NoReturn
 
 from evolink.campaign import parse_campaign_namespace
+from evolink.errors import BadCallbackError
 from evolink.jobs import TASKS_PREFIX, TaskIndex, is_task_id
 from evolink.states import TaskSnapshot, TaskStatus
 
@@ -71,18 +72,8 @@ REPORTED_PREFIX: Final = f"{TASKS_PREFIX}/_reported"
 _EVENT_NAMESPACE: Final = uuid.UUID("6c7c0f49-3a51-4b8e-9d0e-6f1c2b7a5e11")
 
 
-class BadCallback(ValueError):
-    """A callback body we will not read further; `reason` is one short word for the log line
-    and the 400 answer: not_json, too_deep, duplicate_key, bad_number, not_an_object,
-    no_task_id."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 def _refuse(reason: str) -> NoReturn:
-    raise BadCallback(reason)
+    raise BadCallbackError(reason)
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -112,7 +103,7 @@ def _constant(_: str) -> NoReturn:
 
 
 def read_callback_task_id(body: bytes) -> str:
-    """The task id a callback body names (`id`, or `task_id`); `BadCallback` for anything else.
+    """The task id a callback body names (`id`, or `task_id`); `BadCallbackError` for anything else.
 
     The body must be one UTF-8 JSON object, without duplicate keys, NaN/Infinity or numbers
     over `MAX_NUMBER_CHARS` characters; nesting deep enough to exhaust the parser's recursion
@@ -125,25 +116,25 @@ def read_callback_task_id(body: bytes) -> str:
             parse_float=_float,
             parse_constant=_constant,
         )
-    except BadCallback:
+    except BadCallbackError:
         raise
     except RecursionError:
-        raise BadCallback("too_deep") from None
+        raise BadCallbackError("too_deep") from None
     except (ValueError, UnicodeDecodeError):
-        raise BadCallback("not_json") from None
+        raise BadCallbackError("not_json") from None
     if not isinstance(data, dict):
-        raise BadCallback("not_an_object")
+        raise BadCallbackError("not_an_object")
     task_id = data.get("id") or data.get("task_id")
     if not is_task_id(task_id):
-        raise BadCallback("no_task_id")
+        raise BadCallbackError("no_task_id")
     return str(task_id)
 
 
 def callback_task_id(body: bytes) -> str | None:
-    """`read_callback_task_id`, None instead of `BadCallback`."""
+    """`read_callback_task_id`, None instead of `BadCallbackError`."""
     try:
         return read_callback_task_id(body)
-    except BadCallback:
+    except BadCallbackError:
         return None
 
 

@@ -29,7 +29,8 @@ the root, the `APIError` tier and the few a caller of its flows catches by name.
     ├── MissingCredentialsError    no credentials block and no EVOLINK_API_KEY
     ├── CampaignIncompleteError    some assets of a campaign got no final
     └── (also ValueError) validation errors, raised before any money is spent:
-        InvalidRequestError, BriefError, HostError
+        InvalidRequestError, BriefError, HostError; and BadCallbackError, a callback body the
+        receiver refuses
 
 `APIError` is what a call to EvoLink, a task at EvoLink or a result link of one can end in; the
 rest are our own decisions and bookkeeping around it: a brief or request we refuse, a budget or
@@ -417,6 +418,16 @@ class CampaignIncompleteError(EvoLinkError):
         self.manifest: Any = manifest  # the `evolink.campaign.CampaignManifest` (not imported:
         # the client's errors import no campaign domain, see `PaidJob`)
         self.manifest_uri = manifest_uri
+
+
+class BadCallbackError(EvoLinkError, ValueError):
+    """A callback body the receiver will not read further; `reason` is one short word for the
+    log line and the 400 answer: not_json, too_deep, duplicate_key, bad_number, not_an_object,
+    no_task_id. Never raised to a flow: the receiver answers it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class InvalidRequestError(EvoLinkError, ValueError):

@@ -69,7 +69,6 @@ from evolink.callbacks import (
     MAX_CONNECTIONS,
     MAX_CONNECTIONS_PER_SOURCE,
     READ_TIMEOUT_SECONDS,
-    BadCallback,
     SourceBuckets,
     TaskEvent,
     TokenBucket,
@@ -79,7 +78,7 @@ from evolink.callbacks import (
     task_event,
 )
 from evolink.client import EvoLinkClient
-from evolink.errors import EvoLinkError, NotFoundError
+from evolink.errors import BadCallbackError, EvoLinkError, NotFoundError
 from evolink.jobs import TaskIndex, task_index_key
 from evolink.retry import RetryPolicy
 from evolink.urls import private_urls_allowed
@@ -295,7 +294,7 @@ class CallbackReceiver:
             return body
         try:
             task_id = read_callback_task_id(body)
-        except BadCallback as bad:
+        except BadCallbackError as bad:
             if bad.reason == "no_task_id":
                 return _Answer(400, {"status": "no_task_id"})
             return _Answer(400, {"status": "malformed", "reason": bad.reason}, note=bad.reason)

@@ -124,6 +124,7 @@ OUR_OWN = {  # refusals before sending, and bookkeeping after EvoLink did its pa
     "ProviderLimitsError",
     "MissingCredentialsError",
     "CampaignIncompleteError",
+    "BadCallbackError",
     "InvalidRequestError",
     "BriefError",
     "HostError",
