@@ -469,9 +469,8 @@ def test_latency_delays_the_response(sim: EvoLinkSimulator, client: httpx.Client
     started = time.monotonic()
     assert client.get(f"/v1/tasks/{task_id}").status_code == 200
     assert time.monotonic() - started >= 0.3
-    started = time.monotonic()
-    client.get(f"/v1/tasks/{task_id}")
-    assert time.monotonic() - started < 0.3
+    assert client.get(f"/v1/tasks/{task_id}").status_code == 200
+    assert sim.fault_counts["latency"] == 1  # the second request was not delayed: fired once
 
 
 def test_probabilistic_faults_follow_the_seed() -> None:
