@@ -49,7 +49,7 @@ from prefect_evolink.blocks import AssetStorage, EvoLinkCredentials, safe_key
 from prefect_evolink.flows.campaign_boundary import AssetBoundary
 from prefect_evolink.tasks.job import JobTrail, run_image_job
 from prefect_evolink.tasks.lookup import fetch_task
-from prefect_evolink.tasks.recovery import journal_key, read_journal
+from prefect_evolink.tasks.recovery import READERS, _bounded, journal_key, read_journal
 
 RESUBMITS: Final = 1
 """A task that failed with a code a new submission may fix is resubmitted once per job."""
@@ -263,8 +263,8 @@ class Booking:
             for key in entry.job_keys
             if key not in self.booked_keys
         ]
-        found = await asyncio.gather(
-            *(self.storage.aget_json(job_record_key(key)) for _, key in keys)
+        found = await _bounded(  # a 1,000-asset rerun reads 16 at a time, not 2,000 at once
+            [self.storage.aget_json(job_record_key(key)) for _, key in keys], READERS
         )
         for (entry, _), data in zip(keys, found, strict=True):
             if data is None or not reusable_here(data, self.credentials.base_url):
