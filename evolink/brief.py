@@ -240,17 +240,31 @@ def parse_brief(data: Any) -> CampaignBrief:
         raise BriefError(_brief_problems(error, data)) from None
 
 
-def load_brief(path: str | Path) -> CampaignBrief:
-    """Read a `.yaml`/`.yml`/`.json` brief."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
+def parse_brief_text(text: str, name: str) -> CampaignBrief:
+    """Validate the text of a brief: JSON when `name` ends in `.json`, else YAML.
+
+    `name` is where the text came from (a file name, `storage:briefs/spring.yaml`, an
+    `s3://` URI), so a syntax error says which brief it is in.
+    """
+    is_json = name.lower().endswith(".json")
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if is_json else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as error:
-        raise BriefError(
-            [f"{path.name}: not valid {path.suffix.lstrip('.') or 'YAML'}: {error}"]
-        ) from None
+        kind = "JSON" if is_json else "YAML"
+        raise BriefError([f"{name}: not valid {kind}: {error}"]) from None
     return parse_brief(data)
+
+
+def load_brief(path: str | Path) -> CampaignBrief:
+    """Read a `.yaml`/`.yml`/`.json` brief file; a missing file is a `BriefError` naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BriefError([f"{path}: no such brief file (from {Path.cwd()})"]) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise BriefError([f"{path}: cannot read the brief: {error}"]) from None
+    return parse_brief_text(text, path.name)
 
 
 def check_plans(

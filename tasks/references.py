@@ -143,7 +143,7 @@ def reference_format_problems(brief: CampaignBrief) -> list[str]:
 
 
 def _resolve_one(
-    spec: str, brief: CampaignBrief, base_dir: Path, storage: AssetStorage
+    spec: str, brief: CampaignBrief, base_dir: Path | None, storage: AssetStorage
 ) -> ResolvedReference:
     if _is_url(spec):
         return ResolvedReference(spec, spec)
@@ -160,6 +160,11 @@ def _resolve_one(
             "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=PRESIGN_SECONDS
         )
         return ResolvedReference(url, spec)
+    if base_dir is None:
+        raise ValueError(
+            f"{spec!r} is a local path, but this brief was read from storage and has no folder "
+            "on this machine; use a storage:<key>, s3:// or https:// reference"
+        )
     path = (base_dir / spec).resolve()
     if not path.is_file():
         raise ValueError(
@@ -182,7 +187,7 @@ def _resolve_checked(
     spec: str,
     extensions: tuple[str, ...],
     brief: CampaignBrief,
-    base_dir: Path,
+    base_dir: Path | None,
     storage: AssetStorage,
 ) -> ResolvedReference:
     problem = format_problem(spec, extensions)
@@ -192,7 +197,7 @@ def _resolve_checked(
 
 
 def _resolve_all(
-    brief: CampaignBrief, base_dir: Path, storage: AssetStorage
+    brief: CampaignBrief, base_dir: Path | None, storage: AssetStorage
 ) -> dict[str, AssetReferences]:
     resolved: dict[str, AssetReferences] = {}
     problems: list[str] = []
@@ -400,7 +405,7 @@ async def check_reference_content(brief: CampaignBrief) -> None:
 
 
 async def resolve_references(
-    brief: CampaignBrief, base_dir: Path, storage: AssetStorage
+    brief: CampaignBrief, base_dir: Path | None, storage: AssetStorage
 ) -> dict[str, AssetReferences]:
     """Every asset's references as fetchable URLs, their formats checked (module docstring);
     raises BriefError naming asset and field."""

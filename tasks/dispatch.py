@@ -1,0 +1,130 @@
+"""Flows and tasks that work from sync and async code alike, decided per call.
+
+The pipeline is async (it waits on EvoLink, storage and Prefect's API at once), but users call it
+from three kinds of places, and each must get what it expects:
+
+- a plain script (`record = generate_image(...)`): no event loop runs, so the call runs to the
+  end and returns the result;
+- a sync `@flow` or `@task`: the call runs as a real subflow or task run of its parent and
+  returns the result;
+- async code (`await generate_image(...)`, also inside an async flow): the call returns the
+  coroutine Prefect's engine made, to be awaited.
+
+The rule: **async when the caller can await**, that is, when an event loop runs in the calling
+thread and the caller is not the body of a sync flow or task. Prefect's own `async_dispatch` asks
+only the run context, which says "async" inside a sync helper that an async flow runs with
+`asyncio.to_thread`; that thread has no loop, so nothing there could await the coroutine, and
+returning it would lose the call (`coroutine ... was never awaited`). The loop alone is not
+enough either: Prefect runs a sync task called from an async flow in the flow's own thread, where
+the flow's loop runs but the task's body cannot await. The storage blocks follow the same rule
+(`blocks/_dispatch.py`).
+
+`SyncOrAsyncFlow` and `SyncOrAsyncTask` are Prefect's `Flow` and `Task` with only `__call__`
+changed, so deployments, `.serve()`, `.with_options()`, `.submit()` and `.map()` keep working.
+The sync path hands the engine's coroutine to Prefect's `run_coro_as_sync`, which runs it on
+Prefect's event-loop thread with the caller's context: the flow run context of a sync parent
+travels along, so the run is recorded as its child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
+
+from prefect import Flow, Task
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+__all__ = [
+    "SyncOrAsyncFlow",
+    "SyncOrAsyncTask",
+    "caller_can_await",
+    "event_loop_running_here",
+    "sync_or_async_flow",
+    "sync_or_async_task",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def event_loop_running_here() -> bool:
+    """Whether the calling thread runs an event loop, i.e. whether it could await a result."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _inside_a_sync_run() -> bool:
+    """Whether the caller is the body of a sync flow or task run (innermost run first)."""
+    context: Any = TaskRunContext.get() or FlowRunContext.get()
+    if context is None:
+        return False
+    run = getattr(context, "task", None) or getattr(context, "flow", None)
+    return run is not None and not getattr(run, "isasync", True)
+
+
+def caller_can_await() -> bool:
+    """The rule of the module docstring: a running loop here, and not a sync run's body."""
+    return event_loop_running_here() and not _inside_a_sync_run()
+
+
+def _finish(result: Any) -> Any:
+    """Run the engine's coroutine to its end when the caller cannot await it."""
+    if inspect.iscoroutine(result) and not caller_can_await():
+        return run_coro_as_sync(result)
+    return result
+
+
+class SyncOrAsyncFlow(Flow[P, R]):
+    """An async Prefect flow that a sync caller can call too (see the module docstring)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _finish(super().__call__(*args, **kwargs))
+
+    def with_options(self, *args: Any, **kwargs: Any) -> SyncOrAsyncFlow[P, R]:
+        copy = super().with_options(*args, **kwargs)
+        copy.__class__ = type(self)  # Prefect builds a plain Flow; keep the call rule
+        return copy  # type: ignore[return-value]
+
+
+class SyncOrAsyncTask(Task[P, R]):
+    """An async Prefect task that a sync caller can call too (see the module docstring)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _finish(super().__call__(*args, **kwargs))
+
+    def with_options(self, *args: Any, **kwargs: Any) -> SyncOrAsyncTask[P, R]:
+        copy = super().with_options(*args, **kwargs)
+        copy.__class__ = type(self)
+        return copy  # type: ignore[return-value]
+
+
+def sync_or_async_flow(
+    **options: Any,
+) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], SyncOrAsyncFlow[P, R]]:
+    """`@flow(**options)` for an async function, callable from sync and async code."""
+
+    def decorate(fn: Callable[P, Coroutine[Any, Any, R]]) -> SyncOrAsyncFlow[P, R]:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"{fn.__qualname__} must be async; sync callers are served anyway")
+        return SyncOrAsyncFlow(fn, **options)
+
+    return decorate
+
+
+def sync_or_async_task(
+    **options: Any,
+) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], SyncOrAsyncTask[P, R]]:
+    """`@task(**options)` for an async function, callable from sync and async code."""
+
+    def decorate(fn: Callable[P, Coroutine[Any, Any, R]]) -> SyncOrAsyncTask[P, R]:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"{fn.__qualname__} must be async; sync callers are served anyway")
+        return SyncOrAsyncTask(fn, **options)  # type: ignore[arg-type]
+
+    return decorate
