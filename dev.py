@@ -5,9 +5,10 @@
     python3 dev.py test        # the whole test suite (what .ci/run runs)
     python3 dev.py campaign BRIEF [--selection approval]   # any campaign brief
     python3 dev.py simulator   # the local EvoLink simulator on 127.0.0.1:8787
+    python3 dev.py docs        # the documentation site into site/ (`docs serve` to browse it)
     python3 dev.py run ARGS    # any command inside the environment, e.g. `run prefect server start`
 
-Every command but `test` and `run` is the installed `prefect-evolink` command
+Every command but `test`, `docs` and `run` is the installed `prefect-evolink` command
 (`prefect_evolink/cli.py`): `python3 dev.py demo --single` is `prefect-evolink demo --single`.
 
 Only the standard library is used here, so it runs on any Python 3.11+. The virtual environment
@@ -24,6 +25,8 @@ import os
 import subprocess
 import sys
 import sysconfig
+import tempfile
+import tomllib
 import venv
 from pathlib import Path
 
@@ -70,6 +73,36 @@ def run(argv: list[str]) -> int:
     return subprocess.call(argv, env=env, cwd=ROOT)
 
 
+def stage_packages(target: Path) -> list[str]:
+    """Lay the packages out as installed (symlinks to the source folders); return their names.
+
+    In the repository `blocks/`, `tasks/`, … become `prefect_evolink.blocks` and so on only
+    through setuptools' `package-dir` mapping, which static tools (mypy, the docs' API reference)
+    cannot follow, nor the editable install's import hook. The staged tree has the same files
+    under their real module names.
+    """
+    setuptools = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]
+    mapping: dict[str, str] = setuptools["package-dir"]
+    tops = sorted({name.split(".")[0] for name in setuptools["packages"]})
+    for top in tops:
+        (target / top).mkdir()
+        for entry in (ROOT / top).iterdir():
+            if entry.name != "__pycache__":
+                (target / top / entry.name).symlink_to(entry)
+    for package, folder in mapping.items():
+        link = target.joinpath(*package.split("."))
+        link.symlink_to(ROOT / folder, target_is_directory=True)
+    return tops
+
+
+def docs(rest: list[str]) -> int:
+    """`mkdocs build` (or `docs serve`, `docs build --strict -d DIR`) on the staged packages."""
+    with tempfile.TemporaryDirectory(prefix="evolink-docs-") as staged:
+        stage_packages(Path(staged))
+        os.environ["EVOLINK_DOCS_PACKAGES"] = staged
+        return run([str(BIN / "mkdocs"), *(rest or ["build"])])
+
+
 CLI = BIN / ("prefect-evolink.exe" if os.name == "nt" else "prefect-evolink")
 OWN = {
     "test": lambda rest: [str(PYTHON), "-m", "pytest", *rest],
@@ -85,6 +118,8 @@ def main() -> int:
     command, rest = sys.argv[1], sys.argv[2:]
     if command in OWN:
         return run(OWN[command](rest))
+    if command == "docs":
+        return docs(rest)
     return run([str(CLI), command, *rest])  # demo, campaign, simulator, … : the package's command
 
 

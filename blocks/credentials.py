@@ -33,7 +33,7 @@ class EvoLinkCredentials(CredentialsBlock):
     logs. `get_client()` returns the async `EvoLinkClient` (Prefect's `CredentialsBlock`
     contract).
 
-    Args:
+    Attributes:
         api_key: EvoLink API key, sent as a Bearer token to the API host only.
         base_url: API base URL; change it only for a proxy or the local simulator.
         connect_timeout: Seconds to open a connection.

@@ -47,7 +47,7 @@ class LocalAssetStorage(AssetStorage):
     Per-object metadata is not kept on disk; write a JSON sidecar with `put_json` instead.
     `presigned_url` is always None: EvoLink cannot fetch a local file.
 
-    Args:
+    Attributes:
         base_dir: Directory that holds all assets; relative paths resolve against the working
             directory at the time of use, and '~' is expanded.
 

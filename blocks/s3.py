@@ -185,7 +185,7 @@ class S3AssetStorage(AssetStorage):
     neither, from boto3's default chain (environment, profile, instance role). Secrets are masked
     in the UI, in repr() and in logs.
 
-    Args:
+    Attributes:
         bucket: Name of the bucket that holds the assets.
         prefix: Key prefix inside the bucket; every asset key is stored under it.
         credentials: A saved prefect-aws `AwsCredentials` or `MinIOCredentials` block.

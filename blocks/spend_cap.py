@@ -26,7 +26,7 @@ class EvoLinkSpendCap(Block):
     both pass a cap only one of them fits. The runs must share one storage block: the cap sums
     the storage of the run that checks it.
 
-    Args:
+    Attributes:
         limit_usd: Most USD the period's jobs may cost, bills and estimates together.
         period: The calendar period the cap is for: month, week (Monday to Sunday) or day.
         timezone: IANA time zone in which periods begin, e.g. 'Europe/Berlin'.

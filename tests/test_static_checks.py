@@ -15,10 +15,11 @@ import ast
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+
+from dev import stage_packages
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -27,22 +28,6 @@ FOLDERS = ["evolink", "prefect_evolink", "blocks", "tasks", "flows", "deployment
 
 def run(*command: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-def stage_packages(target: Path) -> list[str]:
-    """Lay the packages out as installed (symlinks to the source folders); return their names."""
-    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    mapping: dict[str, str] = setuptools["package-dir"]
-    tops = sorted({name.split(".")[0] for name in setuptools["packages"]})
-    for top in tops:
-        (target / top).mkdir()
-        for entry in (ROOT / top).iterdir():
-            if entry.name != "__pycache__":
-                (target / top / entry.name).symlink_to(entry)
-    for package, folder in mapping.items():
-        link = target.joinpath(*package.split("."))
-        link.symlink_to(ROOT / folder, target_is_directory=True)
-    return tops
 
 
 @pytest.mark.parametrize(
