@@ -417,3 +417,18 @@ def test_admin_view_and_reset(simulator: EvoLinkSimulator) -> None:
     assert admin["quota"] == 100 and admin["request_counts"]["upload"] == 1
     simulator.reset()
     assert run(simulator, lambda files: files.quota()).used_files == 0
+
+
+def test_the_new_errors_survive_pickling() -> None:
+    """Prefect pickles the exception of a failed state; the Files API errors take other
+    arguments than their base's."""
+    import pickle
+
+    samples: list[APIError] = [
+        files_error(200, {"success": False, "code": 403, "msg": "quota"}, request_id="req_1"),
+        FileUploadOutcomeUnknownError("upload of 'a.png' answered HTTP 502", status_code=502),
+    ]
+    for error in samples:
+        copy = pickle.loads(pickle.dumps(error))
+        assert (type(copy), str(copy), copy.__dict__) == (type(error), str(error), error.__dict__)
+    assert isinstance(samples[0], FilesQuotaExceededError) and samples[0].request_id == "req_1"
