@@ -8,22 +8,29 @@ from typing import TYPE_CHECKING, ClassVar, Final
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, field_validator
 
-from evolink.endpoint import DEFAULT_BASE_URL, endpoint_scope, normalize_base_url
+from evolink.endpoint import (
+    DEFAULT_BASE_URL,
+    DEFAULT_FILES_BASE_URL,
+    endpoint_scope,
+    normalize_base_url,
+)
 from evolink.errors import MissingCredentialsError
 from evolink.models import MAX_CALLBACK_URL_CHARS
 from evolink.polling import DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL, PollSchedule
 from evolink.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy
-from evolink.urls import callback_url_problem
+from evolink.urls import api_base_url_problem, callback_url_problem
 from prefect_evolink.blocks._meta import EVOLINK_DOCS_URL, logo_url
 
 if TYPE_CHECKING:  # imported where used: Prefect imports this module whenever it loads collections
     from evolink.client import EvoLinkClient, Timeouts
+    from evolink.files import EvoLinkFilesClient
 
 ENV_API_KEY: Final = "EVOLINK_API_KEY"
 ENV_BASE_URL: Final = "EVOLINK_BASE_URL"
 ENV_POLL_MIN_INTERVAL: Final = "EVOLINK_POLL_MIN_INTERVAL"
 ENV_POLL_MAX_INTERVAL: Final = "EVOLINK_POLL_MAX_INTERVAL"
 ENV_CALLBACK_URL: Final = "EVOLINK_CALLBACK_URL"
+ENV_FILES_BASE_URL: Final = "EVOLINK_FILES_BASE_URL"
 
 
 class EvoLinkCredentials(CredentialsBlock):
@@ -44,6 +51,9 @@ class EvoLinkCredentials(CredentialsBlock):
         poll_max_interval: Most seconds between two status queries of one task.
         callback_url: Public HTTPS URL of the callback receiver (`prefect-evolink callbacks`),
             sent with every request that names none; not part of any job's identity.
+        files_base_url: Files API base URL (uploads used as references); EvoLink serves it on
+            its own host. Same rules as any URL the key is sent to: https, and a private or
+            loopback host (then also http) only with EVOLINK_ALLOW_PRIVATE_URLS=true.
 
     Example:
         Load a saved block in a flow:
@@ -120,6 +130,25 @@ class EvoLinkCredentials(CredentialsBlock):
         ),
     )
 
+    files_base_url: str = Field(
+        default=DEFAULT_FILES_BASE_URL,
+        description=(
+            "Files API base URL (uploads of local images to use as references; a different "
+            "host from the task API). Change it only for a proxy or the local simulator."
+        ),
+    )
+
+    @field_validator("files_base_url")
+    @classmethod
+    def _files_base_url_rule(cls, url: str) -> str:
+        """The API key is sent there: https, no private/loopback host unless testing
+        (`evolink.urls.api_base_url_problem`)."""
+        url = url.strip()
+        problem = api_base_url_problem(url)
+        if problem:
+            raise ValueError(f"files_base_url {problem}")
+        return url
+
     @field_validator("callback_url")
     @classmethod
     def _callback_rule(cls, url: str | None) -> str | None:
@@ -143,6 +172,7 @@ class EvoLinkCredentials(CredentialsBlock):
             poll_min_interval=float(os.environ.get(ENV_POLL_MIN_INTERVAL) or DEFAULT_MIN_INTERVAL),
             poll_max_interval=float(os.environ.get(ENV_POLL_MAX_INTERVAL) or DEFAULT_MAX_INTERVAL),
             callback_url=os.environ.get(ENV_CALLBACK_URL) or None,
+            files_base_url=os.environ.get(ENV_FILES_BASE_URL) or DEFAULT_FILES_BASE_URL,
         )
 
     @property
@@ -178,6 +208,18 @@ class EvoLinkCredentials(CredentialsBlock):
         return EvoLinkClient(
             self.api_key,
             base_url=self.base_url,
+            timeouts=self.timeouts(),
+            retry=retry or RetryPolicy(max_attempts=self.max_attempts),
+        )
+
+    def get_files_client(self, *, retry: RetryPolicy | None = None) -> EvoLinkFilesClient:
+        """A new async Files API client (uploads, list, delete, quota) for `files_base_url`;
+        use it with `async with`."""
+        from evolink.files import EvoLinkFilesClient
+
+        return EvoLinkFilesClient(
+            self.api_key,
+            base_url=self.files_base_url,
             timeouts=self.timeouts(),
             retry=retry or RetryPolicy(max_attempts=self.max_attempts),
         )

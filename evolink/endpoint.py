@@ -30,6 +30,10 @@ from urllib.parse import urlsplit
 DEFAULT_BASE_URL: Final = "https://api.evolink.ai"
 """EvoLink's own API; `evolink.client` re-exports it."""
 
+DEFAULT_FILES_BASE_URL: Final = "https://files-api.evolink.ai"
+"""EvoLink's Files API (uploads to use as `image_urls`): a different host from the task API;
+`evolink.files` re-exports it."""
+
 SIMULATOR_HEADER: Final = "x-evolink-simulator"
 """Response header the bundled simulator sends on every reply: records made against it are
 marked `simulator`, and the CLI announces it as the simulator, not as the real API."""

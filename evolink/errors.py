@@ -18,8 +18,11 @@ the root, the `APIError` tier and the few a caller of its flows catches by name.
     │   ├── TaskFailedError        the task ended failed/cancelled at EvoLink
     │   ├── PollDeadlineExceeded   we stopped waiting; the task may still finish
     │   ├── ResultExpiredError     a result link no longer serves the image
-    │   └── InvalidImageError      a download was not a usable image (retryable)
-    │       └── UnsafeResultLinkError  a link we refuse to fetch
+    │   ├── InvalidImageError      a download was not a usable image (retryable)
+    │   │   └── UnsafeResultLinkError  a link we refuse to fetch
+    │   ├── UnexpectedResponseError    a 2xx answer we cannot read (Files API)
+    │   └── FileUploadOutcomeUnknownError  an upload was sent, no clear answer came back
+    │       (and, under APIStatusError: FilesQuotaExceededError, the 100-file quota is full)
     ├── DraftUnavailableError      a final's chosen draft is no longer at EvoLink (local storage)
     ├── PaidJobNotStoredError      billed, but its images could not all be stored
     ├── SubmitRecordNotStoredError the task was created, but its submit record not stored
@@ -29,8 +32,8 @@ the root, the `APIError` tier and the few a caller of its flows catches by name.
     ├── MissingCredentialsError    no credentials block and no EVOLINK_API_KEY
     ├── CampaignIncompleteError    some assets of a campaign got no final
     └── (also ValueError) validation errors, raised before any money is spent:
-        InvalidRequestError, BriefError, HostError; and BadCallbackError, a callback body the
-        receiver refuses
+        InvalidRequestError, BriefError, HostError, InvalidUploadError; and BadCallbackError, a
+        callback body the receiver refuses
 
 `APIError` is what a call to EvoLink, a task at EvoLink or a result link of one can end in; the
 rest are our own decisions and bookkeeping around it: a brief or request we refuse, a budget or
@@ -78,6 +81,10 @@ class CreatedTask(Protocol):
     @property
     def job_key(self) -> str: ...
 
+
+PRUNE_COMMAND: Final = "prefect-evolink files prune"
+"""The command that deletes this project's uploads that are no longer needed: what a full Files
+API quota asks the user to run (`FilesQuotaExceededError`)."""
 
 # Task failure codes that a fresh submission will not fix (EvoLink's own client's verdict).
 NOT_WORTH_RESUBMITTING: Final = frozenset(
@@ -337,6 +344,67 @@ class UnsafeResultLinkError(InvalidImageError):
     retryable = False
 
 
+class FilesQuotaExceededError(APIStatusError):
+    """The Files API holds as many files as the account may keep (100; 500 on VIP): nothing was
+    stored. Never retryable: repeating the upload cannot succeed until files are deleted or
+    expire (72 h after upload), and every repeat is one more refused request. The message names
+    the command that frees slots (`PRUNE_COMMAND`). EvoLink may send it as an error status or as
+    HTTP 200 with `success: false`; `status_code` is the HTTP status, `code` the envelope's."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        used_files: int | None = None,
+        max_files: int | None = None,
+        **kwargs: Any,
+    ):
+        held = f" ({used_files} of {max_files} files)" if used_files is not None else ""
+        super().__init__(
+            f"{message}{held} — the Files API quota is full; free slots with "
+            f"`{PRUNE_COMMAND}`, or wait until uploads expire (72 h after upload)",
+            **kwargs,
+        )
+        self.used_files = used_files
+        self.max_files = max_files
+
+
+class UnexpectedResponseError(APIError):
+    """A 2xx answer we cannot read: not JSON, no `success`/`data` envelope, or a required field
+    (an upload's `file_id` / `file_url`) missing. Not retryable: the server did answer, and an
+    upload repeated on such an answer could store the file twice."""
+
+
+class FileUploadOutcomeUnknownError(APIError):
+    """An upload was sent and no clear answer came back (the connection dropped or timed out
+    after the request left, a 5xx, an unreadable 2xx): the file may have been stored, and then
+    counts against the 100-file quota until it expires (72 h) or is deleted.
+
+    Deliberately not retryable, here or by any outer layer: the Files API takes no
+    Idempotency-Key, so a blind repeat can store the file twice. The caller may look for it
+    (`list_files`) or upload again knowing the cost (one quota slot). `status_code` is the HTTP
+    status when there was one."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        request_id: str | None = None,
+    ):
+        super().__init__(
+            f"{message}; the file may have been stored and counts against the Files API quota "
+            f"until it expires (72 h) or is deleted (`{PRUNE_COMMAND}`); not repeated "
+            "automatically, since a repeat could store it twice",
+            request_id=request_id,
+        )
+        self.status_code = status_code
+
+
 class PaidJobNotStoredError(EvoLinkError):
     """The task completed — EvoLink billed it — but its images could not all be stored.
 
@@ -447,6 +515,12 @@ class BriefError(EvoLinkError, ValueError):
         super().__init__("invalid campaign brief:\n  - " + "\n  - ".join(problems))
 
 
+class InvalidUploadError(EvoLinkError, ValueError):
+    """A file the Files API client refuses before sending anything (nothing stored, no quota
+    slot used): empty, over 100 MB, not a JPEG, PNG, GIF or WebP image, or a source URL that
+    breaks the reference rules (`evolink.urls`)."""
+
+
 class HostError(EvoLinkError, ValueError):
     """A host that is not even a valid address (e.g. `999.1.1.1`); refused whatever the setting."""
 
@@ -467,6 +541,16 @@ _STATUS_ERRORS: Final[dict[int, type[APIStatusError]]] = {
     422: BadRequestError,
     429: RateLimitError,
 }
+
+
+def status_error_class(status_code: int) -> type[APIStatusError]:
+    """The typed error of an HTTP-like status: 429 → RateLimitError, 5xx → ServerError, other
+    unknown ones → BadRequestError (never retried). Also read for the Files API's envelope
+    `code`, which carries such a status when the HTTP status is 200."""
+    cls = _STATUS_ERRORS.get(status_code)
+    if cls is None:
+        cls = ServerError if status_code >= 500 else BadRequestError
+    return cls
 
 
 def error_for_status(
@@ -495,9 +579,7 @@ def error_for_status(
         "request_id": request_id,
     }
     message = str(envelope.get("message") or "no error message")[:500]
-    cls = _STATUS_ERRORS.get(status_code)
-    if cls is None:
-        cls = ServerError if status_code >= 500 else BadRequestError
+    cls = status_error_class(status_code)
     if cls is RateLimitError:
         return RateLimitError(message, retry_after=retry_after, **fields)
     return cls(message, **fields)

@@ -426,3 +426,43 @@ def download_url_problem(url: str, *, allow_private: bool) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return f"must be an http or https URL (got {shown_url(url)})"
     return _authority_problem(parts, allow_private=allow_private)
+
+
+def _loopback_or_private(host: str) -> bool:
+    """Whether a URL's host is a loopback/private literal address or an internal name: the only
+    hosts an API base URL may reach over plain http (the simulator on 127.0.0.1)."""
+    try:
+        return host_problem(host) is not None
+    except HostError:
+        return False
+
+
+def api_base_url_problem(url: str, *, allow_private: bool | None = None) -> str | None:
+    """The first rule an API base URL breaks, or None: where we send the API key as a Bearer
+    token, so stricter than a reference.
+
+    - https, with a host; no user:password, query or fragment (a base URL is joined with paths,
+      and anything after `?` or `#` would swallow them);
+    - a private, loopback or link-local host (SSRF: the key and our requests steered into our
+      own network) only with `EVOLINK_ALLOW_PRIVATE_URLS` on (`allow_private`, read now when
+      None) — the simulator's case;
+    - plain http only to such a host with the switch on: the key must never cross a public
+      network in clear text.
+    """
+    allowed = private_urls_allowed() if allow_private is None else allow_private
+    parts = _split(url)
+    if isinstance(parts, str):
+        return parts
+    local = bool(parts.hostname) and _loopback_or_private(parts.hostname or "")
+    schemes = ("https", "http") if (allowed and local) else ("https",)
+    if parts.scheme not in schemes or not parts.netloc:
+        problem = f"must be an absolute https URL (got {shown_url(url)})"
+        if parts.scheme == "http":
+            problem += (
+                "; http only to a loopback or private host (the local simulator) with "
+                f"{ENV_ALLOW_PRIVATE_URLS}=true: the API key must not travel in clear text"
+            )
+        return problem
+    if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):
+        return f"must not carry a query or fragment (got {shown_url(url)})"
+    return _authority_problem(parts, allow_private=allowed)

@@ -18,7 +18,7 @@ import prefect_evolink
 import prefect_evolink.errors
 from evolink.errors import APIError, EvoLinkError
 
-VALIDATION_ERRORS = ("InvalidRequestError", "BriefError", "HostError")
+VALIDATION_ERRORS = ("InvalidRequestError", "BriefError", "HostError", "InvalidUploadError")
 # The simulator stands in for EvoLink's service and runs as its own program
 # (`python -m evolink.simulator`): the client and the flows never raise its errors (a state file
 # it cannot use), so they are the service's, not this family's.
@@ -113,6 +113,9 @@ API_ERRORS = {
     "ResultExpiredError",
     "InvalidImageError",
     "UnsafeResultLinkError",
+    "FilesQuotaExceededError",
+    "UnexpectedResponseError",
+    "FileUploadOutcomeUnknownError",
 }
 OUR_OWN = {  # refusals before sending, and bookkeeping after EvoLink did its part
     "EvoLinkError",
@@ -128,6 +131,7 @@ OUR_OWN = {  # refusals before sending, and bookkeeping after EvoLink did its pa
     "InvalidRequestError",
     "BriefError",
     "HostError",
+    "InvalidUploadError",
 }
 
 

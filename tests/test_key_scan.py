@@ -56,7 +56,7 @@ from prefect.settings import (
 from pydantic import SecretStr
 
 from evolink.campaign import AssetStatus, CampaignManifest
-from evolink.errors import CampaignIncompleteError
+from evolink.errors import CampaignIncompleteError, EvoLinkError
 from evolink.simulator import EvoLinkSimulator, Fault
 from prefect_evolink.blocks import LocalAssetStorage
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
@@ -397,3 +397,81 @@ def test_the_key_appears_nowhere(
         f"{sum(len(text_of(value)) for value in corpus.values()):,} "
         "characters: " + ", ".join(f"{kind} ×{n}" for kind, n in sorted(kinds.items()))
     )
+
+
+# --- uploads (the Files API) ---------------------------------------------------------------
+
+
+def test_the_key_appears_nowhere_in_uploads(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Uploads through the credentials block's Files API client, on the happy path and through
+    every error path an upload or a file call has (429 repeated, 5xx unknown outcome, a dropped
+    answer, HTTP 200 `success: false`, a full quota, a 404), scanned like the campaign above:
+    log records (httpx and httpcore at DEBUG too), output, the errors, the reprs of the client,
+    the uploads and the block, and the simulator's state file."""
+    from evolink.files import EvoLinkFilesClient
+    from evolink.simulator import render_png
+
+    png = render_png(32, 32, "key-scan-upload")
+    corpus: dict[str, str | bytes] = {}
+    errors: list[BaseException] = []
+    state_dir = tmp_path / "sim-state"
+    with (
+        EvoLinkSimulator(api_key=KEY, seed=11, state_dir=state_dir, file_quota=2) as sim,
+        captured_logs() as capture,
+    ):
+        credentials = EvoLinkCredentials(
+            api_key=SecretStr(KEY), base_url=sim.base_url, files_base_url=sim.files_base_url
+        )
+        corpus["credentials block repr/str/json"] = (
+            repr(credentials) + str(credentials) + credentials.model_dump_json()
+        )
+        sim.add_faults(
+            [
+                Fault(kind="rate_limit", route="upload", times=1, retry_after=0.05),
+                Fault(kind="server_error", route="files", status=503, times=1),
+            ]
+        )
+
+        async def uploads() -> None:
+            files: EvoLinkFilesClient = credentials.get_files_client()
+            async with files:
+                corpus["files client repr"] = repr(files)
+                first = await files.upload(png, file_name="first.png")
+                corpus["upload repr"] = repr(first) + str(first)
+                corpus["list repr"] = repr(await files.list_files())
+                corpus["quota repr"] = repr(await files.quota())
+                sim.add_fault(Fault(kind="server_error", route="upload", status=502, times=1))
+                sim.add_fault(Fault(kind="drop_connection", route="upload", times=1))
+                for call in (
+                    files.upload(png),  # 502: outcome unknown
+                    files.upload(png),  # dropped answer: outcome unknown
+                    files.upload_from_url("https://example.org/x.png"),  # success: false
+                    files.upload(png),  # fills the quota of 2
+                    files.upload(png),  # quota full (success: false in HTTP 200)
+                    files.delete_file("file_does_not_exist"),  # 404
+                ):
+                    try:
+                        await call
+                    except EvoLinkError as error:
+                        errors.append(error)
+                await files.delete_file(first.file_id)
+
+        asyncio.run(uploads())
+        sim.save_state()
+
+    assert len(errors) == 5, errors
+    assert any("retrying" in line for line in capture.lines)  # the 429 was repeated, and logged
+    assert any("HTTP Request: POST" in line for line in capture.lines)
+    corpus.update({f"log record #{i}": line for i, line in enumerate(capture.lines)})
+    for index, error in enumerate(errors):
+        corpus.update(exception_texts(error, f"upload error {index}"))
+    out, err = capfd.readouterr()
+    corpus["stdout"], corpus["stderr"] = out, err
+    corpus.update(files_under(state_dir, "simulator state"))
+    # The simulator holds the account's key; its state file is the service's, not ours, and
+    # does not keep it either.
+    leaks = find_leaks(corpus)
+    assert not leaks, "the API key leaked into:\n  " + "\n  ".join(summarise(leaks))
+    assert len(corpus) > 50, f"only {len(corpus)} places were scanned"

@@ -21,6 +21,7 @@ CLIENT = frozenset(
         "evolink.cost",
         "evolink.endpoint",
         "evolink.errors",
+        "evolink.files",
         "evolink.images",
         "evolink.models",
         "evolink.polling",
@@ -32,7 +33,8 @@ CLIENT = frozenset(
         "evolink.version",
     }
 )
-"""The API client: requests, answers, errors, retries, polling, sizes and cost."""
+"""The API client: requests, answers, errors, retries, polling, sizes and cost; the Files API
+client (uploads used as references)."""
 
 DOMAIN = frozenset(
     {

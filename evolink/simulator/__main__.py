@@ -37,6 +37,7 @@ from typing import Final
 
 from evolink.simulator.chaos import FaultRates
 from evolink.simulator.faults import Fault
+from evolink.simulator.files import DEFAULT_FILE_QUOTA, DEFAULT_FILE_TTL_SECONDS
 from evolink.simulator.server import EvoLinkSimulator
 from evolink.simulator.service import (
     DEFAULT_API_KEY,
@@ -56,6 +57,7 @@ ADMIN_ROUTES: Final = (
     "/_sim/clock",
     "/_sim/age",
     "/_sim/reset",
+    "/_sim/files",
 )
 
 
@@ -82,6 +84,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_IDEMPOTENCY_TTL_SECONDS,
         help="an Idempotency-Key replays its task this long after the task was created; "
         "after that the same key creates (and bills) a new task",
+    )
+    parser.add_argument(
+        "--file-ttl-seconds",
+        type=float,
+        default=DEFAULT_FILE_TTL_SECONDS,
+        help="Files API uploads expire this long after they were made (EvoLink: 72 h)",
+    )
+    parser.add_argument(
+        "--file-quota",
+        type=int,
+        default=DEFAULT_FILE_QUOTA,
+        help="how many live uploads the Files API holds (EvoLink: 100)",
     )
     parser.add_argument(
         "--state-dir",
@@ -189,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             estimate_spread=args.estimate_spread,
             progress_curve=args.progress_curve,
             state_dir=args.state_dir,
+            file_ttl_seconds=args.file_ttl_seconds,
+            file_quota=args.file_quota,
         )
     except (SimulatorStateError, ValueError) as error:
         print(f"prefect-evolink simulator: error: {error}", file=sys.stderr, flush=True)

@@ -29,7 +29,8 @@ TASK_KINDS: Final = frozenset(
     {"lose_create_response", "fail_task", "cancel_task", "slow_task", "expire_links"}
 )
 KINDS: Final = REQUEST_KINDS | TASK_KINDS
-ROUTES: Final = frozenset({"create", "get", "download", "any"})
+# "upload" and "files" are the Files API's uploads and its other calls (evolink/simulator/files.py).
+ROUTES: Final = frozenset({"create", "get", "download", "upload", "files", "any"})
 
 # HTTP status → error code of the documented envelope.
 SERVER_ERROR_CODES: Final[dict[int, str]] = {

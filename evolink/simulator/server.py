@@ -28,6 +28,7 @@ from typing import Any, Final
 from evolink.simulator.callbacks import CallbackAttempt
 from evolink.simulator.chaos import FaultRates
 from evolink.simulator.faults import Fault
+from evolink.simulator.files import DEFAULT_FILE_QUOTA, DEFAULT_FILE_TTL_SECONDS
 from evolink.simulator.ledger import LedgerEntry, max_concurrent
 from evolink.simulator.replies import Reply, error_reply, invalid_request
 from evolink.simulator.service import (
@@ -208,6 +209,8 @@ class EvoLinkSimulator:
         estimate_spread: float = 0.0,
         progress_curve: str = "linear",
         state_dir: str | os.PathLike[str] | None = None,
+        file_ttl_seconds: float = DEFAULT_FILE_TTL_SECONDS,
+        file_quota: int = DEFAULT_FILE_QUOTA,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -225,6 +228,8 @@ class EvoLinkSimulator:
             estimate_spread=estimate_spread,
             progress_curve=progress_curve,
         )
+        self.service.files.ttl_seconds = file_ttl_seconds
+        self.service.files.quota = file_quota
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._saved_port: int | None = None  # the port the state file remembers
@@ -452,6 +457,36 @@ class EvoLinkSimulator:
     @idempotency_ttl_seconds.setter
     def idempotency_ttl_seconds(self, seconds: float) -> None:
         self.service.idempotency_ttl_seconds = seconds
+
+    # --- the Files API (evolink/simulator/files.py) ------------------------------------------
+
+    @property
+    def files_base_url(self) -> str:
+        """Where the Files API is served: the same server (EvoLink uses another host)."""
+        return self.base_url
+
+    @property
+    def file_ttl_seconds(self) -> float:
+        """New uploads expire this long after they were made (EvoLink: 72 h)."""
+        return self.service.files.ttl_seconds
+
+    @file_ttl_seconds.setter
+    def file_ttl_seconds(self, seconds: float) -> None:
+        self.service.files.ttl_seconds = seconds
+
+    @property
+    def file_quota(self) -> int:
+        """How many live uploads the account may hold (EvoLink: 100)."""
+        return self.service.files.quota
+
+    @file_quota.setter
+    def file_quota(self, files: int) -> None:
+        self.service.files.quota = files
+
+    @property
+    def file_request_counts(self) -> dict[str, int]:
+        """Files API requests per route: {"upload", "list", "quota", "delete", "fetch"}."""
+        return self.service.files.request_counts()
 
     # --- faults ---------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from evolink.models import ImageRequest, validation_problems
 from evolink.simulator.callbacks import FINAL_STATUSES, CallbackSender
 from evolink.simulator.chaos import Chaos, FaultRates, request_key
 from evolink.simulator.faults import SERVER_ERROR_CODES, Fault, FaultBook
+from evolink.simulator.files import SimulatorFiles
 from evolink.simulator.ledger import LedgerEntry, max_concurrent
 from evolink.simulator.png import PngCache
 from evolink.simulator.replies import (
@@ -131,6 +132,7 @@ class SimulatorService:
         # state file's saver compares it with what it last wrote. Without one it is only an int.
         self._changes = 0
         self._reset_state()
+        self.files = SimulatorFiles(self)  # the Files API (evolink/simulator/files.py)
 
     def _reset_state(self) -> None:
         # Task ids, drawn apart from the fault RNG on purpose; not secrets.
@@ -163,8 +165,8 @@ class SimulatorService:
 
     @property
     def changes(self) -> int:
-        """How many savable changes so far (tasks created, clock moves, resets)."""
-        return self._changes
+        """How many savable changes so far (tasks created, clock moves, resets, files)."""
+        return self._changes + self.files.changes
 
     # --- how wrong the estimate is, how progress moves --------------------------------------
 
@@ -221,7 +223,8 @@ class SimulatorService:
         )
         running = max((task.finish_at - now for task in tasks), default=0.0)
         latest = max((task.expires_entirely_at - now for task in tasks), default=0.0)
-        return max(longest_ttl + max(running, 0.0), latest) + 1.0
+        uploads = self.files.seconds_to_expire_all(now)
+        return max(longest_ttl + max(running, 0.0), latest, uploads) + 1.0
 
     def age(self, seconds: float | None = None) -> float:
         """Move the clock `seconds` forward — None: far enough that every task, link and key
@@ -252,6 +255,7 @@ class SimulatorService:
             self._reset_state()
             self._changes += 1
         self.fault_book.reset()
+        self.files.reset()
         self.chaos.reset()
         self.png_cache.clear()
         self.callbacks.forget()
@@ -307,6 +311,8 @@ class SimulatorService:
         method = "GET" if method == "HEAD" else method
         parts = urlsplit(target)
         path = parts.path
+        if self.files.handles(path):
+            return self.files.dispatch(method, target, headers, body, loopback)
         if path.startswith("/_sim/"):
             if not loopback:
                 message = "admin endpoints are loopback-only"
@@ -470,7 +476,13 @@ class SimulatorService:
             link_ttl_seconds=links.ttl_seconds if links else self.result_ttl_seconds,
             idempotency_key=key,
             fingerprint=fingerprint,
-            failure=(fail.error_code, fail.failure_message) if fail else None,
+            failure=(
+                (fail.error_code, fail.failure_message)
+                if fail
+                else self.files.reference_failure(
+                    [*(request.image_urls or []), request.mask_url or ""]
+                )
+            ),
             cancel_billed_fraction=cancel.billed_fraction if cancel else None,
             faults=tuple(sorted(faults)),
             response_lost="lose_create_response" in faults,
@@ -680,6 +692,7 @@ class SimulatorService:
             }
         # Tasks never change once created and cache their JSON, so this is cheap outside the lock.
         document["tasks"] = [task.to_state() for task in tasks]
+        document["files"] = self.files.snapshot_state()
         return document
 
     def restore_state(self, document: dict[str, Any]) -> None:
@@ -689,6 +702,7 @@ class SimulatorService:
         if document.get("format") != STATE_FORMAT or document.get("version") != STATE_VERSION:
             raise ValueError(f"not a {STATE_FORMAT} document of version {STATE_VERSION}")
         tasks = [SimTask.from_state(item) for item in document["tasks"]]
+        files = SimulatorFiles.parse_state(document.get("files"))
         by_id = {task.id: task for task in tasks}
         if len(by_id) != len(tasks):
             raise ValueError("a task id appears twice")
@@ -711,6 +725,7 @@ class SimulatorService:
             self._signer = LinkSigner(secret)
             self._ids = ids
             self._counts = counts
+            self.files.install_state(files)
             self._changes += 1
             now = self.now()
             for task in tasks:
