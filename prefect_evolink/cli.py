@@ -403,7 +403,8 @@ def _run(args: argparse.Namespace) -> int:
 
         async def single() -> JobRecord:
             blocks = await _named_blocks(args)
-            return await generate_image(request, job_name=args.job_name, **blocks)
+            done: JobRecord = await generate_image(request, job_name=args.job_name, **blocks)
+            return done
 
         record = asyncio.run(single())
         _print_job(record)
@@ -429,7 +430,7 @@ def _run(args: argparse.Namespace) -> int:
 
         async def campaign() -> CampaignManifest:
             blocks = await _named_blocks(args)
-            return await run_campaign(
+            done: CampaignManifest = await run_campaign(
                 str(brief),
                 selection=selection,
                 selector=getattr(args, "selector", None) or DEFAULT_SELECTOR,
@@ -439,6 +440,7 @@ def _run(args: argparse.Namespace) -> int:
                 redo_drafts=args.redo_drafts or None,
                 **blocks,
             )
+            return done
 
         manifest = asyncio.run(campaign())
     storage = load_storage(args.storage_block)
