@@ -41,13 +41,13 @@ class EvoLinkSpendCap(Block):
         spend_cap = EvoLinkSpendCap.load("BLOCK_NAME")
         ```
 
-        Save one (or create it in the Prefect UI) and name it in a run:
+        Save one (or create it in the Prefect UI) and pick it in a run's form, or pass it:
         ```python
         from prefect_evolink import run_campaign
         from prefect_evolink.blocks import EvoLinkSpendCap
 
         EvoLinkSpendCap(limit_usd=50, period="month", timezone="Europe/Berlin").save("monthly")
-        run_campaign("briefs/spring-launch.yaml", spend_cap_block="monthly")
+        run_campaign("briefs/spring-launch.yaml", spend_cap=EvoLinkSpendCap.load("monthly"))
         ```
     """
 

@@ -19,6 +19,7 @@ the same product is a new job.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Final
 
 from prefect import flow, task
@@ -35,7 +36,8 @@ from prefect_evolink.blocks import (
     S3AssetStorage,
     safe_key,
 )
-from prefect_evolink.flows.generate import run_and_report
+from prefect_evolink.flows.generate import DEFAULT_JOB_OPTIONS, JobOptions, run_and_report
+from prefect_evolink.flows.run_blocks import RunBlocks
 
 EVENT_NAME: Final = "marketing.asset.requested"
 """The event the deployment `product-asset-on-request` listens for."""
@@ -87,12 +89,9 @@ async def generate_product_asset(
     n: int = 1,
     reference_image_url: str | None = None,
     reference_image_key: str | None = None,
-    credentials_block: str | None = None,
-    storage_block: str | None = None,
     poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
     credentials: EvoLinkCredentials | None = None,
     storage: LocalAssetStorage | S3AssetStorage | None = None,
-    spend_cap_block: str | None = None,
     spend_cap: EvoLinkSpendCap | None = None,
 ) -> JobRecord:
     """Generate and store the images one product asked for, with their cost as artifacts.
@@ -103,9 +102,9 @@ async def generate_product_asset(
     of the reference image (its sha256 or a DAM id): give it when `reference_image_url` is a
     presigned URL, so a re-signed URL for the same image still reattaches to the paid job.
 
-    Blocks: a block object wins over a block name (`credentials` over `credentials_block`,
-    `storage` over `storage_block`); events can only carry names, a run started from the
-    deployment form can pick blocks.
+    Blocks: an event carries the product, not blocks; the run uses the blocks the deployment's
+    defaults reference (`prefect-evolink deploy` writes them from prefect.yaml), and a run
+    started from the deployment form can pick others.
 
     Args:
         product_id: The product the image is for (the event's `marketing.product.<id>`
@@ -120,22 +119,15 @@ async def generate_product_asset(
         reference_image_key: Optional stable id of the reference image (its sha256 or a DAM
             id); give it when `reference_image_url` is presigned, so a re-signed URL still
             reattaches to the job already paid for.
-        credentials_block: Name of a saved EvoLink Credentials block. Ignored when
-            `credentials` is given; with neither, `EVOLINK_API_KEY` is used.
-        storage_block: Name of a saved storage block (`<name>` or `<block-type-slug>/<name>`).
-            Ignored when `storage` is given; with neither, images go to local `assets/`.
         poll_deadline_seconds: Most seconds to wait for EvoLink to finish the job before the
             run fails (a rerun reattaches to the same job and pays nothing new).
-        credentials: An EvoLink Credentials block (the form offers the saved ones). Wins over
-            `credentials_block`.
-        storage: A Local or S3 asset storage block (the form offers the saved ones). Wins over
-            `storage_block`.
-        spend_cap_block: Name of a saved EvoLink Spend Cap block: before the job is sent, the
-            period's spend plus its estimate must fit the cap (an estimate check with
-            reservations; a job sent before only reattaches). Ignored when `spend_cap` is
-            given; with neither, no cap.
-        spend_cap: An EvoLink Spend Cap block (the form offers the saved ones). Wins over
-            `spend_cap_block`.
+        credentials: An EvoLink Credentials block (the form offers the saved ones); without
+            it, `EVOLINK_API_KEY` is used.
+        storage: A Local or S3 asset storage block (the form offers the saved ones); without
+            it, images go to local `assets/`.
+        spend_cap: An EvoLink Spend Cap block (the form offers the saved ones): before the job
+            is sent, the period's spend plus its estimate must fit the cap (an estimate check
+            with reservations; a job sent before only reattaches); without it, no cap.
 
     Returns:
         The job's record: task id, estimated and billed cost, and every stored image, stored
@@ -165,7 +157,7 @@ async def generate_product_asset(
         )
         ```
     """
-    return await run_product_job(
+    job = ProductJob.from_payload(
         product_id,
         prompt,
         size=size,
@@ -174,67 +166,73 @@ async def generate_product_asset(
         n=n,
         reference_image_url=reference_image_url,
         reference_image_key=reference_image_key,
-        credentials_block=credentials_block,
-        storage_block=storage_block,
-        poll_deadline_seconds=poll_deadline_seconds,
-        credentials=credentials,
-        storage=storage,
-        spend_cap_block=spend_cap_block,
-        spend_cap=spend_cap,
     )
+    blocks = await RunBlocks.resolve(credentials, storage, spend_cap)
+    return await run_product_job(job, blocks, JobOptions(poll_deadline_seconds))
+
+
+@dataclass(frozen=True, slots=True)
+class ProductJob:
+    """One product's job, validated from its payload: what a product flow run or background
+    task runs (`run_product_job`)."""
+
+    product: str
+    """The product id, stripped."""
+    request: ImageRequest
+    namespace: str
+    """The job's namespace, `product/<id>`: the same product + request → the same job key."""
+    identity: dict[str, Any] | None = None
+    """What keys the job instead of the request, when a stable reference image key is given."""
+
+    @classmethod
+    def from_payload(
+        cls,
+        product_id: str,
+        prompt: str,
+        *,
+        size: str = "1:1",
+        resolution: str | None = None,
+        quality: str = "high",
+        n: int = 1,
+        reference_image_url: str | None = None,
+        reference_image_key: str | None = None,
+    ) -> ProductJob:
+        """The job of a `marketing.asset.requested` payload; `InvalidRequestError` names the
+        payload's fields. Pure: it runs before any block is loaded, so a bad payload fails
+        naming its field, whatever the blocks."""
+        namespace = product_namespace(product_id)
+        request = build_request(
+            prompt=prompt,
+            size=size,
+            resolution=resolution,
+            quality=quality,
+            n=n,
+            reference_image_url=reference_image_url,
+        )
+        identity = None
+        if reference_image_url and reference_image_key:
+            identity = {**request.to_payload(), "image_urls": [f"key:{reference_image_key}"]}
+        return cls(product_id.strip(), request, namespace, identity)
 
 
 async def run_product_job(
-    product_id: str,
-    prompt: str,
-    *,
-    size: str = "1:1",
-    resolution: str | None = None,
-    quality: str = "high",
-    n: int = 1,
-    reference_image_url: str | None = None,
-    reference_image_key: str | None = None,
-    credentials_block: str | None = None,
-    storage_block: str | None = None,
-    poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
-    credentials: EvoLinkCredentials | None = None,
-    storage: LocalAssetStorage | S3AssetStorage | None = None,
-    spend_cap_block: str | None = None,
-    spend_cap: EvoLinkSpendCap | None = None,
+    job: ProductJob, blocks: RunBlocks, options: JobOptions = DEFAULT_JOB_OPTIONS
 ) -> JobRecord:
-    """Validate a product request, run its job and report its cost: the body of both ways a
-    product image is made — this flow (one run per event) and the background task
-    `prefect_evolink.tasks.catalogue.product_image` (many products per long-lived worker).
+    """Run a product's job and report its cost: the body of both ways a product image is made —
+    the flow `generate_product_asset` (one run per event) and the background task
+    `product_image` (many products per long-lived task worker).
 
     Sharing it means the two cannot drift: the same payload gives the same job key either way,
     so a product made by one is reused, never paid again, by the other.
     """
-    namespace = product_namespace(product_id)
-    request = build_request(
-        prompt=prompt,
-        size=size,
-        resolution=resolution,
-        quality=quality,
-        n=n,
-        reference_image_url=reference_image_url,
-    )
-    identity = None
-    if reference_image_url and reference_image_key:
-        identity = {**request.to_payload(), "image_urls": [f"key:{reference_image_key}"]}
-    product = product_id.strip()
     return await run_and_report(
-        request,
-        namespace=namespace,
-        dest_prefix=safe_key("products", product),
-        artifact_prefix=f"evolink-product-{safe_key(product)}",
-        credentials_block=credentials_block,
-        storage_block=storage_block,
-        credentials=credentials,
-        storage=storage,
-        poll_deadline_seconds=poll_deadline_seconds,
-        identity=identity,
-        spend_cap_block=spend_cap_block,
-        spend_cap=spend_cap,
+        job.request,
+        blocks,
+        namespace=job.namespace,
+        dest_prefix=safe_key("products", job.product),
+        artifact_prefix=f"evolink-product-{safe_key(job.product)}",
+        options=options,
+        identity=job.identity,
     )
 
 
@@ -259,8 +257,9 @@ async def product_image(
     spend_cap_block: str | None = None,
 ) -> JobRecord:
     """One product's images as a background task: the catalogue-scale twin of the
-    `generate_product_asset` flow, with the same parameters (blocks by name only, since a
-    background task's parameters are stored as JSON until a worker picks it up).
+    `generate_product_asset` flow, with the same parameters — but blocks by name, since a
+    background task's parameters are stored as JSON until a worker picks it up. The names
+    become blocks here, in the worker, once per product (`RunBlocks.resolve`).
 
     Each call is one task run in the UI (`product <id>`), with the submit, poll and persist
     steps nested under it and the product's cost artifacts attached. The provider limits are
@@ -299,7 +298,7 @@ async def product_image(
         records = [future.result() for future in futures]
         ```
     """
-    return await run_product_job(
+    job = ProductJob.from_payload(
         product_id,
         prompt,
         size=size,
@@ -308,8 +307,6 @@ async def product_image(
         n=n,
         reference_image_url=reference_image_url,
         reference_image_key=reference_image_key,
-        credentials_block=credentials_block,
-        storage_block=storage_block,
-        poll_deadline_seconds=poll_deadline_seconds,
-        spend_cap_block=spend_cap_block,
     )
+    blocks = await RunBlocks.resolve(credentials_block, storage_block, spend_cap_block)
+    return await run_product_job(job, blocks, JobOptions(poll_deadline_seconds))

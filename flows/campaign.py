@@ -65,11 +65,11 @@ from prefect_evolink.flows.campaign_stages import (
     DRAFT_LINK_USABLE_SECONDS,
     CampaignStages,
 )
-from prefect_evolink.flows.parameters import resolve_blocks
+from prefect_evolink.flows.run_blocks import RunBlocks
 from prefect_evolink.tasks.campaign_progress import Progress
 from prefect_evolink.tasks.recovery import manifest_key
 from prefect_evolink.tasks.references import AssetReferences, resolve_references
-from prefect_evolink.tasks.spend import reserve_spend, resolve_spend_cap
+from prefect_evolink.tasks.spend import reserve_spend
 
 DEFAULT_SELECTOR = "evolink.campaign:largest_file"
 
@@ -145,15 +145,12 @@ async def run_campaign(
     brief_path: str,
     selection: Literal["auto", "approval"] = "auto",
     selector: str = DEFAULT_SELECTOR,
-    credentials_block: str | None = None,
-    storage_block: str | None = None,
     max_concurrent_assets: int = 4,
     approval_timeout_seconds: int = DEFAULT_APPROVAL_TIMEOUT_SECONDS,
     approval_poll_seconds: int = 10,
     poll_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
     credentials: EvoLinkCredentials | None = None,
     storage: LocalAssetStorage | S3AssetStorage | None = None,
-    spend_cap_block: str | None = None,
     spend_cap: EvoLinkSpendCap | None = None,
     redo_drafts: list[str] | None = None,
 ) -> CampaignManifest:
@@ -167,10 +164,10 @@ async def run_campaign(
     contact sheet `-finals` and `-<asset>-final`), and the
     manifest `<campaign>/manifest.json` in storage records every job.
 
-    Blocks: a block object wins over a block name. Credentials come from `credentials`, else
-    the block named `credentials_block`, else `EVOLINK_API_KEY`; storage from `storage`, else
-    the block named `storage_block`, else the brief's `defaults.storage_block`, else the local
-    `assets/` directory.
+    Blocks: the form offers the saved blocks of each kind; a deployment's defaults reference
+    saved blocks. Without credentials, `EVOLINK_API_KEY` is used; without storage, the block
+    the brief names (`defaults.storage_block`), else the local `assets/` directory; without a
+    spend cap, none (`RunBlocks`).
 
     Args:
         brief_path: Path of the campaign brief (YAML), relative to the run's working directory
@@ -181,10 +178,6 @@ async def run_campaign(
             drafts), a local run pauses in its process.
         selector: The function that picks a draft, as 'package.module:function'; with
             'approval' it only suggests the form's defaults.
-        credentials_block: Name of a saved EvoLink Credentials block. Ignored when
-            `credentials` is given; with neither, `EVOLINK_API_KEY` is used.
-        storage_block: Name of a saved storage block (`<name>` or `<block-type-slug>/<name>`).
-            Ignored when `storage` is given; with neither, the brief's `storage_block` is used.
         max_concurrent_assets: Most assets worked on at once in this run (the provider limits
             still bound jobs across all runs).
         approval_timeout_seconds: How long an 'approval' run waits for the review; after it
@@ -195,17 +188,15 @@ async def run_campaign(
         approval_poll_seconds: Seconds between checks for the reviewer's answer (paused runs).
         poll_deadline_seconds: Most seconds to wait for EvoLink to finish one job before that
             asset fails (a rerun reattaches to the job and pays nothing new).
-        credentials: An EvoLink Credentials block (the form offers the saved ones). Wins over
-            `credentials_block`.
+        credentials: An EvoLink Credentials block (the form offers the saved ones); without
+            it, `EVOLINK_API_KEY` is used.
         storage: A Local or S3 asset storage block (the form offers the saved ones). Wins over
-            `storage_block` and the brief's `storage_block`; S3 is needed for local reference
-            images, which EvoLink fetches as presigned URLs.
-        spend_cap_block: Name of a saved EvoLink Spend Cap block: before anything is sent, the
-            period's spend plus the campaign's whole estimate (drafts and finals, also for
-            jobs a rerun will reuse) must fit the cap — an estimate check with reservations.
-            Ignored when `spend_cap` is given; with neither, no cap.
-        spend_cap: An EvoLink Spend Cap block (the form offers the saved ones). Wins over
-            `spend_cap_block`.
+            the brief's `storage_block`; without either, local `assets/`. S3 is needed for
+            local reference images, which EvoLink fetches as presigned URLs.
+        spend_cap: An EvoLink Spend Cap block (the form offers the saved ones): before anything
+            is sent, the period's spend plus the campaign's whole estimate (drafts and finals,
+            also for jobs a rerun will reuse) must fit the cap — an estimate check with
+            reservations; without it, no cap.
         redo_drafts: Asset ids whose drafts EvoLink no longer has (a day later, on local
             storage): their fresh drafts are paid for and used, once — a rerun with the same
             list finds them. Assets whose drafts are still usable are not redone.
@@ -236,13 +227,13 @@ async def run_campaign(
     Example:
         ```python
         import asyncio
-        from prefect_evolink import S3AssetStorage, run_campaign
+        from prefect_evolink import EvoLinkCredentials, S3AssetStorage, run_campaign
 
         manifest = asyncio.run(
             run_campaign(
                 "briefs/spring-launch.yaml",
                 selection="approval",
-                credentials_block="evolink",
+                credentials=EvoLinkCredentials.load("evolink"),
                 storage=S3AssetStorage.load("evolink-assets"),
             )
         )
@@ -259,12 +250,10 @@ async def run_campaign(
             [f"redo_drafts: {', '.join(unknown)} is not an asset of campaign {brief.campaign}"]
         )
     chosen_selector = load_selector(selector)
-    credentials, asset_storage = await resolve_blocks(
-        credentials=credentials,
-        credentials_block=credentials_block,
-        storage=storage,
-        storage_block=storage_block or brief.defaults.storage_block,
+    blocks = await RunBlocks.resolve(
+        credentials, storage if storage is not None else brief.defaults.storage_block, spend_cap
     )
+    credentials, asset_storage = blocks.credentials, blocks.storage
     references = await resolve_references(brief, Path(brief_path).resolve().parent, asset_storage)
     plans = check_plans(
         brief, {a: (r.urls, r.mask.url if r.mask else None) for a, r in references.items()}
@@ -303,9 +292,8 @@ async def run_campaign(
         usd(campaign_estimate_usd(plans)),
         usd(brief.budget_usd),
     )
-    cap = await resolve_spend_cap(spend_cap, spend_cap_block)  # one check before anything is sent
-    reservation = await reserve_spend(
-        cap, asset_storage, campaign_estimate_usd(plans), f"campaign {brief.campaign}"
+    reservation = await reserve_spend(  # one check before anything is sent
+        blocks.spend_cap, asset_storage, campaign_estimate_usd(plans), f"campaign {brief.campaign}"
     )
     try:
         run.assets.progress = await Progress.start(brief.campaign, 2 * len(plans))

@@ -3,7 +3,6 @@ storage — by campaign, deployment, product, month, stage and quality (`evolink
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 
 from prefect import flow, get_run_logger
@@ -16,9 +15,8 @@ from prefect_evolink.blocks import (
     EvoLinkCredentials,
     LocalAssetStorage,
     S3AssetStorage,
-    load_storage,
+    default_storage,
 )
-from prefect_evolink.blocks.credentials import ENV_API_KEY, resolve_credentials
 from prefect_evolink.tasks.spend import gather_spend, publish_spend_report, store_spend_report
 from prefect_evolink.tasks.spend_report import summary_lines
 
@@ -43,8 +41,6 @@ async def spend_report(
     since: str | None = None,
     until: str | None = None,
     timezone: str = "UTC",
-    storage_block: str | None = None,
-    credentials_block: str | None = None,
     storage: LocalAssetStorage | S3AssetStorage | None = None,
     credentials: EvoLinkCredentials | None = None,
 ) -> SpendReport:
@@ -66,16 +62,11 @@ async def spend_report(
         until: Last day counted, included ('2026-10' includes all of October); an ISO
             date-time is the first instant not counted. Empty: up to now.
         timezone: IANA time zone in which days and months begin, e.g. 'Europe/Berlin'.
-        storage_block: Name of the storage block the runs used (`<name>` or
-            `<block-type-slug>/<name>`). Ignored when `storage` is given; with neither, the
-            local `assets/` directory.
-        credentials_block: Name of a saved EvoLink Credentials block, used to ask EvoLink for
-            the bills the records do not know. Ignored when `credentials` is given; with
-            neither, `EVOLINK_API_KEY` if set, else EvoLink is not asked.
-        storage: A Local or S3 asset storage block (the form offers the saved ones). Wins over
-            `storage_block`.
-        credentials: An EvoLink Credentials block (the form offers the saved ones). Wins over
-            `credentials_block`.
+        storage: The Local or S3 asset storage block the runs used (the form offers the saved
+            ones); without it, the local `assets/` directory.
+        credentials: An EvoLink Credentials block (the form offers the saved ones), used to ask
+            EvoLink for the bills the records do not know; without it, `EVOLINK_API_KEY` if
+            set, else EvoLink is not asked.
 
     Returns:
         The spend report: totals of the real spend (billed, estimated, drift, unknown bills),
@@ -83,23 +74,23 @@ async def spend_report(
         jobs summed apart, and every job counted (each marked real or simulator).
 
     Raises:
-        ValueError: A bound or the time zone cannot be read, or a named block does not exist.
+        ValueError: A bound or the time zone cannot be read.
 
     Example:
         ```python
         import asyncio
-        from prefect_evolink import spend_report
+        from prefect_evolink import S3AssetStorage, spend_report
 
-        report = asyncio.run(spend_report(since="2026-10", until="2026-10", storage_block="assets"))
+        assets = S3AssetStorage.load("evolink-assets")
+        report = asyncio.run(spend_report(since="2026-10", until="2026-10", storage=assets))
         print(report.totals.total_usd, report.totals.unknown_bills)
         ```
     """
     logger = get_run_logger()
     start, end = report_window(since, until, timezone)
-    chosen_storage = storage if storage is not None else load_storage(storage_block)
-    chosen_credentials = credentials
-    if chosen_credentials is None and (credentials_block or os.environ.get(ENV_API_KEY)):
-        chosen_credentials = await resolve_credentials(credentials_block)
+    # Not `RunBlocks.resolve`: a report needs no credentials (EvoLink is then not asked).
+    chosen_storage = storage if storage is not None else default_storage()
+    chosen_credentials = credentials if credentials is not None else EvoLinkCredentials.from_env()
     report = await gather_spend(
         chosen_storage,
         since=start,

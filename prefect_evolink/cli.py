@@ -368,6 +368,19 @@ def _print_campaign(manifest: CampaignManifest, manifest_uri: str) -> None:
     )
 
 
+async def _named_blocks(args: argparse.Namespace) -> dict[str, Any]:
+    """The blocks named by --credentials-block, --storage-block and --spend-cap-block, loaded
+    here (the flows take blocks, not names); what was not named is left to the flow's own
+    fallbacks (`prefect_evolink.flows.run_blocks`)."""
+    from prefect_evolink.flows.run_blocks import named_blocks
+
+    return await named_blocks(
+        credentials=args.credentials_block,
+        storage=args.storage_block,
+        spend_cap=args.spend_cap_block,
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo" and args.single:
         from prefect_evolink.flows.generate import generate_image
@@ -387,15 +400,13 @@ def _run(args: argparse.Namespace) -> int:
             f"Request: {request.size} {request.resolution or ''} {request.quality}, n={request.n} "
             f"→ {cost.width}x{cost.height}, estimated {usd(cost.usd)} ({cost.credits} credits)"
         )
-        record = asyncio.run(
-            generate_image(
-                request,
-                job_name=args.job_name,
-                credentials_block=args.credentials_block,
-                storage_block=args.storage_block,
-                spend_cap_block=args.spend_cap_block,
-            )
-        )
+
+        async def single() -> JobRecord:
+            blocks = await _named_blocks(args)
+            done: JobRecord = await generate_image(request, job_name=args.job_name, **blocks)
+            return done
+
+        record = asyncio.run(single())
         _print_job(record)
         return 0
 
@@ -416,20 +427,22 @@ def _run(args: argparse.Namespace) -> int:
         print(f"Campaign brief: {brief} (selection: {selection})")
         _check_brief(Path(brief))  # before any Prefect server: exit 2 or 3, nothing started
         _announce_api(args)
-        manifest = asyncio.run(
-            run_campaign(
+
+        async def campaign() -> CampaignManifest:
+            blocks = await _named_blocks(args)
+            done: CampaignManifest = await run_campaign(
                 str(brief),
                 selection=selection,
                 selector=getattr(args, "selector", None) or DEFAULT_SELECTOR,
-                credentials_block=args.credentials_block,
-                storage_block=args.storage_block,
                 approval_timeout_seconds=getattr(
                     args, "approval_timeout", DEFAULT_APPROVAL_TIMEOUT_SECONDS
                 ),
-                spend_cap_block=args.spend_cap_block,
                 redo_drafts=args.redo_drafts or None,
+                **blocks,
             )
-        )
+            return done
+
+        manifest = asyncio.run(campaign())
     storage = load_storage(args.storage_block)
     _print_campaign(manifest, storage.uri(manifest_key(manifest.campaign)))
     return 0

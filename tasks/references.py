@@ -105,7 +105,7 @@ def _presign(storage: AssetStorage, key: str, spec: str) -> str:
     if url is None:
         raise ValueError(
             f"{spec!r} needs S3 storage to be sent to EvoLink as a presigned URL; "
-            "name an S3 storage block (storage_block) or use an https URL"
+            "use an S3 storage block (`storage` or a brief's storage_block) or an https URL"
         )
     return url
 
@@ -154,7 +154,9 @@ def _resolve_one(
         return ResolvedReference(_presign(storage, key, spec), spec)
     if spec.startswith("s3://"):
         if not isinstance(storage, S3AssetStorage):
-            raise ValueError(f"{spec!r} needs an S3 storage block (storage_block)")
+            raise ValueError(
+                f"{spec!r} needs an S3 storage block (`storage` or a brief's storage_block)"
+            )
         bucket, _, key = spec.removeprefix("s3://").partition("/")
         url = storage.get_client().generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=PRESIGN_SECONDS
@@ -173,7 +175,8 @@ def _resolve_one(
     if not isinstance(storage, S3AssetStorage):
         raise ValueError(
             f"local file {spec!r} must be uploaded to S3 storage before EvoLink can fetch it, "
-            "but only local storage is configured; name an S3 storage block (storage_block)"
+            "but only local storage is configured; use an S3 storage block (`storage` or a "
+            "brief's storage_block)"
         )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     key = safe_key(brief.campaign, "references", f"{digest[:16]}{path.suffix.lower()}")

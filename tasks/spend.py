@@ -423,25 +423,6 @@ def _flow_run_id() -> str | None:
     return str(run.id) if run is not None else None
 
 
-async def resolve_spend_cap(
-    spend_cap: EvoLinkSpendCap | None, spend_cap_block: str | None
-) -> EvoLinkSpendCap | None:
-    """The cap of a run: the block object, else the block named, else none."""
-    if spend_cap is not None:
-        if spend_cap_block:
-            _logger().info(
-                "Using the spend cap passed as `spend_cap`; spend_cap_block %r is ignored",
-                spend_cap_block,
-            )
-        return spend_cap
-    if spend_cap_block:
-        loaded = await EvoLinkSpendCap.aload(spend_cap_block)
-        if not isinstance(loaded, EvoLinkSpendCap):
-            raise TypeError(f"block {spend_cap_block!r} is not an EvoLink Spend Cap block")
-        return loaded
-    return None
-
-
 async def reserve_spend(
     cap: EvoLinkSpendCap | None,
     storage: AssetStorage,
@@ -603,7 +584,6 @@ __all__ = [
     "publish_spend_report",
     "record_bill",
     "reserve_spend",
-    "resolve_spend_cap",
     "run_origin",
     "spend_cap_lock",
     "store_spend_report",

@@ -140,7 +140,7 @@ def test_references_and_drafts_travel_as_presigned_s3_urls(
             },
         ],
     )
-    manifest = campaign(brief, storage_block="evolink-s3-asset-storage/campaign-test-s3")
+    manifest = campaign(brief, storage=S3AssetStorage.load("campaign-test-s3"))
 
     draft_entry, final_entry = evolink_env.ledger()
     [uploaded] = [k for k in storage.list_keys() if "/references/" in k]

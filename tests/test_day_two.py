@@ -264,9 +264,9 @@ def test_late_approval_on_local_storage_names_both_ways_out_then_redo_drafts_fin
 def test_late_approval_on_s3_makes_finals_from_the_stored_drafts(
     evolink_env: EvoLinkSimulator, s3_storage: Any, tmp_path: Path
 ) -> None:
-    s3_storage("day-two", "day-two-s3", "mkt")
+    storage = s3_storage("day-two", "day-two-s3", "mkt")
     brief = brief_file(tmp_path)
-    outcome = answer_late(evolink_env, brief, storage_block="evolink-s3-asset-storage/day-two-s3")
+    outcome = answer_late(evolink_env, brief, storage=storage)
     assert "error" not in outcome, outcome.get("error")
     manifest: CampaignManifest = outcome["manifest"]
     assert all(o.status is AssetStatus.FINAL for o in manifest.assets)

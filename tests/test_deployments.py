@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -217,6 +217,80 @@ def test_deploy_creates_the_zombie_automation_once_and_updates_it_in_place() -> 
 
 
 # --------------------------------------------------------------------------------------------
+# Default blocks: prefect.yaml names them, the deploy step references them
+# --------------------------------------------------------------------------------------------
+
+
+def _fake_defaults() -> list[Any]:
+    from prefect_evolink.deployments.setup import BlockDefault
+
+    return [
+        BlockDefault("credentials", "evolink-credentials/evolink", uuid.uuid4()),
+        BlockDefault("storage", "evolink-s3-asset-storage/evolink-assets", uuid.uuid4()),
+        BlockDefault("spend_cap", "evolink-spend-cap/evolink-cap", uuid.uuid4()),
+    ]
+
+
+def test_every_deployment_gets_the_default_blocks_its_flow_takes() -> None:
+    from prefect_evolink.deployments.setup import default_block_names, with_default_blocks
+
+    assert default_block_names() == {"credentials": "evolink", "storage": "evolink-assets"}
+    config = yaml.safe_load(PREFECT_FILE.read_text())
+    for deployment in config["deployments"]:  # no block names among the parameters any more
+        assert not [p for p in deployment.get("parameters") or {} if p.endswith("_block")]
+    credentials, storage, cap = _fake_defaults()
+    own = {"$ref": {"block_document_slug": "evolink-local-asset-storage/mine"}}
+    [campaign] = [d for d in config["deployments"] if d["name"] == "weekly-spring-launch"]
+    campaign["parameters"]["storage"] = own  # a deployment's own choice wins
+
+    given = with_default_blocks(config, [credentials, storage, cap])
+
+    assert {name: sorted(blocks) for name, blocks in given.items()} == {
+        CAMPAIGN_DEPLOYMENT: ["credentials", "spend_cap"],
+        EVENT_DEPLOYMENT: ["credentials", "spend_cap", "storage"],
+        "evolink-generate-image/generate-image": ["credentials", "spend_cap", "storage"],
+        "evolink-spend-report/monthly-spend-report": ["credentials", "storage"],  # takes no cap
+    }
+    parameters = {d["name"]: d["parameters"] for d in config["deployments"]}
+    assert parameters["weekly-spring-launch"]["storage"] == own
+    assert parameters["product-asset-on-request"]["storage"] == storage.by_slug()
+    assert parameters["monthly-spend-report"]["timezone"] == "Europe/Berlin"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_slug_reference_survives_prefect_deploy_and_both_forms_load_the_block() -> None:
+    """Why the copy for `prefect deploy` holds slug references and the deployment ids: the
+    deploy command's templating replaces an id reference by the block's data, secret included,
+    and leaves a slug reference alone; a flow run loads either form into the block."""
+    from prefect.utilities.templating import resolve_block_document_references
+
+    from prefect_evolink.blocks import EvoLinkCredentials
+    from prefect_evolink.deployments.setup import find_block_defaults
+    from prefect_evolink.flows.generate import generate_image
+
+    saved = EvoLinkCredentials(api_key="sk-deploy-ref-0000").save("deploy-ref", overwrite=True)
+
+    async def look_up() -> tuple[list[Any], list[str], Any, Any]:
+        found, notes = await find_block_defaults(
+            {"credentials": "deploy-ref", "storage": "deploy-ref-not-saved"}
+        )
+        [default] = found
+        by_slug = await resolve_block_document_references({"credentials": default.by_slug()})
+        by_id = await resolve_block_document_references({"credentials": default.by_id()})
+        return found, notes, by_slug, by_id
+
+    [default], [note], by_slug, by_id = asyncio.run(look_up())
+    assert default.block_document_id == saved and default.slug == "evolink-credentials/deploy-ref"
+    assert "no block 'deploy-ref-not-saved' saved" in note and "local assets/" in note
+    assert by_slug == {"credentials": default.by_slug()}  # passed through untouched
+    assert "sk-deploy-ref-0000" in json.dumps(by_id)  # the reason ids are not written there
+    for reference in (default.by_slug(), default.by_id()):
+        request = {"prompt": "a mug", "size": "1:1", "quality": "low"}
+        loaded = generate_image.validate_parameters({"request": request, "credentials": reference})
+        assert loaded["credentials"].api_key.get_secret_value() == "sk-deploy-ref-0000"
+
+
+# --------------------------------------------------------------------------------------------
 # The stack (slow): server, simulator, S3, setup, worker
 # --------------------------------------------------------------------------------------------
 
@@ -254,6 +328,8 @@ class Stack:
     simulator: EvoLinkSimulator
     s3_url: str
     logs: Path
+    block_ids: dict[str, str] = field(default_factory=dict)
+    """The ids of the saved blocks prefect.yaml names (`_save_blocks`), by parameter."""
 
     def call(self, make: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
         """Run `make(client)` against this server (not the session's test harness)."""
@@ -397,7 +473,8 @@ def _start_server(processes: Processes, env: dict[str, str], logs: Path) -> str:
 
 
 def _save_blocks(stack: Stack) -> None:
-    """The block names prefect.yaml's deployments use, pointing at the loopback services."""
+    """The blocks prefect.yaml names as the deployments' defaults, pointing at the loopback
+    services; saved before deploying, which references them by id (`stack.block_ids`)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from prefect_evolink.blocks import S3AssetStorage
@@ -414,13 +491,14 @@ def _save_blocks(stack: Stack) -> None:
     )
     storage.get_client().create_bucket(Bucket=BUCKET)
     with temporary_settings({PREFECT_API_URL: stack.api_url}):
-        EvoLinkCredentials(
+        credentials_id = EvoLinkCredentials(
             api_key=stack.simulator.api_key,
             base_url=stack.simulator.base_url,
             poll_min_interval=0.1,
             poll_max_interval=0.3,
         ).save("evolink", overwrite=True)
-        storage.save("evolink-assets", overwrite=True)
+        storage_id = storage.save("evolink-assets", overwrite=True)
+    stack.block_ids.update(credentials=str(credentials_id), storage=str(storage_id))
 
 
 def _start_worker(
@@ -436,8 +514,10 @@ def _start_worker(
 
 
 def _deploy_and_start_worker(stack: Stack, processes: Processes) -> None:
-    """The documented deploy command; the worker starts as soon as the pool exists, so its
-    start-up overlaps `prefect deploy` (both cost seconds of CPU)."""
+    """The documented deploy command, after the blocks are saved (as the README says: deploy
+    references them); the worker starts as soon as the pool exists, so its start-up overlaps
+    `prefect deploy` (both cost seconds of CPU)."""
+    _save_blocks(stack)
     setup = processes.start(
         [
             sys.executable,
@@ -449,7 +529,6 @@ def _deploy_and_start_worker(stack: Stack, processes: Processes) -> None:
         env=stack.env,
         log=stack.logs / "setup.log",
     )
-    _save_blocks(stack)  # while setup starts up; the flow runs are the first to need them
 
     def pool_exists() -> bool:
         if setup.poll() not in (None, 0):
@@ -574,7 +653,16 @@ def test_event_runs_the_deployment_and_stores_the_image_in_s3(stack: Stack) -> N
     [run] = _wait_for_final_runs(stack, 1, timeout=90)
     assert run.state.is_completed(), f"{run.state.type}: {run.state.message}"
     assert run.parameters["product_id"] == FIRST["product_id"]
-    assert run.parameters["size"] == "1:1" and run.parameters["storage_block"] == "evolink-assets"
+    assert run.parameters["size"] == "1:1"
+    # The event carried the product only; the blocks are the deployment's defaults, references
+    # to the saved blocks by id (what the form's picker stores) — and used: there is no
+    # EVOLINK_API_KEY in the worker's environment, and the image is in S3, not local assets/.
+    for parameter in ("credentials", "storage"):
+        reference = {"$ref": {"block_document_id": stack.block_ids[parameter]}}
+        assert run.parameters[parameter] == reference, parameter
+    assert "Blocks of this run: credentials 'evolink', storage 'evolink-assets'" in (
+        stack.logs / "worker.log"
+    ).read_text(errors="replace")
 
     [entry] = stack.simulator.billed_tasks()
     assert entry.request["prompt"] == FIRST["prompt"] and entry.request["quality"] == "low"

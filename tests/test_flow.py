@@ -93,7 +93,7 @@ def test_one_job_is_stored_on_s3(
 ) -> None:
     s3_storage("marketing-assets", "flow-test-s3", "evolink")
 
-    record = generate(job_name="s3", storage_block="evolink-s3-asset-storage/flow-test-s3")
+    record = generate(job_name="s3", storage=S3AssetStorage.load("flow-test-s3"))
 
     [image] = record.images
     assert image.uri.startswith("s3://marketing-assets/evolink/adhoc/s3/")
@@ -279,7 +279,9 @@ def test_task_retries_only_retryable_errors_with_a_saved_credentials_block(
         poll_max_interval=0.2,
     ).save("flow-test-one-attempt", overwrite=True)
     simulator.add_fault(Fault(kind="server_error", route="create", status=503, times=2))
-    record = generate(job_name="task-retry", credentials_block="flow-test-one-attempt")
+    record = generate(
+        job_name="task-retry", credentials=EvoLinkCredentials.load("flow-test-one-attempt")
+    )
     assert simulator.request_counts["create"] == 3 and len(simulator.ledger()) == 1
     assert record.task_id == simulator.ledger()[0].task_id
 
@@ -289,5 +291,7 @@ def test_task_retries_only_retryable_errors_with_a_saved_credentials_block(
     from evolink.errors import AuthenticationError
 
     with pytest.raises(AuthenticationError):
-        generate(job_name="task-no-retry", credentials_block="flow-test-wrong-key")
+        generate(
+            job_name="task-no-retry", credentials=EvoLinkCredentials.load("flow-test-wrong-key")
+        )
     assert simulator.request_counts["create"] == 4  # one more, not three more

@@ -175,18 +175,19 @@ def block_slugs(fn: Any, parameter: str) -> set[str]:
 
 
 @pytest.mark.parametrize("name", sorted(FLOWS))
-def test_flows_taking_block_names_also_offer_block_pickers(name: str) -> None:
-    """Names stay (events and the CLI carry strings); block-typed twins give the form a picker."""
+def test_flows_take_blocks_only_through_pickers(name: str) -> None:
+    """One way to pass a block: a block-typed parameter (a picker in the form), never a name
+    beside it. Events and the CLI carry names; they become blocks before the flow is called."""
     fn = FLOWS[name].fn
     parameters = inspect.signature(fn).parameters
-    if "credentials_block" in parameters:
-        assert block_slugs(fn, "credentials") == CREDENTIALS_SLUGS
-        assert block_slugs(fn, "credentials_block") == set()
-        assert parameters["credentials"].default is None
-    if "storage_block" in parameters:
-        assert block_slugs(fn, "storage") == STORAGE_SLUGS
-        assert block_slugs(fn, "storage_block") == set()
-        assert parameters["storage"].default is None
+    assert not [p for p in parameters if p.endswith("_block")], name
+    expected = {"credentials": CREDENTIALS_SLUGS, "storage": STORAGE_SLUGS}
+    expected["spend_cap"] = {"evolink-spend-cap"}
+    for parameter, slugs in expected.items():
+        if parameter in parameters:
+            assert block_slugs(fn, parameter) == slugs, (name, parameter)
+            assert parameters[parameter].default is None, (name, parameter)
+    assert "storage" in parameters, name  # every flow reads or writes the assets
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -249,13 +250,14 @@ async def stored_parameters(state: Any) -> dict[str, Any]:
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_blocks_picked_in_the_form_win_over_block_names(
+def test_a_run_with_blocks_picked_in_the_form_uses_them(
     simulator: EvoLinkSimulator, tmp_path: Path
 ) -> None:
-    """A run of the generate-image deployment whose form had both: blocks picked, names kept.
+    """A run of the generate-image deployment whose form had blocks picked: the parameters hold
+    `{"$ref": {"block_document_id": ...}}`, as the form (and `prefect-evolink deploy`) writes.
 
-    The names point at blocks that do not exist, and there is no `EVOLINK_API_KEY`: the run can
-    only succeed with the picked blocks, which are used without loading the names.
+    There is no `EVOLINK_API_KEY` and the default `assets/` is elsewhere: the run can only
+    succeed, and store its image there, with the referenced blocks.
     """
     credentials_id = simulator_credentials(simulator).save("forms-picked", overwrite=True)
     picked_dir = tmp_path / "picked"
@@ -263,8 +265,6 @@ def test_blocks_picked_in_the_form_win_over_block_names(
     parameters: dict[str, Any] = {
         "request": REQUEST,
         "job_name": "forms-picked",
-        "credentials_block": "forms-no-such-credentials",
-        "storage_block": "forms-no-such-storage",
         "poll_deadline_seconds": 30,
         "credentials": {"$ref": {"block_document_id": str(credentials_id)}},
         "storage": {"$ref": {"block_document_id": str(storage_id)}},
@@ -295,7 +295,6 @@ def test_block_objects_passed_from_python_run_the_product_flow(
             prompt="a ceramic mug",
             quality="low",
             poll_deadline_seconds=30,
-            credentials_block="forms-no-such-credentials",
             credentials=simulator_credentials(simulator),
             storage=LocalAssetStorage(base_dir=str(tmp_path / "objects")),
             return_state=True,

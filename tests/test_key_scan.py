@@ -308,8 +308,8 @@ def test_the_key_appears_nowhere(
             ]
         )
         kwargs: dict[str, Any] = {
-            "credentials_block": "key-scan",
-            "storage_block": "evolink-local-asset-storage/key-scan",
+            "credentials": EvoLinkCredentials.load("key-scan"),
+            "storage": LocalAssetStorage.load("key-scan"),
             "poll_deadline_seconds": 60,
         }
         state = asyncio.run(

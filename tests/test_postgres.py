@@ -83,6 +83,7 @@ class PgStack:
 def _deploy_and_start_workers(
     stack: Stack, processes: Processes
 ) -> dict[str, subprocess.Popen[bytes]]:
+    _save_blocks(stack)  # before deploying, which references them
     setup = processes.start(
         [
             *(sys.executable, "dev.py", "deploy", "--active-jobs", str(ACTIVE_JOBS)),
@@ -91,7 +92,6 @@ def _deploy_and_start_workers(
         env=stack.env,
         log=stack.logs / "setup.log",
     )
-    _save_blocks(stack)
     import httpx
 
     def pool_exists() -> bool:

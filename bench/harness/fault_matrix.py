@@ -59,6 +59,7 @@ from prefect_evolink.blocks import (
     LocalAssetStorage,
     S3AssetStorage,
     StoredObject,
+    load_storage,
 )
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
 
@@ -334,8 +335,9 @@ class Lab:
             asyncio.run(
                 run_campaign(
                     str(self.brief),
-                    credentials_block=self.credentials_block,
-                    storage_block=self.storage_block,
+                    # the saved blocks, as a deployment's defaults would reference them
+                    credentials=EvoLinkCredentials.load(self.credentials_block),
+                    storage=load_storage(self.storage_block),
                     poll_deadline_seconds=poll_deadline_seconds,
                 )
             )
