@@ -212,7 +212,7 @@ def child_main(args: argparse.Namespace) -> int:
             if args.child == "ours":
                 with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                     manifest = asyncio.run(
-                        run_campaign(str(brief), max_concurrent_assets=args.concurrency)
+                        run_campaign.aio(str(brief), max_concurrent_assets=args.concurrency)
                     )
             else:
                 asyncio.run(

@@ -230,7 +230,7 @@ def run_once(
                 profile.enable()
             try:
                 manifest = asyncio.run(
-                    run_campaign(str(brief), max_concurrent_assets=args.concurrency)
+                    run_campaign.aio(str(brief), max_concurrent_assets=args.concurrency)
                 )
             finally:
                 if profile is not None:

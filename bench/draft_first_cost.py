@@ -142,7 +142,7 @@ def simulator_run(brief_path: Path) -> None:
                 EVOLINK_POLL_MIN_INTERVAL="0.1",
                 EVOLINK_POLL_MAX_INTERVAL="0.5",
             )
-            manifest = asyncio.run(run_campaign(str(brief_path)))
+            manifest = asyncio.run(run_campaign.aio(str(brief_path)))
             campaign_ledger = sim.ledger()
 
             async def variants() -> None:

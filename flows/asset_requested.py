@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from evolink.errors import InvalidRequestError
@@ -38,6 +37,7 @@ from prefect_evolink.blocks import (
 )
 from prefect_evolink.flows.generate import DEFAULT_JOB_OPTIONS, JobOptions, run_and_report
 from prefect_evolink.flows.run_blocks import RunBlocks
+from prefect_evolink.tasks.dispatch import sync_or_async_flow, sync_or_async_task
 
 EVENT_NAME: Final = "marketing.asset.requested"
 """The event the deployment `product-asset-on-request` listens for."""
@@ -79,7 +79,9 @@ def product_namespace(product_id: str) -> str:
     return f"product/{product_id.strip()}"
 
 
-@flow(name="evolink-product-asset", flow_run_name="product {product_id}", log_prints=True)
+@sync_or_async_flow(
+    name="evolink-product-asset", flow_run_name="product {product_id}", log_prints=True
+)
 async def generate_product_asset(
     product_id: str,
     prompt: str,
@@ -236,7 +238,7 @@ async def run_product_job(
     )
 
 
-@task(
+@sync_or_async_task(
     name="evolink-product-image",
     task_run_name="product {product_id}",
     cache_policy=NO_CACHE,  # the job records are what remember finished work

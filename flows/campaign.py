@@ -19,13 +19,12 @@ and `CampaignRun`, which assembles them; the names users import from here are re
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.exceptions import Pause
 
-from evolink.brief import AssetPlan, CampaignBrief, check_plans, load_brief
+from evolink.brief import AssetPlan, CampaignBrief, check_plans
 from evolink.campaign import (
     FAILING_STATUSES,
     CampaignManifest,
@@ -45,6 +44,7 @@ from prefect_evolink.blocks import (
     EvoLinkSpendCap,
     LocalAssetStorage,
     S3AssetStorage,
+    load_storage,
 )
 from prefect_evolink.flows import campaign_review
 from prefect_evolink.flows.campaign_booking import RESUBMITS, Booking
@@ -66,7 +66,9 @@ from prefect_evolink.flows.campaign_stages import (
     CampaignStages,
 )
 from prefect_evolink.flows.run_blocks import RunBlocks
+from prefect_evolink.tasks.brief_source import CampaignBriefParameter, load_campaign_brief
 from prefect_evolink.tasks.campaign_progress import Progress
+from prefect_evolink.tasks.dispatch import sync_or_async_flow
 from prefect_evolink.tasks.recovery import manifest_key
 from prefect_evolink.tasks.references import AssetReferences, resolve_references
 from prefect_evolink.tasks.spend import reserve_spend
@@ -140,9 +142,9 @@ class CampaignRun:
         await self.assets.each_asset("final", self.stages.final)
 
 
-@flow(name="evolink-campaign", log_prints=True)
+@sync_or_async_flow(name="evolink-campaign", log_prints=True)
 async def run_campaign(
-    brief_path: str,
+    brief: CampaignBriefParameter,
     selection: Literal["auto", "approval"] = "auto",
     selector: str = DEFAULT_SELECTOR,
     max_concurrent_assets: int = 4,
@@ -170,8 +172,13 @@ async def run_campaign(
     spend cap, none (`RunBlocks`).
 
     Args:
-        brief_path: Path of the campaign brief (YAML), relative to the run's working directory
-            (a deployment's project directory). Local reference images are relative to it.
+        brief: The campaign brief: a brief (in the deployment's run form: campaign, budget,
+            defaults and assets), or where to read one: `storage:<key>` in the storage block
+            (e.g. `storage:briefs/spring-launch.yaml`), `s3://<bucket>/<key>`, or a local
+            YAML/JSON file relative to the run's working directory. Local reference images
+            resolve against a local brief's folder (the working directory for a brief
+            object); a brief read from storage refers to images by `storage:`, `s3://` or
+            `https://`.
         selection: 'auto' lets `selector` choose each asset's draft; 'approval' waits until
             a reviewer picks a draft (or rejects the asset) in the Prefect UI: a deployed run
             suspends (its process exits; the resume reruns it from the top, reattaching the
@@ -226,23 +233,22 @@ async def run_campaign(
 
     Example:
         ```python
-        import asyncio
         from prefect_evolink import EvoLinkCredentials, S3AssetStorage, run_campaign
 
-        manifest = asyncio.run(
-            run_campaign(
-                "briefs/spring-launch.yaml",
-                selection="approval",
-                credentials=EvoLinkCredentials.load("evolink"),
-                storage=S3AssetStorage.load("evolink-assets"),
-            )
+        manifest = run_campaign(
+            "storage:briefs/spring-launch.yaml",
+            selection="approval",
+            credentials=EvoLinkCredentials.load("evolink"),
+            storage=S3AssetStorage.load("evolink-assets"),
         )
         print(manifest.totals.billed_usd)
         ```
     """
     logger = get_run_logger()
     started_at = utcnow()
-    brief = load_brief(brief_path)
+    loaded = await load_campaign_brief(brief, storage if storage is not None else load_storage())
+    brief = loaded.brief
+    logger.info("Brief: %s", loaded.source)
     redo = frozenset(redo_drafts or ())
     unknown = sorted(redo - {asset.id for asset in brief.assets})
     if unknown:
@@ -254,7 +260,7 @@ async def run_campaign(
         credentials, storage if storage is not None else brief.defaults.storage_block, spend_cap
     )
     credentials, asset_storage = blocks.credentials, blocks.storage
-    references = await resolve_references(brief, Path(brief_path).resolve().parent, asset_storage)
+    references = await resolve_references(brief, loaded.base_dir, asset_storage)
     plans = check_plans(
         brief, {a: (r.urls, r.mask.url if r.mask else None) for a, r in references.items()}
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
 from evolink.campaign import submitted_job_record
 from evolink.cost import estimate, usd
@@ -21,12 +21,13 @@ from prefect_evolink.blocks import (
     safe_key,
 )
 from prefect_evolink.flows.run_blocks import RunBlocks
+from prefect_evolink.tasks.dispatch import sync_or_async_flow
 from prefect_evolink.tasks.job import run_image_job
 from prefect_evolink.tasks.reporting import publish_job_report
 from prefect_evolink.tasks.spend import reserve_spend
 
 
-@flow(name="evolink-generate-image", log_prints=True)
+@sync_or_async_flow(name="evolink-generate-image", log_prints=True)
 async def generate_image(
     request: ImageRequest,
     job_name: str = "adhoc",

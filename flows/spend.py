@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
 from evolink.cost import usd
 from evolink.jobs import utcnow
@@ -17,6 +17,7 @@ from prefect_evolink.blocks import (
     S3AssetStorage,
     default_storage,
 )
+from prefect_evolink.tasks.dispatch import sync_or_async_flow
 from prefect_evolink.tasks.spend import gather_spend, publish_spend_report, store_spend_report
 from prefect_evolink.tasks.spend_report import summary_lines
 
@@ -36,7 +37,7 @@ def report_window(
     )
 
 
-@flow(name="evolink-spend-report", log_prints=True)
+@sync_or_async_flow(name="evolink-spend-report", log_prints=True)
 async def spend_report(
     since: str | None = None,
     until: str | None = None,

@@ -24,20 +24,44 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
+
+from pydantic import BeforeValidator
 
 from evolink.brief import CampaignBrief, load_brief, parse_brief, parse_brief_text
 from evolink.errors import BriefError
 from prefect_evolink.blocks import AssetStorage, S3AssetStorage
 from prefect_evolink.blocks._dispatch import in_worker_thread
 
-__all__ = ["STORAGE_SCHEME", "BriefSource", "LoadedBrief", "load_campaign_brief"]
+__all__ = [
+    "STORAGE_SCHEME",
+    "BriefSource",
+    "CampaignBriefParameter",
+    "LoadedBrief",
+    "load_campaign_brief",
+]
 
 STORAGE_SCHEME: Final = "storage:"
 S3_SCHEME: Final = "s3://"
 
 BriefSource = CampaignBrief | Mapping[str, Any] | str | Path
-"""What `run_campaign(brief=...)` takes: a brief, its data, or where to read it."""
+"""What `load_campaign_brief` takes: a brief, its data, or where to read it."""
+
+
+def _brief_from_data(value: Any) -> Any:
+    """Brief data (a dict, e.g. from Python or an API call) is validated by the brief's own rules,
+    so every problem names the asset and the field, as for a brief file."""
+    if isinstance(value, Mapping):
+        return parse_brief(dict(value))
+    return value
+
+
+CampaignBriefParameter = Annotated[CampaignBrief | str, BeforeValidator(_brief_from_data)]
+"""`run_campaign`'s `brief`: a brief (the run form in the UI renders its fields), or its location.
+
+A union of the two, so the deployment form offers both: the brief's own fields, or a string
+(`storage:<key>`, `s3://…` or a path). A brief given as a dict is checked by `parse_brief`.
+"""
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ travels along, so the run is recorded as its child.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
@@ -86,9 +87,19 @@ class SyncOrAsyncFlow(Flow[P, R]):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return _finish(super().__call__(*args, **kwargs))
 
+    @property
+    def aio(self) -> Callable[P, Coroutine[Any, Any, R]]:
+        """The call that always returns the coroutine, wherever it is made from.
+
+        For code that runs its own event loop from sync code: `asyncio.run(flow.aio(...))`
+        (a plain `asyncio.run(flow(...))` gets the result, not a coroutine, since there the call
+        already ran to its end).
+        """
+        return functools.partial(Flow.__call__, self)  # type: ignore[return-value]
+
     def with_options(self, *args: Any, **kwargs: Any) -> SyncOrAsyncFlow[P, R]:
         copy = super().with_options(*args, **kwargs)
-        copy.__class__ = type(self)  # Prefect builds a plain Flow; keep the call rule
+        copy.__class__ = SyncOrAsyncFlow  # Prefect builds a plain Flow; keep the call rule
         return copy  # type: ignore[return-value]
 
 
@@ -98,9 +109,16 @@ class SyncOrAsyncTask(Task[P, R]):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return _finish(super().__call__(*args, **kwargs))
 
+    @property
+    def aio(self) -> Callable[P, Coroutine[Any, Any, R]]:
+        """The call that always returns the coroutine (see `SyncOrAsyncFlow.aio`)."""
+        return functools.partial(Task.__call__, self)  # type: ignore[return-value]
+
     def with_options(self, *args: Any, **kwargs: Any) -> SyncOrAsyncTask[P, R]:
+        # Prefect builds a plain Task; keep the call rule (and only it: a subclass's own
+        # behaviour, such as `EvoLinkStep`'s retries read per run, is what `with_options` fixes)
         copy = super().with_options(*args, **kwargs)
-        copy.__class__ = type(self)
+        copy.__class__ = SyncOrAsyncTask
         return copy  # type: ignore[return-value]
 
 

@@ -58,10 +58,10 @@ from typing import Any, Final
 
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
-from prefect import Task
 from prefect.cache_policies import NO_CACHE
 
 from evolink.errors import EvoLinkError
+from prefect_evolink.tasks.dispatch import SyncOrAsyncTask
 
 ENV_TASK_RETRY_DELAYS: Final = "EVOLINK_TASK_RETRY_DELAYS"
 """Comma-separated seconds between task-level retries, e.g. `10,60`; one retry per value."""
@@ -142,9 +142,10 @@ def retry_if_retryable(task: Any, task_run: Any, state: Any) -> bool:
     return error is not None and is_retryable(error)
 
 
-class EvoLinkStep(Task[Any, Any]):
+class EvoLinkStep(SyncOrAsyncTask[Any, Any]):
     """A Prefect task taking its retries and their delays from `EVOLINK_TASK_RETRY_DELAYS` per run.
 
+    Like every public step it serves sync and async callers alike (`tasks/dispatch.py`).
     Prefect fixes `retries` and `retry_delay_seconds` when a task is decorated — at import,
     before a worker's or a test's environment is in place. Here both are properties, read when
     Prefect creates a task run and when it handles a failure. Assigning either, or

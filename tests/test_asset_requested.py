@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 def request_for(product_id: str, **payload: Any) -> JobRecord:
     return asyncio.run(
-        generate_product_asset(
+        generate_product_asset.aio(
             product_id=product_id,
             **{"prompt": "a ceramic mug", "quality": "low", "poll_deadline_seconds": 30, **payload},
         )

@@ -50,7 +50,7 @@ def small_brief(tmp_path: Path, **changes: Any) -> Path:
 
 def campaign(brief: Path, **kwargs: Any) -> CampaignManifest:
     return asyncio.run(
-        run_campaign(str(brief), approval_poll_seconds=1, poll_deadline_seconds=30, **kwargs)
+        run_campaign.aio(str(brief), approval_poll_seconds=1, poll_deadline_seconds=30, **kwargs)
     )
 
 

@@ -353,7 +353,7 @@ def test_a_cancelled_run_writes_its_manifest_then_the_records_complete_it(
 CHILD = (
     "import asyncio, sys\n"
     "from prefect_evolink.flows.campaign import run_campaign\n"
-    "asyncio.run(run_campaign(sys.argv[1], poll_deadline_seconds=60))\n"
+    "asyncio.run(run_campaign.aio(sys.argv[1], poll_deadline_seconds=60))\n"
 )
 
 

@@ -90,7 +90,7 @@ def test_a_large_campaign_stores_every_asset_with_flat_bookkeeping(
     monkeypatch.setattr(campaign_progress, "aupdate_progress_artifact", counting_update)
 
     manifest = asyncio.run(
-        campaign_flow.run_campaign(
+        campaign_flow.run_campaign.aio(
             str(brief), max_concurrent_assets=WORKERS, poll_deadline_seconds=60
         )
     )

@@ -243,7 +243,7 @@ def test_late_approval_on_local_storage_names_both_ways_out_then_redo_drafts_fin
     # The way out on local storage: fresh drafts of each asset, paid once, then the finals.
     def redo() -> CampaignManifest:
         return asyncio.run(
-            run_campaign(str(brief), redo_drafts=["mug", "case"], poll_deadline_seconds=30)
+            run_campaign.aio(str(brief), redo_drafts=["mug", "case"], poll_deadline_seconds=30)
         )
 
     redone = redo()
@@ -289,7 +289,7 @@ def test_a_charged_failure_stays_billed_after_evolink_forgot_it(
 
     def run() -> CampaignManifest:
         with pytest.raises(CampaignIncompleteError) as failed:
-            asyncio.run(run_campaign(str(brief), poll_deadline_seconds=30))
+            asyncio.run(run_campaign.aio(str(brief), poll_deadline_seconds=30))
         return failed.value.manifest  # type: ignore[no-any-return]
 
     first = run()

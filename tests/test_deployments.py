@@ -693,7 +693,7 @@ def test_the_campaign_deployment_runs_mondays_at_seven_in_berlin(stack: Stack) -
     assert schedule.schedule.cron == "0 7 * * 1"
     assert schedule.schedule.timezone == "Europe/Berlin"
     assert schedule.active and not deployment.paused
-    assert deployment.parameters["brief_path"] == "briefs/spring-launch.yaml"
+    assert deployment.parameters["brief"] == "briefs/spring-launch.yaml"
     assert deployment.work_pool_name == POOL
 
 

@@ -31,7 +31,13 @@ from tests.conftest import TEST_API_KEY
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-RUN_LANGUAGES = {"python": "python", "py": "python", "bash": "shell", "sh": "shell", "shell": "shell"}
+RUN_LANGUAGES = {
+    "python": "python",
+    "py": "python",
+    "bash": "shell",
+    "sh": "shell",
+    "shell": "shell",
+}
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w+-]*)[^\n]*$")
 NOT_RUN = re.compile(r"<!--\s*not run:\s*(?P<reason>.+?)\s*-->")
 SNIPPET_TIMEOUT_SECONDS = 600
@@ -155,9 +161,7 @@ def _run(snippet: Snippet, number: int, cwd: Path, env: dict[str, str]) -> None:
     assert "was never awaited" not in result.stderr, f"{snippet.where}: {result.stderr[-2000:]}"
 
 
-PAGES_WITH_SNIPPETS = [
-    page for page in PAGES if any(s.not_run is None for s in snippets_of(page))
-]
+PAGES_WITH_SNIPPETS = [page for page in PAGES if any(s.not_run is None for s in snippets_of(page))]
 
 
 @pytest.mark.slow

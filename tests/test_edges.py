@@ -307,7 +307,7 @@ def test_a_cancelled_job_is_not_resubmitted_and_fails_naming_it(
     evolink_env.add_fault(Fault(kind="cancel_task"))
     request = parse_request({"prompt": "a mug of cocoa", "size": "1:1", "quality": "low"})
     with pytest.raises(TaskFailedError, match=r"was cancelled at EvoLink.*not charged") as caught:
-        asyncio.run(generate_image(request, job_name="cancelled", poll_deadline_seconds=30))
+        asyncio.run(generate_image.aio(request, job_name="cancelled", poll_deadline_seconds=30))
     assert caught.value.cancelled
     assert evolink_env.request_counts["create"] == 1 and len(evolink_env.ledger()) == 1
     assert evolink_env.billed_tasks() == []
@@ -322,7 +322,9 @@ def test_a_cancelled_job_that_was_charged_is_booked(
     evolink_env.add_fault(Fault(kind="cancel_task", billed_fraction=0.5))
     request = parse_request({"prompt": "a mug of tea", "size": "1:1", "quality": "low"})
     with pytest.raises(PaidJobNotStoredError, match=r"TaskFailedError: .* was cancelled") as caught:
-        asyncio.run(generate_image(request, job_name="cancelled-paid", poll_deadline_seconds=30))
+        asyncio.run(
+            generate_image.aio(request, job_name="cancelled-paid", poll_deadline_seconds=30)
+        )
     cause = caught.value.__cause__
     assert isinstance(cause, TaskFailedError) and cause.cancelled
     [entry] = evolink_env.ledger()
@@ -356,7 +358,7 @@ def test_a_cancelled_campaign_asset_is_reported_and_its_charge_booked(
         )
     )
     with pytest.raises(CampaignIncompleteError, match="runner") as caught:
-        asyncio.run(run_campaign(str(brief), poll_deadline_seconds=30))
+        asyncio.run(run_campaign.aio(str(brief), poll_deadline_seconds=30))
     assert "cancelled" in str(caught.value)
     cancelled = [e for e in evolink_env.ledger() if e.status == "cancelled"]
     assert len(cancelled) == 1 and evolink_env.request_counts["create"] == 3  # no resubmission

@@ -44,7 +44,7 @@ REQUEST = parse_request(
 
 
 def generate(request: ImageRequest = REQUEST, **kwargs: Any) -> JobRecord:
-    return asyncio.run(generate_image(request, **{"poll_deadline_seconds": 30, **kwargs}))
+    return asyncio.run(generate_image.aio(request, **{"poll_deadline_seconds": 30, **kwargs}))
 
 
 def test_one_job_is_stored_on_disk_with_metadata_and_its_bill(

@@ -210,7 +210,7 @@ def test_a_block_picked_in_the_form_resolves_to_its_class(tmp_path: Path) -> Non
                 "request": REQUEST.to_payload(),
                 "product_id": "sku-1",
                 "prompt": "a mug",
-                "brief_path": "brief.yaml",
+                "brief": "brief.yaml",
             }
             parameters = {
                 name: value
@@ -325,7 +325,7 @@ def test_a_storage_block_object_wins_over_the_brief_storage_block(
     )
     storage = LocalAssetStorage(base_dir=str(tmp_path / "campaign"))
     manifest = asyncio.run(
-        run_campaign(
+        run_campaign.aio(
             str(brief),
             poll_deadline_seconds=30,
             credentials=simulator_credentials(simulator),

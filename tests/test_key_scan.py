@@ -313,11 +313,11 @@ def test_the_key_appears_nowhere(
             "poll_deadline_seconds": 60,
         }
         state = asyncio.run(
-            run_campaign(str(write_brief(tmp_path, "brief.yaml")), return_state=True, **kwargs)
+            run_campaign.aio(str(write_brief(tmp_path, "brief.yaml")), return_state=True, **kwargs)
         )
         # the same campaign without the failing asset: every job is reused, the run succeeds
         returned = asyncio.run(
-            run_campaign(
+            run_campaign.aio(
                 str(write_brief(tmp_path, "brief-ok.yaml", drop="social-square")), **kwargs
             )
         )

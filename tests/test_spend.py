@@ -116,7 +116,7 @@ def small_brief(tmp_path: Path, name: str = "spend-campaign", budget: float = 1.
 
 def product(product_id: str, **kwargs: Any) -> Any:
     return asyncio.run(
-        generate_product_asset(
+        generate_product_asset.aio(
             product_id=product_id,
             prompt="a ceramic mug",
             quality="low",
@@ -356,12 +356,12 @@ def test_report_totals_are_the_manifests_plus_the_other_jobs_records(
     totals are the manifest's plus the other jobs' records, no task is counted twice, and they
     equal what the simulator billed."""
     brief = small_brief(tmp_path)
-    first = asyncio.run(run_campaign(str(brief), poll_deadline_seconds=30))
-    again = asyncio.run(run_campaign(str(brief), poll_deadline_seconds=30))
+    first = asyncio.run(run_campaign.aio(str(brief), poll_deadline_seconds=30))
+    again = asyncio.run(run_campaign.aio(str(brief), poll_deadline_seconds=30))
     assert [r.task_id for r in again.jobs] == [r.task_id for r in first.jobs]
     product("spend-sku")
     asyncio.run(
-        generate_image(
+        generate_image.aio(
             parse_request({"prompt": "a teapot", "size": "1:1", "quality": "low"}),
             job_name="spend-adhoc",
             poll_deadline_seconds=30,
@@ -372,7 +372,7 @@ def test_report_totals_are_the_manifests_plus_the_other_jobs_records(
     )
     with pytest.raises(Exception, match="content_policy_violation"):
         asyncio.run(
-            generate_product_asset(
+            generate_product_asset.aio(
                 product_id="spend-refused",
                 prompt="a forbidden mug",
                 quality="low",
@@ -414,7 +414,7 @@ def test_old_records_say_unknown_and_new_ones_name_the_flow_run(
     evolink_env: EvoLinkSimulator, assets_dir: Path
 ) -> None:
     state = asyncio.run(
-        generate_product_asset(
+        generate_product_asset.aio(
             product_id="origin-sku",
             prompt="a ceramic mug",
             quality="low",
@@ -464,7 +464,7 @@ def test_the_flow_stores_csv_and_json_and_publishes_stable_artifacts(
 ) -> None:
     product("report-sku")
     today = datetime.now(UTC).strftime("%Y-%m-%d")
-    report = asyncio.run(spend_report(since=today, until=today))
+    report = asyncio.run(spend_report.aio(since=today, until=today))
     assert report.period == f"{today}_{today}" and report.totals.jobs == 1
     base = assets_dir / "_reports" / "spend" / report.period
     stored = json.loads(base.with_suffix(".json").read_text())
@@ -475,7 +475,7 @@ def test_the_flow_stores_csv_and_json_and_publishes_stable_artifacts(
     assert {"evolink-spend", "evolink-spend-summary"} <= set(artifacts)
     assert "unknown bills" in artifacts["evolink-spend-summary"].data
     # with neither bound: the previous month, which here holds nothing
-    last_month = asyncio.run(spend_report())
+    last_month = asyncio.run(spend_report.aio())
     assert last_month.totals.jobs == 0 and len(last_month.period) == 7
 
 
@@ -517,7 +517,7 @@ def test_a_campaign_over_the_cap_sends_nothing_and_writes_no_manifest(
     brief = small_brief(tmp_path, "capped-campaign")
     with pytest.raises(SpendCapExceededError, match="the estimate of campaign capped-campaign"):
         asyncio.run(
-            run_campaign(
+            run_campaign.aio(
                 str(brief),
                 poll_deadline_seconds=30,
                 spend_cap=EvoLinkSpendCap(limit_usd=Decimal("0.01")),
@@ -526,7 +526,9 @@ def test_a_campaign_over_the_cap_sends_nothing_and_writes_no_manifest(
     assert evolink_env.request_counts.get("create", 0) == 0
     assert not (assets_dir / "capped-campaign" / "manifest.json").exists()
     manifest = asyncio.run(
-        run_campaign(str(brief), poll_deadline_seconds=30, spend_cap=EvoLinkSpendCap(limit_usd=1))
+        run_campaign.aio(
+            str(brief), poll_deadline_seconds=30, spend_cap=EvoLinkSpendCap(limit_usd=1)
+        )
     )
     assert [o.status.value for o in manifest.assets] == ["final", "final"]
     [reservation] = stored_json(assets_dir, "_reports/spend/reservations/*/*.json")

@@ -369,7 +369,7 @@ def test_jobs_run_on_the_simulator_never_fill_a_real_cap(
     cap = EvoLinkSpendCap(limit_usd=PRODUCT_ESTIMATE * 3 / 2)
     for product_id in ("sim-first", "sim-second"):
         asyncio.run(
-            generate_product_asset(
+            generate_product_asset.aio(
                 product_id=product_id,
                 prompt="a ceramic mug",
                 quality="low",
@@ -440,7 +440,7 @@ def test_a_campaign_run_on_the_simulator_is_booked_and_reported_as_such(
             }
         )
     )
-    manifest = asyncio.run(run_campaign(str(brief), poll_deadline_seconds=30))
+    manifest = asyncio.run(run_campaign.aio(str(brief), poll_deadline_seconds=30))
 
     assert manifest.jobs and all(row.simulator for row in manifest.jobs)
     [total] = [line for line in cost_summary(manifest) if line.startswith("  total")]

@@ -100,7 +100,7 @@ def test_a_created_task_whose_submit_record_is_lost_is_booked_with_its_bill(
 
     with pytest.raises(Exception) as info:
         asyncio.run(
-            run_campaign(
+            run_campaign.aio(
                 str(brief), credentials=credentials(sim), storage=storage, poll_deadline_seconds=30
             )
         )
@@ -145,7 +145,7 @@ def test_the_single_job_flow_reports_the_created_task_when_its_record_is_lost(
     request = ImageRequest(prompt="a lost mug of cocoa", size="1:1", quality="low")
     with pytest.raises(SubmitRecordNotStoredError, match="TimeoutError") as caught:
         asyncio.run(
-            generate_image(
+            generate_image.aio(
                 request, job_name="lost-record", credentials=credentials(sim), storage=storage
             )
         )

@@ -274,7 +274,7 @@ def start_campaign(stack: Stack, selection: str) -> Run:
         try:
             with temporary_settings(settings):
                 outcome["manifest"] = asyncio.run(
-                    run_campaign(
+                    run_campaign.aio(
                         str(EXAMPLE),
                         selection=selection,  # type: ignore[arg-type]
                         approval_timeout_seconds=600,

@@ -333,7 +333,7 @@ class Lab:
         error: BaseException | None = None
         try:
             asyncio.run(
-                run_campaign(
+                run_campaign.aio(
                     str(self.brief),
                     # the saved blocks, as a deployment's defaults would reference them
                     credentials=EvoLinkCredentials.load(self.credentials_block),
@@ -685,7 +685,7 @@ def check_s3_upload_failed(result: Result) -> None:
 CHILD_CODE = (
     "import asyncio, sys\n"
     "from prefect_evolink.flows.campaign import run_campaign\n"
-    "asyncio.run(run_campaign(sys.argv[1], poll_deadline_seconds=120))\n"
+    "asyncio.run(run_campaign.aio(sys.argv[1], poll_deadline_seconds=120))\n"
 )
 
 
