@@ -35,14 +35,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from evolink.simulator.chaos import FaultRates
-from evolink.simulator.faults import Fault
-from evolink.simulator.server import EvoLinkSimulator
-from evolink.simulator.service import (
+from evolink.simulator.account import (
     DEFAULT_API_KEY,
     DEFAULT_IDEMPOTENCY_TTL_SECONDS,
     DEFAULT_TASK_TTL_SECONDS,
 )
+from evolink.simulator.chaos import FaultRates
+from evolink.simulator.faults import Fault
+from evolink.simulator.server import EvoLinkSimulator
 from evolink.simulator.state import SimulatorStateError
 from evolink.simulator.tasks import PROGRESS_CURVES
 
