@@ -9,8 +9,9 @@ block's `credentials` type on first use, see `s3`), no campaign or spend model
 
 Modules: `credentials` (EvoLinkCredentials), `keys` (safe_key, check_key), `storage` (the
 AssetStorage interface and StoredObject), `local` (LocalAssetStorage), `s3` (S3AssetStorage),
-`_aws` (the prefect-aws blocks its `credentials` field accepts), `lookup` (default_storage,
-load_storage), `spend_cap` (EvoLinkSpendCap).
+`s3_metadata` (S3's rules for object metadata), `_aws` (the prefect-aws blocks its `credentials`
+field accepts), `_first_use` (that field's type, resolved on first use), `lookup`
+(default_storage, load_storage), `spend_cap` (EvoLinkSpendCap).
 """
 
 from prefect_evolink.blocks.credentials import EvoLinkCredentials

@@ -24,7 +24,7 @@ field stays a forward reference, and the class is completed the first time it is
 - by pydantic itself when the class is first validated (created, loaded), dumped or asked for
   its schema, or when another model's schema names it (a flow's parameters);
 - by `model_fields`, which Prefect reads to find nested blocks (when it registers the block
-  type, collects secret fields and schema references), through `_FieldsOfACompleteModel`.
+  type, collects secret fields and schema references), through `FieldsOfACompleteModel`.
 
 Prefect's registry needs only the slug, which `AssetStorage.__dispatch_key__` returns without
 building the schema. The schema, its checksum and every saved document are exactly as with the
@@ -34,18 +34,13 @@ use of this block type pays for the prefect-aws import instead of every Prefect 
 
 from __future__ import annotations
 
-import importlib
 import logging
-import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
-from urllib.parse import quote
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -54,14 +49,14 @@ from pydantic import (
     model_validator,
 )
 
+from prefect_evolink.blocks._first_use import FieldsOfACompleteModel, ModuleOnFirstUse
 from prefect_evolink.blocks._meta import STORAGE_DOCS_URL, logo_url
 from prefect_evolink.blocks.keys import check_key, check_prefix
+from prefect_evolink.blocks.s3_metadata import s3_metadata
 from prefect_evolink.blocks.storage import AssetStorage, StoredObject
 
 if TYPE_CHECKING:
     from typing import Self
-
-    from pydantic.fields import FieldInfo
 
     from prefect_evolink.blocks import _aws
 
@@ -73,64 +68,10 @@ logger = logging.getLogger(__name__)
 
 _MIB: Final = 1024 * 1024
 
-# S3 user metadata: ASCII only, and at most 2 KB for all keys and values together.
-_S3_METADATA_VALUE_CHARS: Final = 256
-_S3_METADATA_KEY_CHARS: Final = 64
-_S3_METADATA_TOTAL_BYTES: Final = 2000
-_S3_METADATA_KEY_UNSAFE = re.compile(r"[^a-z0-9_-]")
-# Printable ASCII stays readable; '%' is escaped so that `unquote` restores the value exactly.
-_S3_METADATA_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
-
 _INSTALL_AWS_HINT: Final = (
     "a credentials block needs prefect-aws: pip install 'prefect-evolink[aws]' "
     "(or give aws_access_key_id / aws_secret_access_key, or leave both empty for boto3's chain)"
 )
-
-
-def _s3_metadata_value(raw: str) -> str:
-    """Percent-encode one value character by character, stopping before the length cap.
-
-    Encoding per character means a cut never splits an escape or a multi-byte character.
-    """
-    pieces: list[str] = []
-    length = 0
-    last = len(raw) - 1
-    for index, char in enumerate(raw):
-        if char == " " and index in (0, last):
-            encoded = "%20"
-        else:
-            encoded = quote(char, safe=_S3_METADATA_SAFE, errors="replace")
-        if length + len(encoded) > _S3_METADATA_VALUE_CHARS:
-            # Cut here; a space now at the end would be stripped by HTTP, so drop it.
-            return "".join(pieces).rstrip(" ")
-        pieces.append(encoded)
-        length += len(encoded)
-    return "".join(pieces)
-
-
-def _s3_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
-    """Make metadata acceptable to S3: ASCII keys and values, short, 2 KB in total.
-
-    Keys are lower-cased (S3 does so anyway) and reduced to [a-z0-9_-]. Values are
-    percent-encoded outside printable ASCII ('%' too, so `urllib.parse.unquote` restores them),
-    leading/trailing spaces are encoded because HTTP would strip them, and each value is cut to
-    256 characters. Entries that no longer fit in S3's 2 KB budget are dropped. This is lossy
-    on purpose: the full metadata belongs in the JSON sidecar.
-    """
-    result: dict[str, str] = {}
-    total = 0
-    for raw_key, raw_value in sorted((metadata or {}).items()):
-        key = _S3_METADATA_KEY_UNSAFE.sub("-", str(raw_key).lower())[:_S3_METADATA_KEY_CHARS]
-        if not key or key in result:
-            continue
-        value = _s3_metadata_value(str(raw_value))
-        size = len(key) + len(value)
-        if total + size > _S3_METADATA_TOTAL_BYTES:
-            logger.debug("S3 metadata %r dropped: over the 2 KB limit", key)
-            continue
-        result[key] = value
-        total += size
-    return result
 
 
 def _is_not_found(error: Exception) -> bool:
@@ -142,37 +83,6 @@ def _is_not_found(error: Exception) -> bool:
 
 _CLIENT_LOCK = threading.Lock()
 """Guards client creation: boto3 sessions are not thread-safe, the clients they make are."""
-
-
-class _ModuleOnFirstUse:
-    """A module imported on its first attribute access (`_aws` below: prefect-aws, boto3, …)."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, attribute: str) -> Any:
-        if attribute.startswith("__"):  # probes (copy, inspect, …) import nothing
-            raise AttributeError(attribute)
-        module: ModuleType = importlib.import_module(self._name)
-        return getattr(module, attribute)
-
-    def __repr__(self) -> str:
-        return f"<{self._name}, imported on first use>"
-
-
-class _FieldsOfACompleteModel:
-    """`model_fields` that completes the class first (see "The credentials type" above).
-
-    Prefect walks `model_fields` annotations for nested blocks; before the class is complete,
-    `credentials` would be an unresolved forward reference there, and Prefect would miss the
-    prefect-aws blocks (register the type without them, leave their secrets unmasked). Pydantic
-    itself reads `__pydantic_fields__`, never this.
-    """
-
-    def __get__(self, instance: object, owner: type[BaseModel]) -> dict[str, FieldInfo]:
-        if not owner.__pydantic_complete__:
-            owner.model_rebuild()
-        return owner.__pydantic_fields__
 
 
 class S3AssetStorage(AssetStorage):
@@ -304,8 +214,8 @@ class S3AssetStorage(AssetStorage):
 
     _client: Any = PrivateAttr(default=None)
 
-    model_config = ConfigDict(ignored_types=(_FieldsOfACompleteModel,))
-    model_fields = _FieldsOfACompleteModel()
+    model_config = ConfigDict(ignored_types=(FieldsOfACompleteModel,))
+    model_fields = FieldsOfACompleteModel()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A subclass copies our fields as they are, and its own module has no `_aws` to resolve
@@ -455,7 +365,7 @@ class S3AssetStorage(AssetStorage):
             Filename=str(path),
             Bucket=self.bucket,
             Key=object_key,
-            ExtraArgs={"ContentType": content_type, "Metadata": _s3_metadata(metadata)},
+            ExtraArgs={"ContentType": content_type, "Metadata": s3_metadata(metadata)},
             Config=self._transfer_config(),
         )
         logger.debug("uploaded %s (%d bytes) to %s", key, size, self.uri(key))
@@ -470,7 +380,7 @@ class S3AssetStorage(AssetStorage):
             Key=self._object_key(key),
             Body=data,
             ContentType=content_type,
-            Metadata=_s3_metadata(metadata),
+            Metadata=s3_metadata(metadata),
         )
         return StoredObject(
             key=key, uri=self.uri(key), size_bytes=len(data), content_type=content_type
@@ -540,7 +450,7 @@ class S3AssetStorage(AssetStorage):
 
 # Bound only now, after the class statement: see "The credentials type" in the module docstring.
 if not TYPE_CHECKING:
-    _aws = _ModuleOnFirstUse("prefect_evolink.blocks._aws")
+    _aws = ModuleOnFirstUse("prefect_evolink.blocks._aws")
 
 
 def __getattr__(name: str) -> Any:

@@ -185,16 +185,27 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         "for those. A rerun of the same brief reuses every stored job and pays only for "
         "what is missing.",
     )
-    campaign.add_argument("brief", type=Path)
-    campaign.add_argument("--selection", choices=["auto", "approval"], default="auto")
-    campaign.add_argument("--selector", default=None, help="package.module:function for auto")
+    campaign.add_argument("brief", type=Path, help="the campaign brief, a YAML file")
+    campaign.add_argument(
+        "--selection",
+        choices=["auto", "approval"],
+        default="auto",
+        help="auto: a selector picks each asset's draft; approval: a reviewer picks in the "
+        "Prefect UI (default %(default)s)",
+    )
+    campaign.add_argument(
+        "--selector",
+        default=None,
+        help="package.module:function for auto (default: evolink.campaign:largest_file)",
+    )
     campaign.add_argument(
         "--approval-timeout",
         type=int,
         default=20 * 3600,
         metavar="SECONDS",
-        help="how long an approval run waits for its reviewer (default 72000 = 20 h: inside the "
-        "24 h EvoLink keeps drafts' links; longer is warned about on local storage)",
+        help="seconds an approval run waits for its reviewer's answer before it ends with no "
+        "final sent (default %(default)s = 20 h: inside the 24 h EvoLink keeps drafts' links; "
+        "longer is warned about on local storage)",
     )
     commands.add_parser(
         "deploy", help="work pool, limits, deployments (prefect-evolink deploy --help)"
@@ -224,12 +235,22 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
             default=[],
             metavar="ASSET",
             help="pay for fresh drafts of ASSET when EvoLink no longer has its drafts (a day "
-            "later, on local storage); repeat for several assets",
+            "later, on local storage); repeat for several assets (default: none)",
         )
-        sub.add_argument("--credentials-block", default=None)
-        sub.add_argument("--storage-block", default=None)
         sub.add_argument(
-            "--assets-dir", default="assets", help="local storage when no block is named"
+            "--credentials-block",
+            default=None,
+            help=f"EvoLink credentials block (default: ${ENV_API_KEY}, else the simulator)",
+        )
+        sub.add_argument(
+            "--storage-block",
+            default=None,
+            help="asset storage block (default: local storage in --assets-dir)",
+        )
+        sub.add_argument(
+            "--assets-dir",
+            default="assets",
+            help="local storage when no block is named (default %(default)s)",
         )
         sub.add_argument(
             "--debug", action="store_true", help="print the traceback of a failure, too"
@@ -238,7 +259,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
             "--spend-cap-block",
             default=None,
             help="an EvoLink Spend Cap block: refuse (exit 3) when the period's spend + this "
-            "run's estimate is over it",
+            "run's estimate is over it (default: no cap)",
         )
     return parser.parse_args(argv)
 
@@ -266,13 +287,21 @@ def _storage_arguments(parser: Any, runs: str = "used") -> None:
     """--storage-block | --assets-dir, --credentials-block and --debug: the options of every
     command that reads what earlier runs stored."""
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--storage-block", default=None, help=f"the storage block the runs {runs}")
+    where.add_argument(
+        "--storage-block",
+        default=None,
+        help=f"the storage block the runs {runs} (default: local storage, --assets-dir)",
+    )
     where.add_argument(
         "--assets-dir",
         default=None,
         help=f"local storage directory (default: ${ENV_ASSETS_DIR} or ./assets)",
     )
-    parser.add_argument("--credentials-block", default=None, help="EvoLink credentials block")
+    parser.add_argument(
+        "--credentials-block",
+        default=None,
+        help=f"EvoLink credentials block (default: the key in ${ENV_API_KEY})",
+    )
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
 
 
@@ -287,9 +316,15 @@ def _spend_arguments(commands: Any) -> None:
         "EvoLink is asked for the bills the records do not know; nothing is ever submitted. "
         "Without --since/--until: every job ever.",
     )
-    spend.add_argument("--since", default=None, help="first day counted: YYYY-MM or YYYY-MM-DD")
     spend.add_argument(
-        "--until", default=None, help="last day counted, included: YYYY-MM or YYYY-MM-DD"
+        "--since",
+        default=None,
+        help="first day counted: YYYY-MM or YYYY-MM-DD (default: no start)",
+    )
+    spend.add_argument(
+        "--until",
+        default=None,
+        help="last day counted, included: YYYY-MM or YYYY-MM-DD (default: no end)",
     )
     spend.add_argument("--timezone", default="UTC", help="IANA zone days begin in (default UTC)")
     _storage_arguments(spend)
@@ -586,11 +621,19 @@ def _callbacks_arguments(commands: Any) -> None:
         "on stderr (outcome, source address, task id; --debug adds more).",
     )
     callbacks.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    callbacks.add_argument("--port", type=int, default=8788, help="0 picks a free port")
-    callbacks.add_argument("--path", default="/evolink/callback", help="the callback path")
+    callbacks.add_argument(
+        "--port", type=int, default=8788, help="0 picks a free port (default %(default)s)"
+    )
+    callbacks.add_argument(
+        "--path", default="/evolink/callback", help="the callback path (default %(default)s)"
+    )
     _storage_arguments(callbacks, runs="use")
-    callbacks.add_argument("--ssl-certfile", default=None, help="TLS certificate (PEM)")
-    callbacks.add_argument("--ssl-keyfile", default=None, help="TLS private key (PEM)")
+    callbacks.add_argument(
+        "--ssl-certfile", default=None, help="TLS certificate (PEM) (default: none, plain http)"
+    )
+    callbacks.add_argument(
+        "--ssl-keyfile", default=None, help="TLS private key (PEM) (default: none)"
+    )
     callbacks.add_argument(
         "--forwarded-allow-ips",
         default=None,
@@ -620,7 +663,10 @@ def _callbacks_arguments(commands: Any) -> None:
         help="storage lookups at once per source address (default %(default)s)",
     )
     callbacks.add_argument(
-        "--max-body-bytes", type=int, default=MAX_CALLBACK_BYTES, help="larger bodies get 413"
+        "--max-body-bytes",
+        type=int,
+        default=MAX_CALLBACK_BYTES,
+        help="larger bodies get 413 (default %(default)s)",
     )
     callbacks.add_argument(
         "--read-timeout",
@@ -741,7 +787,10 @@ def _serve_products_arguments(commands: Any) -> None:
         "process) every marketing.asset.requested event becomes a product_image task run.",
     )
     serve.add_argument(
-        "--limit", type=int, default=DEFAULT_LIMIT, help="products this worker runs at once"
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        help="products this worker runs at once (default %(default)s)",
     )
     serve.add_argument(
         "--listen",

@@ -1,8 +1,8 @@
 """What every campaign artifact shares: how it names its run, how many pictures it may hold,
 and an asset's outcome in a word or two.
 
-The artifacts themselves are one module each — the review sheet (`flows/campaign_review.py`,
-with the form it describes), the finals (`campaign_finals`), the cost tables
+The artifacts themselves are one module each — the review sheet
+(`flows/campaign_review_sheet.py`), the finals (`campaign_finals`), the cost tables
 (`campaign_cost`), progress and the manifest (`campaign_progress`); `campaign_report` lists
 them all. These few pieces are what they have in common, kept here so the artifacts agree.
 """

@@ -34,8 +34,8 @@ Pictures are never published with `create_image_artifact`: the UI prints the dat
 
 Each artifact is made in its own module, and every name is re-exported here:
 
-- the review sheet and the Resume dialog's description: `flows/campaign_review.py`, with the
-  form they describe and the approval step;
+- the review sheet and the Resume dialog's description: `flows/campaign_review_sheet.py` (the
+  form they describe is `campaign_review_form`, the approval step `campaign_review`);
 - the finals (`-finals`, `-<asset>-final`): `campaign_finals`;
 - the cost tables and the summary (`-cost`, `-cost-details`, `-summary`): `campaign_cost`,
   with the cost lines `prefect-evolink report` prints (`cost_summary`);
@@ -46,7 +46,7 @@ Each artifact is made in its own module, and every name is re-exported here:
 
 from __future__ import annotations
 
-from prefect_evolink.flows.campaign_review import (
+from prefect_evolink.flows.campaign_review_sheet import (
     DESCRIPTION_BUDGET_CHARS,
     REVIEW_LINK_MAX_SECONDS,
     DraftPreview,

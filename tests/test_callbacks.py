@@ -291,8 +291,23 @@ class _Hook(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def tls_hook(tls: Tls, answers: list[int]) -> tuple[http.server.HTTPServer, type[_Hook]]:
-    handler = type("Hook", (_Hook,), {"answers": list(answers), "bodies": []})
+class _HeldHook(_Hook):
+    """Holds every POST unanswered until `release` is set, after setting `received`: a callback
+    provably in flight for as long as the test needs."""
+
+    received: threading.Event
+    release: threading.Event
+
+    def do_POST(self) -> None:
+        self.received.set()
+        self.release.wait(30)  # a generous bound: the test sets it well before
+        super().do_POST()
+
+
+def tls_hook(
+    tls: Tls, answers: list[int], hook: type[_Hook] = _Hook, **attributes: Any
+) -> tuple[http.server.HTTPServer, type[_Hook]]:
+    handler = type("Hook", (hook,), {"answers": list(answers), "bodies": [], **attributes})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tls.cert, tls.key)
@@ -349,15 +364,39 @@ def test_the_simulator_posts_the_finished_task_and_retries_1_2_4(
     assert sim.service.callbacks.timeout == TIMEOUT_SECONDS
 
 
-def test_the_simulator_gives_up_after_three_retries_and_never_blocks_its_api(
-    sim: EvoLinkSimulator,
+def test_a_callback_in_flight_never_blocks_the_simulators_api(
+    sim: EvoLinkSimulator, tls: Tls
 ) -> None:
+    """While the receiver holds a callback's POST unanswered, the API and the admin routes
+    answer within httpx's 5 s deadline: a sender that held the service's lock (or its own)
+    while talking to the network would leave them waiting for the release, and time out."""
+    received, release = threading.Event(), threading.Event()
+    server, hook = tls_hook(tls, [], _HeldHook, received=received, release=release)
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}{CALLBACK_PATH}"
+        task_id = create_task(sim, callback_url=url)
+        assert received.wait(10), "the callback was never sent"
+        headers = {"Authorization": f"Bearer {sim.api_key}"}
+        assert httpx.get(f"{sim.base_url}/_sim/health").status_code == 200
+        assert httpx.get(f"{sim.base_url}/_sim/callbacks").json() == []  # none finished yet
+        task = httpx.get(f"{sim.base_url}/v1/tasks/{task_id}", headers=headers)
+        assert task.json()["status"] == "completed"
+        assert create_task(sim)  # and a new task is created meanwhile
+        assert not any(a.delivered for a in sim.callbacks)  # still held: the POST in flight
+        release.set()
+        wait_until(lambda: any(a.delivered for a in sim.callbacks))
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert [(a.attempt, a.http_status) for a in sim.callbacks] == [(1, 200)]
+    assert len(hook.bodies) == 1
+
+
+def test_the_simulator_gives_up_after_three_retries(sim: EvoLinkSimulator) -> None:
     sim.service.callbacks.retry_delays = (0.05, 0.05, 0.05)
     sim.add_fault(Fault(kind="fail_task", error_code="content_policy_violation"))
     task_id = create_task(sim, callback_url="https://127.0.0.1:9/nobody-listens")  # refused
-    started = time.monotonic()
-    assert httpx.get(f"{sim.base_url}/_sim/health").status_code == 200
-    assert time.monotonic() - started < 1
     wait_until(lambda: len(sim.callbacks) == 4)
     time.sleep(0.2)
     assert [a.attempt for a in sim.callbacks] == [1, 2, 3, 4]

@@ -372,9 +372,9 @@ def test_a_review_of_many_assets_takes_exceptions_and_the_server_refuses_a_typo(
     4 assets count as many): rejected assets and other drafts picked; every other asset gets
     its suggested draft. The server checks the answer against the form: an asset that does not
     exist is refused and the run stays paused, nothing sent."""
-    from prefect_evolink.flows import campaign_review
+    from prefect_evolink.flows import campaign_review_form
 
-    monkeypatch.setattr(campaign_review, "REVIEW_FIELDS_MAX", 1)
+    monkeypatch.setattr(campaign_review_form, "REVIEW_FIELDS_MAX", 1)
     thread, outcome = start_in_thread(small_brief(tmp_path), approval_timeout_seconds=120)
     run = wait_for_paused_run()
     with pytest.raises(RuntimeError, match="Cannot resume this run"):

@@ -302,11 +302,11 @@ def test_a_review_of_many_assets_is_two_pick_lists_and_ambiguity_spends_nothing(
 ) -> None:
     from pydantic import ValidationError
 
-    from prefect_evolink.flows import campaign_review
+    from prefect_evolink.flows import campaign_review_form
 
     small, _ = review_form(plans, outcomes, SUGGESTED)
     assert "launch_banner" in small.model_json_schema()["properties"]  # one field per asset
-    monkeypatch.setattr(campaign_review, "REVIEW_FIELDS_MAX", 3)  # 4 assets: "many"
+    monkeypatch.setattr(campaign_review_form, "REVIEW_FIELDS_MAX", 3)  # 4 assets: "many"
     form, read = review_form(plans, outcomes, SUGGESTED)
     schema = form.model_json_schema()
     assert set(schema["properties"]) == {"reject", "use_instead"}

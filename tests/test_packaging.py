@@ -12,9 +12,13 @@ and `tasks/`:
 - their packages and ours both import;
 - Prefect finds the `prefect.collections` entry point and so knows our block types without
   our package being imported by hand;
-- `prefect-evolink demo --single` stores an image against the bundled simulator.
+- `prefect-evolink demo --single` stores an image against the bundled simulator;
+- `prefect-evolink[aws]` resolves, with the lock's constraints, to the prefect-aws the suite
+  tests, which is the extra's floor (last: it adds prefect-aws to the same virtualenv).
 
 Installing needs the package registry (as building `.venv` does); pip's cache makes it quick.
+Only the `[aws]` install may skip, and only outside CI when PyPI is unreachable: the lock's
+versions then may not all be at hand.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
@@ -245,3 +251,61 @@ def test_the_command_runs_a_job_from_any_directory(
     assert len(images) == 1, sorted(str(p) for p in out.rglob("*"))
     assert images[0].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def _locked(name: str) -> str:
+    """The version requirements.lock pins `name` to."""
+    for line in LOCK.read_text().splitlines():
+        pinned, _, version = line.split("#")[0].strip().partition("==")
+        if version and _normalise(pinned) == _normalise(name):
+            return version.strip()
+    raise AssertionError(f"{name} is not pinned in {LOCK.name}")
+
+
+def _aws_requirement() -> Requirement:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    [requirement] = [Requirement(r) for r in declared["optional-dependencies"]["aws"]]
+    assert _normalise(requirement.name) == "prefect-aws", requirement
+    return requirement
+
+
+def _floor(requirement: Requirement) -> Version:
+    [floor] = [Version(s.version) for s in requirement.specifier if s.operator == ">="]
+    return floor
+
+
+def _pypi_reachable() -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen("https://pypi.org/simple/prefect-aws/", timeout=15):
+            return True
+    except OSError:
+        return False
+
+
+def test_the_aws_extras_floor_is_the_prefect_aws_the_suite_tests() -> None:
+    """The floor claims what is known to work: the one version the suite runs with."""
+    assert _floor(_aws_requirement()) == Version(_locked("prefect-aws"))
+
+
+def test_the_aws_extra_installs_the_prefect_aws_the_suite_tests(
+    installed: Path, wheel: Path
+) -> None:
+    """`pip install "prefect-evolink[aws]"` with the lock as constraints, into the user's
+    virtualenv: prefect-aws resolves to the locked version, at or above the extra's floor, and
+    `pip check` stays clean. Kept last: it adds prefect-aws to the virtualenv the tests above
+    use without it."""
+    python = str(installed / "python")
+    command = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    command += ["--no-input", "-c", str(LOCK), f"{wheel}[aws]"]
+    result = subprocess.run(command, cwd=installed, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0 and not os.environ.get("CI") and not _pypi_reachable():
+        pytest.skip(f"PyPI is unreachable and [aws] did not install: {result.stderr[-500:]}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    script = "import importlib.metadata as m; print(m.version('prefect-aws'))"
+    resolved = Version(_run([python, "-c", script], cwd=installed).stdout.strip())
+    assert resolved == Version(_locked("prefect-aws"))
+    assert resolved in _aws_requirement().specifier and resolved >= _floor(_aws_requirement())
+    check = _run([python, "-m", "pip", "check"], cwd=installed)
+    assert "No broken requirements found" in check.stdout

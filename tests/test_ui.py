@@ -749,9 +749,9 @@ def test_a_review_of_many_assets_is_made_with_two_pick_lists_in_the_dialog(
     UI's Resume dialog shows two pick lists instead of a field per asset: the reviewer rejects
     one asset and picks another draft for a second, and every other asset gets its suggested
     draft."""
-    from prefect_evolink.flows import campaign_review
+    from prefect_evolink.flows import campaign_review_form
 
-    monkeypatch.setattr(campaign_review, "REVIEW_FIELDS_MAX", 1)
+    monkeypatch.setattr(campaign_review_form, "REVIEW_FIELDS_MAX", 1)
     run = start_campaign(stack, "approval")
     deadline = time.monotonic() + 90
     while run.flow_run_id is None:

@@ -19,12 +19,12 @@ mistaken for the real API.
         sim.age()           # every task, link and key that exists now has expired
 """
 
+from evolink.simulator.account import DEFAULT_API_KEY
 from evolink.simulator.chaos import FaultRates
 from evolink.simulator.faults import Fault
 from evolink.simulator.ledger import LedgerEntry, max_concurrent
 from evolink.simulator.png import png_size, render_png
 from evolink.simulator.server import SIMULATOR_HEADER, EvoLinkSimulator
-from evolink.simulator.service import DEFAULT_API_KEY
 from evolink.simulator.state import STATE_FILE_NAME, SimulatorStateError
 
 __all__ = [

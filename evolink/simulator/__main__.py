@@ -35,15 +35,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from evolink.simulator.chaos import FaultRates
-from evolink.simulator.faults import Fault
-from evolink.simulator.files import DEFAULT_FILE_QUOTA, DEFAULT_FILE_TTL_SECONDS
-from evolink.simulator.server import EvoLinkSimulator
-from evolink.simulator.service import (
+from evolink.simulator.account import (
     DEFAULT_API_KEY,
     DEFAULT_IDEMPOTENCY_TTL_SECONDS,
     DEFAULT_TASK_TTL_SECONDS,
 )
+from evolink.simulator.chaos import FaultRates
+from evolink.simulator.faults import Fault
+from evolink.simulator.files import DEFAULT_FILE_QUOTA, DEFAULT_FILE_TTL_SECONDS
+from evolink.simulator.server import EvoLinkSimulator
 from evolink.simulator.state import SimulatorStateError
 from evolink.simulator.tasks import PROGRESS_CURVES
 
@@ -65,37 +65,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="prefect-evolink simulator", description="Local EvoLink GPT Image 2 API simulator."
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8787, help="0 picks a free port")
-    parser.add_argument("--api-key", default=DEFAULT_API_KEY)
-    parser.add_argument("--generation-seconds", type=float, default=2.0)
     parser.add_argument(
-        "--result-ttl-seconds", type=float, default=86400, help="result links expire after this"
+        "--host", default="127.0.0.1", help="address to listen on (default %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=8787, help="0 picks a free port (default %(default)s)"
+    )
+    parser.add_argument(
+        "--api-key",
+        default=DEFAULT_API_KEY,
+        help="the Bearer key requests must send (default: the public test key %(default)s)",
+    )
+    parser.add_argument(
+        "--generation-seconds",
+        type=float,
+        default=2.0,
+        help="seconds a task takes to finish (default %(default)s)",
+    )
+    parser.add_argument(
+        "--result-ttl-seconds",
+        type=float,
+        default=86400,
+        help="result links expire after this (default %(default)s)",
     )
     parser.add_argument(
         "--task-ttl-seconds",
         type=float,
         default=DEFAULT_TASK_TTL_SECONDS,
-        help="a task is forgotten (GET answers 404) this long after it finished",
+        help="a task is forgotten (GET answers 404) this long after it finished (default "
+        "%(default)s)",
     )
     parser.add_argument(
         "--idempotency-ttl-seconds",
         type=float,
         default=DEFAULT_IDEMPOTENCY_TTL_SECONDS,
         help="an Idempotency-Key replays its task this long after the task was created; "
-        "after that the same key creates (and bills) a new task",
+        "after that the same key creates (and bills) a new task (default %(default)s)",
     )
     parser.add_argument(
         "--file-ttl-seconds",
         type=float,
         default=DEFAULT_FILE_TTL_SECONDS,
-        help="Files API uploads expire this long after they were made (EvoLink: 72 h)",
+        help="Files API uploads expire this long after they were made (EvoLink: 72 h; "
+        "default %(default)s)",
     )
     parser.add_argument(
         "--file-quota",
         type=int,
         default=DEFAULT_FILE_QUOTA,
-        help="how many live uploads the Files API holds (EvoLink: 100)",
+        help="how many live uploads the Files API holds (EvoLink: 100; default %(default)s)",
     )
     parser.add_argument(
         "--state-dir",
@@ -105,36 +123,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "restart carries on (and, with --port 0, reuses the saved port if free); default: "
         "memory only",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds task ids, random faults and estimate draws (default %(default)s)",
+    )
     parser.add_argument(
         "--estimate-factor",
         type=float,
         default=1.0,
-        help="estimated_time reported as the true time x this (1 = exact)",
+        help="estimated_time reported as the true time x this (1 = exact; default %(default)s)",
     )
     parser.add_argument(
         "--estimate-spread",
         type=float,
         default=0.0,
-        help="and x a per-task draw in 1 +/- this, from --seed (0.5: +/-50 %%)",
+        help="and x a per-task draw in 1 +/- this, from --seed (0.5: +/-50 %%; default "
+        "%(default)s)",
     )
     parser.add_argument(
         "--progress-curve",
         default="linear",
         choices=sorted(PROGRESS_CURVES),
         help="how progress moves over a task's time (ease-out: front-loaded; ease-in, "
-        "stall: back-loaded)",
+        "stall: back-loaded; default %(default)s)",
     )
     parser.add_argument(
         "--faults",
         default=None,
-        help="JSON list of fault specs to arm at start (or @FILE to read them from a file)",
+        help="JSON list of fault specs to arm at start (or @FILE to read them from a file); "
+        "default: none",
     )
     parser.add_argument(
         "--chaos",
         default=None,
         help="random faults by rate, a JSON object of FaultRates fields such as "
-        '\'{"create": 0.05, "get": 0.03, "burst_length": 6}\' (or @FILE); drawn from --seed',
+        '\'{"create": 0.05, "get": 0.03, "burst_length": 6}\' (or @FILE); drawn from --seed; '
+        "default: none",
     )
     parser.add_argument(
         "--callback-ca-file",

@@ -25,18 +25,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+from evolink.simulator.account import (
+    DEFAULT_API_KEY,
+    DEFAULT_IDEMPOTENCY_TTL_SECONDS,
+    DEFAULT_TASK_TTL_SECONDS,
+)
 from evolink.simulator.callbacks import CallbackAttempt
 from evolink.simulator.chaos import FaultRates
 from evolink.simulator.faults import Fault
 from evolink.simulator.files import DEFAULT_FILE_QUOTA, DEFAULT_FILE_TTL_SECONDS
 from evolink.simulator.ledger import LedgerEntry, max_concurrent
 from evolink.simulator.replies import Reply, error_reply, invalid_request
-from evolink.simulator.service import (
-    DEFAULT_API_KEY,
-    DEFAULT_IDEMPOTENCY_TTL_SECONDS,
-    DEFAULT_TASK_TTL_SECONDS,
-    SimulatorService,
-)
+from evolink.simulator.service import SimulatorService
 from evolink.simulator.state import StateFile, WriteBehind
 
 log = logging.getLogger("evolink.simulator")

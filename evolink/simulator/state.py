@@ -10,7 +10,7 @@ One file, `<state_dir>/simulator-state.json`, written whole: to a temporary file
 directory, flushed to disk, then `os.replace`d over the old one, so a crash leaves the old state
 or the new one, never half a file. It holds the link-signing secret, so it is created 0600.
 
-Saving is write-behind: the service counts its changes (`SimulatorService.changes`: a task
+Saving is write-behind: the service counts its changes (`SimulatedAccount.changes`: a task
 created, the clock moved, a reset) and `WriteBehind` writes at most every `SAVE_INTERVAL_SECONDS`
 from a daemon thread when the count moved, plus once more when the simulator stops. A simulator
 without a state dir has none of this: no thread, no file, nothing slower.

@@ -1,0 +1,191 @@
+"""The Resume form of a campaign's review: what the reviewer answers, and how it is read.
+
+Why a module of its own: the form is a model built at run time from the campaign's drafts, and
+its reading turns an answer into each asset's decision; the review sheet
+(`campaign_review_sheet`) shows the drafts labelled as this form's options (`image-0` …), and
+the approval step (`campaign_review`) waits for the answer. Up to `REVIEW_FIELDS_MAX` assets the
+form has one choice per asset (`review_input`); beyond, two pick lists
+(`compact_review_input`), and the sheet says which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final, Literal
+
+from prefect.input import RunInput
+from pydantic import Field, create_model
+
+from evolink.brief import AssetPlan
+from evolink.campaign import AssetOutcome
+from evolink.cost import usd
+
+REVIEW_FIELDS_MAX: Final = 40
+"""Up to this many assets to review, the Resume form has one choice per asset. Beyond, it has
+two searchable lists — assets to reject, drafts to use instead of the suggestion — and every
+other asset gets its suggested draft: a thousand dropdowns are no form to review in."""
+
+Decision = tuple[int | None, str]
+"""A reviewer's decision on one asset: the chosen draft's index (None: no final) and why."""
+
+
+def review_form(
+    plans: list[AssetPlan],
+    outcomes: dict[str, AssetOutcome],
+    suggested: dict[str, int | None],
+    description: str | None = None,
+) -> tuple[type[RunInput], Callable[[Any], dict[str, Decision]]]:
+    """The Resume form for this review and how to read its answer: one choice per asset
+    (`review_input`) up to `REVIEW_FIELDS_MAX` assets, the two lists of `compact_review_input`
+    beyond."""
+    if many_to_review(plans, outcomes, suggested):
+        return compact_review_input(plans, outcomes, suggested, description)
+    form, names = review_input(plans, outcomes, suggested, description)
+
+    def read(answer: Any) -> dict[str, Decision]:
+        decisions: dict[str, Decision] = {}
+        for name, asset in names.items():
+            choice = getattr(answer, name)
+            if choice == "reject":
+                decisions[asset] = (None, "rejected by reviewer")
+            else:
+                index = int(choice.removeprefix("image-"))
+                decisions[asset] = (index, f"approved: image-{index}")
+        return decisions
+
+    return form, read
+
+
+def review_input(
+    plans: list[AssetPlan],
+    outcomes: dict[str, AssetOutcome],
+    suggested: dict[str, int | None],
+    description: str | None = None,
+) -> tuple[type[RunInput], dict[str, str]]:
+    """A form with one choice per suggested asset (drafts, no failure): `image-N` or `reject`.
+
+    Each field's default is the selector's suggestion, its title the asset id and its help text
+    the final's estimate. `description` (markdown: the drafts' thumbnails, see
+    `publish_review_sheet`) is shown above the fields in the Resume dialog; it is attached with
+    `RunInput.with_initial_data(description=…)` *without* field values, because that method
+    redefines every field it is given a value for and so would drop the titles and help texts
+    (the defaults are already on the fields).
+
+    Returns the RunInput model and the map field name → asset id (field names must be
+    identifiers; asset ids may contain '-').
+    """
+    fields: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    for plan in plans:
+        drafts = outcomes[plan.asset.id].drafts
+        if drafts is None or not reviewable(plan, outcomes, suggested):
+            continue
+        name = plan.asset.id.replace("-", "_")
+        while name in fields:
+            name += "_"
+        options = (*(f"image-{image.index}" for image in drafts.images), "reject")
+        default = suggested.get(plan.asset.id)
+        fields[name] = (
+            Literal[options],
+            Field(
+                default="reject" if default is None else f"image-{default}",
+                title=plan.asset.id,
+                description=f"final ≈ {usd(plan.final_estimate.usd)} ({plan.final_quality})",
+            ),
+        )
+        names[name] = plan.asset.id
+    return _form("CampaignReview", fields, description), names
+
+
+def compact_review_input(
+    plans: list[AssetPlan],
+    outcomes: dict[str, AssetOutcome],
+    suggested: dict[str, int | None],
+    description: str | None = None,
+) -> tuple[type[RunInput], Callable[[Any], dict[str, Decision]]]:
+    """A form for a review of many assets: `reject` (assets to make no final of) and
+    `use_instead` (`<asset>: image-N`, a draft to make final instead of the suggestion), both
+    lists of the campaign's own values, which the UI offers as searchable pick lists and the
+    server checks on resume (a typo cannot name an asset that does not exist). Every other
+    asset gets its suggested draft; one whose suggestion is reject gets a final only when one
+    of its drafts is picked.
+
+    Ambiguity spends nothing: an asset both rejected and picked, or picked twice, is rejected,
+    and the reason says so.
+    """
+    assets: list[str] = []
+    options: dict[str, tuple[str, int]] = {}
+    for plan in plans:
+        if not reviewable(plan, outcomes, suggested):
+            continue
+        asset = plan.asset.id
+        assets.append(asset)
+        drafts = outcomes[asset].drafts
+        for image in drafts.images if drafts is not None else []:
+            options[f"{asset}: image-{image.index}"] = (asset, image.index)
+    fields: dict[str, Any] = {
+        "reject": (
+            list[Literal[tuple(assets)]],  # type: ignore[misc]  # built at run time
+            Field(
+                default=[],
+                title="Reject: no final",
+                description="Assets to make no final of (their suggestion is ignored).",
+            ),
+        ),
+        "use_instead": (
+            list[Literal[tuple(options)]],  # type: ignore[misc]
+            Field(
+                default=[],
+                title="Use another draft",
+                description="A draft to make final instead of its asset's suggestion, listed "
+                "as 'asset: image-N'.",
+            ),
+        ),
+    }
+
+    def read(answer: Any) -> dict[str, Decision]:
+        rejected = set(answer.reject)
+        picked: dict[str, list[int]] = {}
+        for option in answer.use_instead:
+            asset, index = options[option]
+            picked.setdefault(asset, []).append(index)
+        decisions: dict[str, Decision] = {}
+        for asset in assets:
+            choices = sorted(set(picked.get(asset, [])))
+            if asset in rejected and choices:
+                decisions[asset] = (None, "rejected: both rejected and a draft picked")
+            elif asset in rejected:
+                decisions[asset] = (None, "rejected by reviewer")
+            elif len(choices) > 1:
+                listed = ", ".join(f"image-{i}" for i in choices)
+                decisions[asset] = (None, f"rejected: {listed} all picked, one is needed")
+            elif choices:
+                decisions[asset] = (choices[0], f"approved: image-{choices[0]} (picked)")
+            elif (suggestion := suggested[asset]) is None:
+                decisions[asset] = (None, "rejected: suggested reject, no draft picked")
+            else:
+                decisions[asset] = (suggestion, f"approved: image-{suggestion} (suggested)")
+        return decisions
+
+    return _form("CampaignReviewMany", fields, description), read
+
+
+def reviewable(
+    plan: AssetPlan, outcomes: dict[str, AssetOutcome], suggested: dict[str, int | None]
+) -> bool:
+    """An asset in this review: it has drafts and a suggestion (or a suggested rejection)."""
+    return outcomes[plan.asset.id].drafts is not None and plan.asset.id in suggested
+
+
+def many_to_review(
+    plans: list[AssetPlan], outcomes: dict[str, AssetOutcome], suggested: dict[str, int | None]
+) -> bool:
+    """More assets to review than one field each would make a usable form."""
+    return sum(reviewable(p, outcomes, suggested) for p in plans) > REVIEW_FIELDS_MAX
+
+
+def _form(name: str, fields: dict[str, Any], description: str | None) -> type[RunInput]:
+    form: type[RunInput] = create_model(name, __base__=RunInput, **fields)
+    if description is not None:
+        form = form.with_initial_data(description=description)
+    return form
