@@ -112,7 +112,7 @@ class SyncOrAsyncTask(Task[P, R]):
     @property
     def aio(self) -> Callable[P, Coroutine[Any, Any, R]]:
         """The call that always returns the coroutine (see `SyncOrAsyncFlow.aio`)."""
-        return functools.partial(Task.__call__, self)  # type: ignore[return-value]
+        return functools.partial(Task.__call__, self)
 
     def with_options(self, *args: Any, **kwargs: Any) -> SyncOrAsyncTask[P, R]:
         # Prefect builds a plain Task; keep the call rule (and only it: a subclass's own

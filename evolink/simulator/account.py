@@ -303,7 +303,7 @@ class SimulatedAccount:
         if document.get("format") != STATE_FORMAT or document.get("version") != STATE_VERSION:
             raise ValueError(f"not a {STATE_FORMAT} document of version {STATE_VERSION}")
         tasks = [SimTask.from_state(item) for item in document["tasks"]]
-        files = SimulatorFiles.parse_state(document.get("files"))
+        files = self.files.parse_state(document.get("files"))
         by_id = {task.id: task for task in tasks}
         if len(by_id) != len(tasks):
             raise ValueError("a task id appears twice")
