@@ -214,7 +214,8 @@ async def run_campaign(
 
     Raises:
         BriefError: The brief is invalid or a reference cannot be resolved; the message names
-            the asset and the field, and nothing is sent.
+            the asset and the field, and nothing is sent. (Brief data given as a dict is
+            checked as the run starts: Prefect's `ParameterTypeError`, in the same words.)
         BudgetExceededError: The estimate of drafts and finals is over the brief's budget;
             nothing is sent and the message lists the estimate per asset.
         SpendCapExceededError: The period's spend, the other running runs' reservations and
