@@ -246,7 +246,8 @@ async def run_campaign(
     """
     logger = get_run_logger()
     started_at = utcnow()
-    loaded = await load_campaign_brief(brief, storage if storage is not None else load_storage())
+    brief_storage = storage if storage is not None else load_storage(None)  # None: the default
+    loaded = await load_campaign_brief(brief, brief_storage)
     brief = loaded.brief
     logger.info("Brief: %s", loaded.source)
     redo = frozenset(redo_drafts or ())
