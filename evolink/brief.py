@@ -11,10 +11,18 @@ import json
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from evolink.cost import CostEstimate, Quality, estimate
 from evolink.errors import BriefError, InvalidRequestError
@@ -52,11 +60,21 @@ class AssetBrief(BaseModel):
 
     id: str = Field(description="Stable id: lowercase letters, digits, '-' or '_' (max 64).")
     prompt: str = Field(min_length=1, description="What to draw (or how to edit the references).")
-    size: str | None = None
-    resolution: Resolution | None = None
-    draft_resolution: Resolution | None = None
-    drafts: int | None = Field(default=None, ge=1, le=10)
-    final_quality: Quality | None = None
+    size: str | None = Field(
+        default=None, description="Ratio, 'auto' or 'WxH'; unset: the default."
+    )
+    resolution: Resolution | None = Field(
+        default=None, description="Tier of the final; unset: the default."
+    )
+    draft_resolution: Resolution | None = Field(
+        default=None, description="Tier of the drafts; unset: the default."
+    )
+    drafts: int | None = Field(
+        default=None, ge=1, le=10, description="Low-quality variants; unset: the default."
+    )
+    final_quality: Quality | None = Field(
+        default=None, description="Quality of the final; unset: the default."
+    )
     reference_images: list[str] = Field(
         default_factory=list,
         max_length=MAX_REFERENCE_IMAGES - 1,  # one slot is kept for the chosen draft
@@ -81,11 +99,20 @@ class AssetBrief(BaseModel):
 
 
 class CampaignBrief(BaseModel):
+    """A campaign: its name, its budget, the defaults and the images it needs."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     campaign: str = Field(min_length=1, max_length=80, description="Campaign name.")
-    budget_usd: Decimal = Field(gt=0, description="Most the run may spend, drafts and finals.")
-    defaults: CampaignDefaults = Field(default_factory=CampaignDefaults)
+    # A number in the run form (a Decimal's schema is "number or string"); YAML and API callers
+    # may still give "1.50", which validation turns into the same Decimal.
+    budget_usd: Annotated[Decimal, WithJsonSchema({"type": "number", "exclusiveMinimum": 0})] = (
+        Field(gt=0, title="Budget (USD)", description="Most the run may spend, drafts and finals.")
+    )
+    defaults: CampaignDefaults = Field(
+        default_factory=CampaignDefaults,
+        description="What every asset gets unless it says otherwise.",
+    )
     assets: list[AssetBrief] = Field(
         min_length=1,
         max_length=MAX_ASSETS,

@@ -5,6 +5,8 @@
     prefect-evolink campaign BRIEF       any brief; `--selection approval` pauses for a reviewer
     prefect-evolink simulator            the bundled EvoLink simulator on 127.0.0.1:8787
     prefect-evolink deploy               work pool, provider limits and deployments (prefect.yaml)
+    prefect-evolink brief put BRIEF      check a brief and put it into the storage block, where
+                                         deployed runs read it (`storage:briefs/<name>.yaml`)
     prefect-evolink report CAMPAIGN      rebuild a campaign's manifest from its job records, print
                                          its cost (also after a killed run; sends no job)
     prefect-evolink spend                what storage says EvoLink billed across runs, by campaign,
@@ -52,6 +54,8 @@ from contextlib import ExitStack
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any, Final, Literal
+
+import yaml
 
 from prefect_evolink._cli_settings import missing_cli_defaults
 
@@ -225,6 +229,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     )
     report.add_argument("campaign", help="the campaign name, as in its brief")
     _storage_arguments(report)
+    _brief_arguments(commands)
     _spend_arguments(commands)
     _callbacks_arguments(commands)
     _serve_products_arguments(commands)
@@ -303,6 +308,123 @@ def _storage_arguments(parser: Any, runs: str = "used") -> None:
         help=f"EvoLink credentials block (default: the key in ${ENV_API_KEY})",
     )
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+
+
+def deployments_storage_block() -> str:
+    """The storage block the deployments use by default (`definitions.blocks.storage` of the
+    packaged prefect.yaml), read without importing Prefect."""
+    config = yaml.safe_load((files("prefect_evolink.deployments") / "prefect.yaml").read_text())
+    return str(((config.get("definitions") or {}).get("blocks") or {}).get("storage") or "")
+
+
+def _brief_arguments(commands: Any) -> None:
+    brief = commands.add_parser(
+        "brief",
+        help="campaign briefs for deployed runs: put one into the storage block",
+        description="Deployed campaign runs read their brief from the storage block "
+        "(`brief: storage:briefs/<name>.yaml` in prefect.yaml), so a worker on any machine "
+        "finds it. `brief put` checks a brief and puts it there; `brief example` prints the "
+        "example brief.",
+    )
+    actions = brief.add_subparsers(dest="brief_command", required=True)
+    put = actions.add_parser(
+        "put",
+        help="check a brief and put it into the storage block",
+        description="Check the brief as `campaign` does (its rules, reference formats, the "
+        "estimate against its budget; exit 2 or 3 when it fails, nothing is written), then "
+        "store the file as it is under KEY in the storage block and print its `storage:` "
+        "location, which a deployment's `brief` parameter takes. A brief read from storage has "
+        "no folder: its reference images must be storage:, s3:// or https:// references.",
+    )
+    put.add_argument("path", type=Path, help="the brief file (YAML, or JSON)")
+    put.add_argument(
+        "--key", default=None, help="where in the storage (default briefs/<the file's name>)"
+    )
+    where = put.add_mutually_exclusive_group()
+    default_block = deployments_storage_block()
+    where.add_argument(
+        "--storage-block",
+        default=None,
+        help=f"the storage block (default {default_block or 'none'}: the deployments' own, "
+        "definitions.blocks in prefect.yaml)",
+    )
+    where.add_argument(
+        "--assets-dir",
+        default=None,
+        help="a local storage directory instead of a block (default: none, the block)",
+    )
+    put.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+    actions.add_parser(
+        "example",
+        help="print the example brief (briefs/spring-launch.yaml), e.g. to start your own",
+        description="Print the example campaign brief that ships with the package: "
+        "`prefect-evolink brief example > briefs/spring-launch.yaml`.",
+    )
+
+
+def _brief(args: argparse.Namespace) -> int:
+    """`brief put` (check, then store in the storage block) and `brief example`."""
+    if args.brief_command == "example":
+        sys.stdout.write(EXAMPLE_BRIEF.read_text())
+        return EXIT_OK
+    key = args.key or f"briefs/{args.path.name}"
+    block = None if args.assets_dir else (args.storage_block or deployments_storage_block())
+    try:
+        _check_brief(args.path)  # BriefError: exit 2, BudgetExceededError: exit 3
+        _check_storable(load_brief(args.path))
+        if block:
+            from prefect.settings import get_current_settings
+
+            if not get_current_settings().api.url:
+                print(
+                    f"{PROG}: invalid input: PREFECT_API_URL is not set; the storage block "
+                    f"{block!r} is saved in your Prefect server: point PREFECT_API_URL at it",
+                    file=sys.stderr,
+                )
+                return EXIT_INVALID
+        from prefect_evolink.blocks import AssetStorage, LocalAssetStorage, load_storage
+
+        storage: AssetStorage
+        if block:
+            try:
+                storage = load_storage(block)
+            except (ValueError, TypeError) as error:
+                print(
+                    f"{PROG}: invalid input: {error}; save it first, e.g. "
+                    f"S3AssetStorage(bucket=..., prefix=...).save({block!r})",
+                    file=sys.stderr,
+                )
+                return EXIT_INVALID
+        else:
+            storage = LocalAssetStorage(base_dir=str(Path(args.assets_dir).resolve()))
+        content_type = "application/json" if key.endswith(".json") else "application/yaml"
+        try:
+            stored = storage.put_bytes(key, args.path.read_bytes(), content_type=content_type)
+        except ValueError as error:  # a key storage refuses
+            print(f"{PROG}: invalid input: --key {key!r}: {error}", file=sys.stderr)
+            return EXIT_INVALID
+    except Exception as error:  # noqa: BLE001 — one message and a code, as for every command
+        return _fail(error, args)
+    print(f"Stored {args.path} at {stored.uri}")
+    print(f"brief: storage:{key}")
+    return EXIT_OK
+
+
+def _check_storable(brief: Any) -> None:
+    """A brief read from storage has no folder, so its local reference paths could never be
+    found: refuse them here, naming asset and field, rather than in every run."""
+    problems = [
+        f"asset {asset.id!r}: {field}: {spec!r} is a local path; a brief in storage refers to "
+        "images by storage:<key>, s3:// or https://"
+        for asset in brief.assets
+        for field, spec in [
+            *((f"reference_images.{i}", ref) for i, ref in enumerate(asset.reference_images)),
+            *([("mask", asset.mask)] if asset.mask else []),
+        ]
+        if not spec.startswith(("https://", "http://", "s3://", "storage:"))
+    ]
+    if problems:
+        raise BriefError(problems)
 
 
 def _spend_arguments(commands: Any) -> None:
@@ -498,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
         return _report(args)
     if args.command == "spend":  # reads storage (and EvoLink): no simulator, no flow
         return _spend(args)
+    if args.command == "brief":  # checks a brief, writes storage: no simulator, no flow
+        return _brief(args)
     if args.command == "callbacks":  # a server until Ctrl-C: no simulator, no flow
         return _callbacks(args)
     if args.command == "serve-products":  # a task worker until Ctrl-C: no simulator, no flow

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 
 from evolink.brief import CampaignBrief, load_brief, parse_brief, parse_brief_text
 from evolink.errors import BriefError
@@ -56,7 +56,20 @@ def _brief_from_data(value: Any) -> Any:
     return value
 
 
-CampaignBriefParameter = Annotated[CampaignBrief | str, BeforeValidator(_brief_from_data)]
+BriefLocation = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "title": "Where to read the brief",
+            "description": "storage:<key> in the run's storage block (e.g. "
+            "storage:briefs/spring-launch.yaml), s3://<bucket>/<key>, or a file path",
+        }
+    ),
+]
+"""A brief's location as the run form shows it: a text box with its own title and help."""
+
+CampaignBriefParameter = Annotated[CampaignBrief | BriefLocation, BeforeValidator(_brief_from_data)]
 """`run_campaign`'s `brief`: a brief (the run form in the UI renders its fields), or its location.
 
 A union of the two, so the deployment form offers both: the brief's own fields, or a string

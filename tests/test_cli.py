@@ -165,7 +165,7 @@ def test_invalid_brief_exits_2_before_prefect_starts(tmp_path: Path) -> None:
 
 def test_missing_brief_file_exits_2(tmp_path: Path) -> None:
     run = run_cli(tmp_path, "campaign", "nowhere.yaml")
-    assert_expected_failure(run, cli.EXIT_INVALID, "nowhere.yaml", "cannot read the brief")
+    assert_expected_failure(run, cli.EXIT_INVALID, "nowhere.yaml", "no such brief file")
     assert not run.prefect_started, run
 
 
@@ -275,3 +275,87 @@ def test_paid_job_not_stored_is_a_failed_job() -> None:
         PaidJobNotStoredError in kinds and code == cli.EXIT_INCOMPLETE
         for kinds, code, _ in cli.EXPECTED_FAILURES
     )
+
+
+# --- brief put: a brief into the storage block, checked first ---------------------------------
+
+
+def test_brief_put_stores_the_file_as_it_is_and_prints_its_storage_location(
+    tmp_path: Path,
+) -> None:
+    brief = brief_file(tmp_path, "spring.yaml")
+    run = run_cli(tmp_path, "brief", "put", str(brief))  # run_cli adds --assets-dir tmp/a
+    assert run.code == 0, run
+    stored = tmp_path / "a" / "briefs" / "spring.yaml"
+    assert stored.read_bytes() == brief.read_bytes()
+    assert "brief: storage:briefs/spring.yaml" in run.out, run
+    assert not run.prefect_started, run  # local storage needs no Prefect API
+
+    keyed = run_cli(tmp_path, "brief", "put", str(brief), "--key", "briefs/v2/spring.yaml")
+    assert keyed.code == 0, keyed
+    assert (tmp_path / "a" / "briefs" / "v2" / "spring.yaml").is_file()
+    assert "brief: storage:briefs/v2/spring.yaml" in keyed.out, keyed
+
+
+@pytest.mark.parametrize(
+    ("changes", "code", "fragments"),
+    [
+        ({"budget_usd": -1}, cli.EXIT_INVALID, ("invalid input", "budget_usd")),
+        (  # a brief in storage has no folder: a local reference could never be found
+            {"assets": [{"id": "mug", "prompt": "a mug", "reference_images": ["shots/mug.png"]}]},
+            cli.EXIT_INVALID,
+            ("invalid input", "'shots/mug.png' is a local path", "storage:<key>"),
+        ),
+        ({"budget_usd": 0.01}, cli.EXIT_BUDGET, ("budget", "over its budget")),
+    ],
+    ids=["invalid", "local-reference", "over-budget"],
+)
+def test_brief_put_refuses_a_brief_that_would_fail_and_writes_nothing(
+    tmp_path: Path, changes: dict[str, Any], code: int, fragments: tuple[str, ...]
+) -> None:
+    brief = brief_file(tmp_path, **changes)
+    run = run_cli(tmp_path, "brief", "put", str(brief))
+    assert_expected_failure(run, code, *fragments)
+    assert not (tmp_path / "a").exists(), run
+
+
+def test_brief_put_without_a_prefect_api_names_it_and_exits_2(tmp_path: Path) -> None:
+    brief = brief_file(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect_evolink", "brief", "put", str(brief)],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")},
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == cli.EXIT_INVALID, done
+    assert "PREFECT_API_URL is not set" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_brief_put_into_a_missing_block_exits_2(tmp_path: Path, harness_api_url: str) -> None:
+    brief = brief_file(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect_evolink", "brief", "put", f"{brief}", "--storage-block=x"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PREFECT_API_URL": harness_api_url},
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == cli.EXIT_INVALID, done
+    assert "no storage block named 'x'" in done.stderr, done
+    assert "Traceback" not in done.stderr, done
+
+
+def test_brief_example_is_the_packaged_example_and_a_valid_brief(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect_evolink", "brief", "example"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done
+    (tmp_path / "example.yaml").write_text(done.stdout)
+    assert cli.load_brief(tmp_path / "example.yaml").campaign == "aurora-spring-launch"

@@ -248,6 +248,7 @@ def test_every_deployment_gets_the_default_blocks_its_flow_takes() -> None:
     assert {name: sorted(blocks) for name, blocks in given.items()} == {
         CAMPAIGN_DEPLOYMENT: ["credentials", "spend_cap"],
         EVENT_DEPLOYMENT: ["credentials", "spend_cap", "storage"],
+        "evolink-campaign/campaign-from-form": ["credentials", "spend_cap", "storage"],
         "evolink-generate-image/generate-image": ["credentials", "spend_cap", "storage"],
         "evolink-spend-report/monthly-spend-report": ["credentials", "storage"],  # takes no cap
     }
@@ -291,6 +292,43 @@ def test_the_slug_reference_survives_prefect_deploy_and_both_forms_load_the_bloc
 
 
 # --------------------------------------------------------------------------------------------
+# The docs' table of what `prefect-evolink deploy` creates
+# --------------------------------------------------------------------------------------------
+
+DEPLOYING_DOC = ROOT / "docs" / "deploying.md"
+
+
+def _docs_table() -> dict[str, dict[str, str]]:
+    """The table under "## The deploy command" in docs/deploying.md: deployment → its row."""
+    lines = DEPLOYING_DOC.read_text().splitlines()
+    start = lines.index("## The deploy command")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    rows = [line for line in lines[start:end] if line.startswith("|")]
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    assert header[:3] == ["deployment", "flow", "starts when"], header
+    table = {}
+    for row in rows[2:]:  # after the header and its separator
+        cells = [cell.strip().strip("`") for cell in row.strip("|").split("|")]
+        table[cells[0]] = dict(zip(header, cells, strict=True))
+    return table
+
+
+def _yaml_deployments() -> dict[str, str]:
+    """prefect.yaml's deployments, `<flow name>/<deployment name>` → entrypoint."""
+    found = {}
+    for deployment in yaml.safe_load(PREFECT_FILE.read_text())["deployments"]:
+        module, name = deployment["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(module), name)
+        found[f"{flow.name}/{deployment['name']}"] = deployment["entrypoint"]
+    return found
+
+
+def test_the_docs_table_lists_the_deployments_of_prefect_yaml() -> None:
+    table = _docs_table()
+    assert {name: row["flow"] for name, row in table.items()} == _yaml_deployments()
+
+
+# --------------------------------------------------------------------------------------------
 # The stack (slow): server, simulator, S3, setup, worker
 # --------------------------------------------------------------------------------------------
 
@@ -328,8 +366,14 @@ class Stack:
     simulator: EvoLinkSimulator
     s3_url: str
     logs: Path
+    project: Path = Path()
+    """The user's project folder both deploys run in: empty at the first (no briefs)."""
     block_ids: dict[str, str] = field(default_factory=dict)
     """The ids of the saved blocks prefect.yaml names (`_save_blocks`), by parameter."""
+    first_deploy: str = ""
+    """What `prefect-evolink deploy` printed in the empty project, before any block was saved."""
+    first_state: dict[str, dict[str, list[bool]]] = field(default_factory=dict)
+    """After that first deploy, by deployment: its schedules' `active`, its triggers' `enabled`."""
 
     def call(self, make: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
         """Run `make(client)` against this server (not the session's test harness)."""
@@ -369,12 +413,18 @@ class Processes:
         self.started: list[tuple[subprocess.Popen[bytes], int]] = []
 
     def start(
-        self, args: list[str], *, env: dict[str, str], log: Path, stop_signal: int = signal.SIGTERM
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str],
+        log: Path,
+        stop_signal: int = signal.SIGTERM,
+        cwd: Path = ROOT,
     ) -> subprocess.Popen[bytes]:
         with log.open("wb") as sink:
             process = subprocess.Popen(
                 args,
-                cwd=ROOT,
+                cwd=cwd,
                 env=env,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
@@ -513,22 +563,68 @@ def _start_worker(
     return processes.start(command, env=env, log=log, stop_signal=signal.SIGINT)
 
 
+DEPLOY = [sys.executable, "-m", "prefect_evolink", "deploy", "--active-jobs", str(ACTIVE_JOBS)]
+"""`prefect-evolink deploy`, run in the user's project; the limit is the one the concurrency test
+proves."""
+
+
+def _deployment_state(stack: Stack) -> dict[str, dict[str, list[bool]]]:
+    """Every deployment's schedules (`active`) and triggers (`enabled`), by `<flow>/<name>`."""
+
+    async def read(client: Any) -> dict[str, dict[str, list[bool]]]:
+        state = {}
+        for deployment in await client.read_deployments():
+            flow = await client.read_flow(deployment.flow_id)
+            automations = await client.read_resource_related_automations(
+                f"prefect.deployment.{deployment.id}"
+            )
+            state[f"{flow.name}/{deployment.name}"] = {
+                "schedules": [schedule.active for schedule in deployment.schedules],
+                "triggers": [automation.enabled for automation in automations],
+            }
+        return state
+
+    return stack.call(read)
+
+
+def _first_deploy_in_an_empty_project(stack: Stack, processes: Processes) -> None:
+    """`prefect-evolink deploy` where a new user runs it first: no briefs, no blocks saved."""
+    setup = processes.start(
+        DEPLOY, env=stack.env, log=stack.logs / "first-deploy.log", cwd=stack.project
+    )
+    code = setup.wait(timeout=180)
+    stack.first_deploy = (stack.logs / "first-deploy.log").read_text(errors="replace")
+    assert code == 0, f"prefect-evolink deploy failed:\n{stack.first_deploy}"
+    stack.first_state = _deployment_state(stack)
+
+
+BRIEF_PUT = [sys.executable, "-m", "prefect_evolink", "brief", "put"]
+
+
+def _put_the_brief(stack: Stack) -> None:
+    """What the first deploy said to do for the weekly campaign: the brief into the storage."""
+    briefs = stack.project / "briefs"
+    briefs.mkdir()
+    shutil.copy(ROOT / "briefs" / "spring-launch.yaml", briefs / "spring-launch.yaml")
+    done = subprocess.run(
+        [*BRIEF_PUT, "briefs/spring-launch.yaml", "--storage-block", "evolink-assets"],
+        cwd=stack.project,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"brief put failed:\n{done.stdout}\n{done.stderr}"
+    assert "brief: storage:briefs/spring-launch.yaml" in done.stdout, done.stdout
+
+
 def _deploy_and_start_worker(stack: Stack, processes: Processes) -> None:
-    """The documented deploy command, after the blocks are saved (as the README says: deploy
-    references them); the worker starts as soon as the pool exists, so its start-up overlaps
+    """The documented deploy command, after the blocks are saved and the brief put (as the
+    first deploy said); the worker starts as soon as the pool exists, so its start-up overlaps
     `prefect deploy` (both cost seconds of CPU)."""
     _save_blocks(stack)
-    setup = processes.start(
-        [
-            sys.executable,
-            "dev.py",
-            "deploy",
-            "--active-jobs",
-            str(ACTIVE_JOBS),
-        ],  # the limit the concurrency test proves
-        env=stack.env,
-        log=stack.logs / "setup.log",
-    )
+    _put_the_brief(stack)
+    setup = processes.start(DEPLOY, env=stack.env, log=stack.logs / "setup.log", cwd=stack.project)
 
     def pool_exists() -> bool:
         if setup.poll() not in (None, 0):
@@ -565,10 +661,13 @@ def stack() -> Iterator[Stack]:
         try:
             env["PREFECT_API_URL"] = api_url = _start_server(processes, env, logs)
             host, port = s3_server.get_host_and_port()
-            stack = Stack(api_url, env, simulator, f"http://{host}:{port}", logs)
+            project = Path(tmp) / "project"
+            project.mkdir()
+            stack = Stack(api_url, env, simulator, f"http://{host}:{port}", logs, project)
+            _first_deploy_in_an_empty_project(stack, processes)
             _deploy_and_start_worker(stack, processes)
         except BaseException:
-            for name in ("server.log", "setup.log", "worker.log"):
+            for name in ("server.log", "first-deploy.log", "setup.log", "worker.log"):
                 print(f"--- {name} ---\n{_tail(logs / name, 80)}", file=sys.stderr)
             raise
         yield stack
@@ -693,7 +792,7 @@ def test_the_campaign_deployment_runs_mondays_at_seven_in_berlin(stack: Stack) -
     assert schedule.schedule.cron == "0 7 * * 1"
     assert schedule.schedule.timezone == "Europe/Berlin"
     assert schedule.active and not deployment.paused
-    assert deployment.parameters["brief"] == "briefs/spring-launch.yaml"
+    assert deployment.parameters["brief"] == "storage:briefs/spring-launch.yaml"
     assert deployment.work_pool_name == POOL
 
 
@@ -784,3 +883,139 @@ def test_provider_limit_bounds_concurrent_jobs_across_runs(stack: Stack) -> None
     spans = [(run.start_time.timestamp(), run.end_time.timestamp()) for run in recent]
     overlapping = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
     assert overlapping > ACTIVE_JOBS
+
+
+# --------------------------------------------------------------------------------------------
+# A deploy that fits the user's project: nothing starts that would fail
+# --------------------------------------------------------------------------------------------
+
+WEEKLY, MONTHLY = "weekly-spring-launch", "monthly-spend-report"
+EVENT = "product-asset-on-request"
+FORM_DEPLOYMENT = "evolink-campaign/campaign-from-form"
+
+
+@pytest.mark.slow
+def test_deploy_in_an_empty_project_starts_nothing_and_says_how_to_finish(stack: Stack) -> None:
+    """No blocks saved, no brief: every deployment exists, but no schedule is active and no
+    trigger enabled — their runs would fail — and the output lists the commands that fix it."""
+    state = stack.first_state
+    assert set(state) == set(_yaml_deployments()), state
+    self_starting = {name: s for name, s in state.items() if s["schedules"] or s["triggers"]}
+    assert {name.split("/")[1] for name in self_starting} == {WEEKLY, MONTHLY, EVENT}
+    assert state[EVENT_DEPLOYMENT]["triggers"] == [False]
+    assert state[CAMPAIGN_DEPLOYMENT]["schedules"] == [False]
+    for name, held in self_starting.items():
+        assert not any(held["schedules"]) and not any(held["triggers"]), (name, held)
+
+    out = stack.first_deploy
+    for line in [
+        "Not started automatically yet (their runs would fail):",
+        f"  {WEEKLY}: schedule paused; missing block 'evolink' (credentials), block "
+        "'evolink-assets' (storage), brief storage:briefs/spring-launch.yaml",
+        f"  {EVENT}: trigger disabled; missing block 'evolink' (credentials), block "
+        "'evolink-assets' (storage)",
+        f"  {MONTHLY}: schedule paused; missing block 'evolink' (credentials), block "
+        "'evolink-assets' (storage)",
+        "To finish the setup, run:",
+        "  python -c 'from prefect_evolink import EvoLinkCredentials; "
+        'EvoLinkCredentials(api_key="sk-...").save("evolink")\'',
+        "  python -c 'from prefect_evolink import S3AssetStorage; "
+        'S3AssetStorage(bucket="YOUR-BUCKET", prefix="evolink").save("evolink-assets")\'',
+        "  prefect-evolink brief put briefs/spring-launch.yaml --storage-block evolink-assets",
+        "  prefect-evolink deploy          (again: activates them)",
+    ]:
+        assert line in out.splitlines(), f"{line!r} not in:\n{out}"
+
+
+@pytest.mark.slow
+def test_the_second_deploy_activates_what_the_first_held_back(stack: Stack) -> None:
+    """After the blocks were saved and `brief put` (what the first deploy printed), the same
+    command activates every schedule and trigger, and the scheduler books the weekly runs."""
+    held_back = [
+        name for name, s in stack.first_state.items() if not all(s["schedules"] + s["triggers"])
+    ]
+    assert held_back  # the first deploy did hold something back
+    state = _deployment_state(stack)
+    for name in held_back:
+        assert all(state[name]["schedules"] + state[name]["triggers"]), (name, state[name])
+        assert state[name]["schedules"] or state[name]["triggers"], name
+    assert "Not started automatically" not in (stack.logs / "setup.log").read_text()
+
+    def weekly_runs_scheduled() -> list[Any]:
+        return [run for run in _flow_runs(stack, CAMPAIGN_DEPLOYMENT) if run.state.is_scheduled()]
+
+    runs = _wait_for(weekly_runs_scheduled, timeout=90, what="scheduled weekly campaign runs")
+    assert all(run.parameters["brief"] == "storage:briefs/spring-launch.yaml" for run in runs)
+
+
+@pytest.mark.slow
+def test_the_docs_table_lists_what_deploy_created(stack: Stack) -> None:
+    async def read(client: Any) -> dict[str, str]:
+        created = {}
+        for deployment in await client.read_deployments():
+            flow = await client.read_flow(deployment.flow_id)
+            created[f"{flow.name}/{deployment.name}"] = deployment.entrypoint
+        return created
+
+    table = _docs_table()
+    assert {name: row["flow"] for name, row in table.items()} == stack.call(read)
+
+
+@pytest.mark.slow
+def test_the_form_deployment_takes_a_brief_filled_in_and_runs_it(stack: Stack) -> None:
+    """`campaign-from-form`: no schedule, no default brief, so "Custom run" shows the brief's
+    form, built from the deployment's parameter schema; a brief sent as that form sends it
+    (a JSON object) is accepted by the server and runs on the worker."""
+
+    async def read(client: Any) -> Any:
+        return await client.read_deployment_by_name(FORM_DEPLOYMENT)
+
+    deployment = stack.call(read)
+    assert not deployment.schedules and "brief" not in deployment.parameters
+    assert deployment.work_pool_name == POOL
+    schema = deployment.parameter_openapi_schema
+    assert "brief" in schema["required"]
+    options = schema["properties"]["brief"]["anyOf"]
+    assert {"$ref": "#/definitions/CampaignBrief"} in options
+    assert any(option.get("type") == "string" for option in options)  # or where to read one
+    definitions = schema["definitions"]
+    brief = definitions["CampaignBrief"]
+    assert set(brief["properties"]) == {"campaign", "budget_usd", "defaults", "assets"}
+    assert brief["properties"]["budget_usd"]["type"] == "number"
+    for model in ("CampaignBrief", "CampaignDefaults", "AssetBrief"):
+        for name, spec in definitions[model]["properties"].items():
+            if "$ref" not in spec:  # a nested model: its own fields are checked
+                assert spec.get("description"), f"{model}.{name} has no help in the form"
+    for parameter in ("credentials", "storage"):  # the form's block pickers show the defaults
+        reference = {"$ref": {"block_document_id": stack.block_ids[parameter]}}
+        assert deployment.parameters[parameter] == reference, parameter
+
+    filled_in = {
+        "campaign": "form-campaign",
+        "budget_usd": 1,
+        "defaults": {"drafts": 1},
+        "assets": [{"id": "mug", "prompt": "a ceramic mug of cocoa, soft daylight"}],
+    }
+
+    async def start(client: Any) -> Any:
+        return await client.create_flow_run_from_deployment(
+            deployment.id, parameters={"brief": filled_in}
+        )
+
+    run_id = stack.call(start).id
+
+    def finished() -> Any:
+        async def read_run(client: Any) -> Any:
+            return await client.read_flow_run(run_id)
+
+        run = stack.call(read_run)
+        return run if run.state.is_final() else None
+
+    try:
+        run = _wait_for(finished, timeout=180, what="the campaign run from the form", interval=0.5)
+    except AssertionError:
+        print(f"--- worker.log ---\n{_tail(stack.logs / 'worker.log', 120)}", file=sys.stderr)
+        raise
+    assert run.state.is_completed(), f"{run.state.type}: {run.state.message}"
+    manifest = stack.s3().get_object(Bucket=BUCKET, Key="evolink/form-campaign/manifest.json")
+    assert json.loads(manifest["Body"].read())["campaign"] == "form-campaign"
