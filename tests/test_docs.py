@@ -9,8 +9,8 @@ The snippets of one page run in order, in one fresh folder (a user's project), a
 copy them: Python with the project's interpreter, shell with bash (`set -euo pipefail`), with the
 environment a reader is told to have for the simulator (docs/simulator.md): `EVOLINK_API_KEY`,
 `EVOLINK_BASE_URL` and `EVOLINK_ALLOW_PRIVATE_URLS` for a simulator on 127.0.0.1, Prefect at a
-temporary API, and nothing of this repository's own settings. A snippet passes when it exits 0; what it prints is checked where the page says what it
-prints (the snippet asserts it).
+temporary API, and nothing of this repository's own settings. A snippet passes when it exits 0;
+what it prints is checked where the page says what it prints (the snippet asserts it).
 """
 
 from __future__ import annotations
