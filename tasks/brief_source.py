@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 
 from evolink.brief import CampaignBrief, load_brief, parse_brief, parse_brief_text
 from evolink.errors import BriefError
@@ -56,11 +56,24 @@ def _brief_from_data(value: Any) -> Any:
     return value
 
 
-CampaignBriefParameter = Annotated[CampaignBrief | str, BeforeValidator(_brief_from_data)]
+BriefLocation = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "title": "Brief file",
+            "description": "storage:<key>, s3://<bucket>/<key> or a path on the worker.",
+        }
+    ),
+]
+"""A brief's location; its schema only titles the form's tab ("Brief file")."""
+
+CampaignBriefParameter = Annotated[CampaignBrief | BriefLocation, BeforeValidator(_brief_from_data)]
 """`run_campaign`'s `brief`: a brief (the run form in the UI renders its fields), or its location.
 
-A union of the two, so the deployment form offers both: the brief's own fields, or a string
-(`storage:<key>`, `s3://…` or a path). A brief given as a dict is checked by `parse_brief`.
+A union of the two, so the deployment form offers both, as two tabs: "Brief" (the brief's own
+fields: campaign name, budget, defaults, assets) and "Brief file" (`storage:<key>`, `s3://…` or
+a path). A brief given as a dict is checked by `parse_brief`.
 """
 
 
