@@ -11,16 +11,19 @@ import json
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     ValidationError,
-    WithJsonSchema,
+    field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -39,48 +42,142 @@ estimated in full. The run's memory does not grow with it beyond small per-asset
 and their manifest is a few tens of MB. Larger catalogues: split them into several briefs."""
 
 
+# --- how the brief looks as a form (the Prefect UI's run form of a deployment) ---------------
+#
+# The form is drawn from the JSON schema, and Prefect's server checks a deployment run's
+# parameters against that same schema. Pydantic's own schema makes a poor form: every optional
+# field an `anyOf` of its type and null (the UI shows "str | None" tabs, "None" picked), the
+# Decimal budget an `anyOf` of number and string ("float | str" tabs). So the schema of those
+# fields is edited here — the validation rules are not: the models accept what they always did.
+# In exchange, the JSON these models dump matches the schema (an optional field left unset is
+# left out, the budget is a number), so a brief object passed to `run_deployment` passes the
+# server's check as the form's does.
+
+
+def _form_optional(schema: dict[str, Any]) -> None:
+    """An optional field as a plain input: the non-null branch of `anyOf`, no null default
+    (left empty in the form, the field is left out; Prefect's server check still allows null
+    for an optional field without a default)."""
+    branches = [b for b in schema.pop("anyOf", []) if b.get("type") != "null"]
+    if len(branches) == 1:
+        schema.update({**branches[0], **schema})
+    if schema.get("default", ...) is None:
+        del schema["default"]
+
+
+def _form_money(schema: dict[str, Any]) -> None:
+    """The budget as one number input (pydantic's Decimal schema is `anyOf` number, string)."""
+    number = next(b for b in schema.pop("anyOf") if b.get("type") == "number")
+    schema.update({**number, **schema})
+
+
+def _unset_none_in_json(
+    model: BaseModel, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+) -> Any:
+    """In JSON, an optional field that is None is left out, as the form leaves it out."""
+    data = handler(model)
+    if info.mode_is_json() and isinstance(data, dict):
+        return {key: value for key, value in data.items() if value is not None}
+    return data
+
+
 class CampaignDefaults(BaseModel):
     """What every asset gets unless it says otherwise."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Defaults for every asset")
 
-    size: str = Field(default="1:1", description="Ratio, 'auto' or 'WxH' for drafts and finals.")
-    resolution: Resolution = Field(default="1K", description="Tier of the final (ratio sizes).")
-    draft_resolution: Resolution = Field(default="1K", description="Tier of the drafts.")
-    drafts: int = Field(default=4, ge=1, le=10, description="Low-quality variants per asset.")
-    draft_quality: Quality = Field(default="low", description="Quality of the drafts.")
-    final_quality: Quality = Field(default="high", description="Quality of the final.")
-    storage_block: str | None = Field(default=None, description="Storage block for this campaign.")
+    size: str = Field(
+        default="1:1",
+        title="Size",
+        description="Ratio (1:1, 3:2, 16:9…), 'auto' or 'WxH' for drafts and finals.",
+    )
+    drafts: int = Field(
+        default=4, ge=1, le=10, title="Drafts per asset", description="Low-quality variants."
+    )
+    resolution: Resolution = Field(
+        default="1K", title="Final resolution", description="Tier of the final (ratio sizes)."
+    )
+    draft_resolution: Resolution = Field(
+        default="1K", title="Draft resolution", description="Tier of the drafts."
+    )
+    draft_quality: Quality = Field(
+        default="low", title="Draft quality", description="Quality of the drafts."
+    )
+    final_quality: Quality = Field(
+        default="high", title="Final quality", description="Quality of the final."
+    )
+    storage_block: str | None = Field(
+        default=None,
+        title="Storage block",
+        description="Name of a saved storage block for this campaign (the run's wins).",
+        json_schema_extra=_form_optional,
+    )
+
+    @model_serializer(mode="wrap")
+    def _json(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        return _unset_none_in_json(self, handler, info)
 
 
 class AssetBrief(BaseModel):
     """One image the campaign needs."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Asset")
 
-    id: str = Field(description="Stable id: lowercase letters, digits, '-' or '_' (max 64).")
-    prompt: str = Field(min_length=1, description="What to draw (or how to edit the references).")
+    id: str = Field(
+        title="Asset id",
+        description="Stable id: lowercase letters, digits, '-' or '_' (max 64).",
+    )
+    prompt: str = Field(
+        min_length=1, title="Prompt", description="What to draw (or how to edit the references)."
+    )
     size: str | None = Field(
-        default=None, description="Ratio, 'auto' or 'WxH'; unset: the default."
-    )
-    resolution: Resolution | None = Field(
-        default=None, description="Tier of the final; unset: the default."
-    )
-    draft_resolution: Resolution | None = Field(
-        default=None, description="Tier of the drafts; unset: the default."
+        default=None,
+        title="Size",
+        description="Ratio, 'auto' or 'WxH'; empty: the default size.",
+        json_schema_extra=_form_optional,
     )
     drafts: int | None = Field(
-        default=None, ge=1, le=10, description="Low-quality variants; unset: the default."
+        default=None,
+        ge=1,
+        le=10,
+        title="Drafts",
+        description="Variants of this asset; empty: the default.",
+        json_schema_extra=_form_optional,
+    )
+    resolution: Resolution | None = Field(
+        default=None,
+        title="Final resolution",
+        description="Empty: the default.",
+        json_schema_extra=_form_optional,
+    )
+    draft_resolution: Resolution | None = Field(
+        default=None,
+        title="Draft resolution",
+        description="Empty: the default.",
+        json_schema_extra=_form_optional,
     )
     final_quality: Quality | None = Field(
-        default=None, description="Quality of the final; unset: the default."
+        default=None,
+        title="Final quality",
+        description="Empty: the default.",
+        json_schema_extra=_form_optional,
     )
     reference_images: list[str] = Field(
         default_factory=list,
         max_length=MAX_REFERENCE_IMAGES - 1,  # one slot is kept for the chosen draft
+        title="Reference images",
         description="https URLs, s3://bucket/key or storage:key objects, or local files.",
     )
-    mask: str | None = Field(default=None, description="PNG mask (needs reference images).")
+    mask: str | None = Field(
+        default=None,
+        title="Mask",
+        description="PNG mask, like a reference image (needs reference images).",
+        json_schema_extra=_form_optional,
+    )
+
+    @model_serializer(mode="wrap")
+    def _json(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        return _unset_none_in_json(self, handler, info)
 
     @field_validator("id")
     @classmethod
@@ -99,25 +196,40 @@ class AssetBrief(BaseModel):
 
 
 class CampaignBrief(BaseModel):
-    """A campaign: its name, its budget, the defaults and the images it needs."""
+    """A campaign: its name, its budget, what every asset gets, and the assets."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Brief")
 
-    campaign: str = Field(min_length=1, max_length=80, description="Campaign name.")
-    # A number in the run form (a Decimal's schema is "number or string"); YAML and API callers
-    # may still give "1.50", which validation turns into the same Decimal.
-    budget_usd: Annotated[Decimal, WithJsonSchema({"type": "number", "exclusiveMinimum": 0})] = (
-        Field(gt=0, title="Budget (USD)", description="Most the run may spend, drafts and finals.")
+    campaign: str = Field(
+        min_length=1,
+        max_length=80,
+        title="Campaign name",
+        description="Names the campaign's folder in storage and its artifacts.",
+    )
+    budget_usd: Decimal = Field(
+        gt=0,
+        title="Budget (USD)",
+        description="Most the run may spend, drafts and finals.",
+        json_schema_extra=_form_money,
     )
     defaults: CampaignDefaults = Field(
         default_factory=CampaignDefaults,
+        title="Defaults for every asset",
         description="What every asset gets unless it says otherwise.",
     )
     assets: list[AssetBrief] = Field(
         min_length=1,
         max_length=MAX_ASSETS,
+        title="Assets",
         description=f"The images to make (1 to {MAX_ASSETS:,}); the budget limits the spend.",
     )
+
+    @field_serializer("budget_usd", when_used="json")
+    def _budget_number(self, budget: Decimal) -> int | float | str:
+        """A number in JSON, as the form sends it (exactly: a budget no float holds stays a
+        string)."""
+        number = int(budget) if budget == budget.to_integral_value() else float(budget)
+        return number if Decimal(repr(number)) == budget else str(budget)
 
     @field_validator("assets", mode="before")
     @classmethod

@@ -61,19 +61,19 @@ BriefLocation = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "title": "Where to read the brief",
-            "description": "storage:<key> in the run's storage block (e.g. "
-            "storage:briefs/spring-launch.yaml), s3://<bucket>/<key>, or a file path",
+            "title": "Brief file",
+            "description": "storage:<key>, s3://<bucket>/<key> or a path on the worker.",
         }
     ),
 ]
-"""A brief's location as the run form shows it: a text box with its own title and help."""
+"""A brief's location; its schema only titles the form's tab ("Brief file")."""
 
 CampaignBriefParameter = Annotated[CampaignBrief | BriefLocation, BeforeValidator(_brief_from_data)]
 """`run_campaign`'s `brief`: a brief (the run form in the UI renders its fields), or its location.
 
-A union of the two, so the deployment form offers both: the brief's own fields, or a string
-(`storage:<key>`, `s3://…` or a path). A brief given as a dict is checked by `parse_brief`.
+A union of the two, so the deployment form offers both, as two tabs: "Brief" (the brief's own
+fields: campaign name, budget, defaults, assets) and "Brief file" (`storage:<key>`, `s3://…` or
+a path). A brief given as a dict is checked by `parse_brief`.
 """
 
 

@@ -32,10 +32,12 @@ None of Playwright's own browsers is used or downloaded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,6 +59,7 @@ from evolink.simulator import EvoLinkSimulator, render_png
 from prefect_evolink.blocks import LocalAssetStorage
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
 from prefect_evolink.tasks.campaign_report import COST_COLUMNS, outcome_words
+from prefect_evolink.tasks.recovery import manifest_key
 from tests.browser import BrowserUnavailable, Chromium, Page, PrefectServer, chromium_path
 
 pytestmark = pytest.mark.slow
@@ -793,3 +796,223 @@ def pick(stack: Stack, field: str, option: str) -> None:
     stack.page.tab.locator("[role=option]", has_text=re.compile(f"^{re.escape(option)}$")).click()
     stack.page.tab.keyboard.press("Escape")  # the list stays open for more picks
     stack.page.wait_for("!document.querySelector('[role=listbox]')", what=f"{field} to close")
+
+
+# --- a campaign started from the deployment's run form --------------------------------------
+
+FORM_DEPLOYMENT = "campaign-from-form"
+FORM_CAMPAIGN = "form-autumn-teaser"
+FORM_BUDGET = 3.5
+FORM_ASSETS = [
+    ("teaser-square", "A pearl-white earbud case on moss, autumn light, product photo.", None),
+    ("teaser-wide", "Autumn forest at dawn, earbuds case on a stone, room for a headline.", "3:2"),
+]
+FORM_DRAFTS = 2
+
+SERVE = """
+import json, sys
+from prefect import serve
+from prefect.deployments.runner import EntrypointType
+from prefect_evolink.flows.campaign import run_campaign
+
+serve(run_campaign.to_deployment(
+    name=sys.argv[1],
+    entrypoint_type=EntrypointType.MODULE_PATH,
+    parameters=json.loads(sys.argv[2]),
+))
+"""
+
+
+def off_the_browser_thread(call: Any, server: PrefectServer) -> Any:
+    """Run a Prefect sync-compatible call in a thread of its own, against `server` (Playwright's
+    sync API marks its loop as this thread's running loop)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            with temporary_settings({PREFECT_API_URL: server.api_url}):
+                outcome["value"] = call()
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name="prefect-call")
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive() and "error" not in outcome, outcome
+    return outcome["value"]
+
+
+@pytest.fixture(scope="module")
+def form_deployment(stack: Stack) -> Iterator[tuple[str, Path]]:
+    """`run_campaign` served as a deployment with no brief (`serve` in a process of its own, as
+    `python -c` would): its credentials point at the simulator and its storage is a local
+    directory the test reads, both saved blocks that the deployment references, as
+    `prefect-evolink deploy` does. Yields the deployment's id and the storage directory."""
+    assets = stack.assets.parent / "form-assets"
+    credentials = EvoLinkCredentials(
+        api_key=stack.simulator.api_key,
+        base_url=stack.simulator.base_url,
+        poll_min_interval=0.05,
+        poll_max_interval=0.2,
+    )
+    storage = LocalAssetStorage(base_dir=str(assets))
+    ids = off_the_browser_thread(
+        lambda: (
+            credentials.save("ui-form-simulator", overwrite=True),
+            storage.save("ui-form-assets", overwrite=True),
+        ),
+        stack.server,
+    )
+    defaults = {
+        "credentials": {"$ref": {"block_document_id": str(ids[0])}},
+        "storage": {"$ref": {"block_document_id": str(ids[1])}},
+        "poll_deadline_seconds": 120,
+    }
+    home = stack.assets.parent / "serve-home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "EVOLINK_"))}
+    env.update(
+        PREFECT_API_URL=stack.server.api_url,
+        PREFECT_HOME=str(home),
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        EVOLINK_ALLOW_PRIVATE_URLS="true",  # the simulator's result links are on loopback
+    )
+    log = stack.assets.parent / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SERVE, FORM_DEPLOYMENT, json.dumps(defaults)],
+            cwd=home,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, f"serve exited:\n{log.read_text()[-3000:]}"
+            found = httpx.get(
+                f"{stack.server.api_url}/deployments/name/evolink-campaign/{FORM_DEPLOYMENT}",
+                timeout=10,
+            )
+            if found.status_code == 200:
+                break
+            assert time.monotonic() < deadline, f"no deployment:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        assert found.json()["parameters"] == defaults  # no brief: the form must give one
+        yield found.json()["id"], assets
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)  # the runner stops on Ctrl-C
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=20)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # its flow-run processes too
+        process.wait(timeout=10)
+        if sys.exc_info()[0] is not None:
+            print(f"--- serve log ---\n{log.read_text()[-4000:]}", file=sys.stderr)
+
+
+def field(stack: Stack, label: str, at: int = 0) -> Any:
+    """The `at`-th input of the run form whose label is exactly `label`."""
+    return stack.page.tab.get_by_label(label, exact=True).nth(at)
+
+
+def test_a_campaign_started_from_the_run_form_stores_both_finals(
+    stack: Stack, form_deployment: tuple[str, Path]
+) -> None:
+    """A marketer's Custom run of a deployment with no brief, in the default UI: the brief's
+    own fields (not a file) — campaign name, budget, 2 drafts per asset in the defaults, and
+    two assets added to the list, each with its id and prompt, one with its own size — typed
+    in as a person types and submitted. The run completes from those parameters and both
+    finals are in the deployment's storage."""
+    deployment_id, assets = form_deployment
+    stack.open(
+        f"/v2/deployments/deployment/{deployment_id}/run",
+        "document.body.innerText.includes('Campaign name')",
+        "the deployment's run form",
+    )
+    tabs = stack.page.tab.get_by_role("tab")
+    assert [t.strip() for t in tabs.all_inner_texts()][:2] == ["Brief", "Brief file"]
+    assert tabs.first.get_attribute("aria-selected") == "true", "the brief's fields are shown"
+    stack.shot("8-run-form-empty")
+
+    field(stack, "Campaign name").fill(FORM_CAMPAIGN)
+    field(stack, "Budget (USD)").fill(str(FORM_BUDGET))
+    field(stack, "Drafts per asset (Optional)").fill(str(FORM_DRAFTS))
+    add_asset = stack.page.tab.get_by_role("button", name="Add item")
+    for at, (asset, prompt, size) in enumerate(FORM_ASSETS):
+        add_asset.last.click()  # the list's own button comes after its items' buttons
+        field(stack, "Asset id", at).fill(asset)
+        field(stack, "Prompt", at).fill(prompt)
+        if size is not None:
+            field(stack, "Size (Optional)", 1 + at).fill(size)  # 0: the defaults' size
+    assert stack.page.tab.get_by_label("Asset id", exact=True).count() == len(FORM_ASSETS)
+    stack.shot("8-run-form-filled")
+    stack.page.tab.screenshot(path=str(stack.shots / "8-run-form-filled-page.png"), full_page=True)
+
+    created: list[Any] = []  # the form's POST that creates the run (after its schema check)
+    stack.page.tab.on(
+        "response",
+        lambda r: created.append(r) if r.url.endswith("/create_flow_run") else None,
+    )
+    stack.page.tab.keyboard.press("Tab")  # the last field's edit is committed on leaving it
+    stack.page.click("button", text=re.compile("^Submit$"))
+    deadline = time.monotonic() + 120
+    while not created:
+        if time.monotonic() > deadline:
+            stack.page.screenshot(stack.shots / "8-run-form-not-submitted.png", full_page=True)
+            raise AssertionError("Submit created no flow run (screenshot 8-run-form-not-submitted)")
+        stack.page.tab.wait_for_timeout(250)
+    [response] = created
+    assert response.status == 201, response.text()
+    run = response.json()
+    assert run["deployment_id"] == deployment_id
+
+    brief = run["parameters"]["brief"]  # what the form sent
+    assert brief["campaign"] == FORM_CAMPAIGN
+    assert brief["budget_usd"] == FORM_BUDGET
+    assert brief["defaults"]["drafts"] == FORM_DRAFTS
+    sent = [(a["id"], a["prompt"], a.get("size")) for a in brief["assets"]]
+    assert sent == FORM_ASSETS
+    deployment = stack.api("GET", f"/deployments/{deployment_id}")
+    for block in ("credentials", "storage"):  # the deployment's picks, shown in the form
+        assert run["parameters"][block] == deployment["parameters"][block], block
+
+    deadline = time.monotonic() + 300
+    while True:
+        run = stack.api("GET", f"/flow_runs/{run['id']}")
+        if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        assert time.monotonic() < deadline, f"the run is still {run['state_name']}"
+        time.sleep(1)
+    stack.open(
+        f"/v2/runs/flow-run/{run['id']}",
+        "/Completed|Failed|Crashed/.test(document.body.innerText)",
+        "the form's run",
+    )
+    stack.shot("8-run-form-run")
+    if run["state_type"] != "COMPLETED":
+        logs = stack.api("POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}})
+        said = "\n".join(entry["message"][:800] for entry in logs[-8:])
+        state = run["state"]
+        raise AssertionError(f"the run ended {state['name']}: {state['message']}\n{said}")
+
+    manifest = CampaignManifest.model_validate_json(
+        (assets / manifest_key(FORM_CAMPAIGN)).read_text()
+    )
+    outcomes = {o.asset: o for o in manifest.assets}
+    assert list(outcomes) == [asset for asset, _, _ in FORM_ASSETS]
+    for asset, prompt, size in FORM_ASSETS:
+        outcome = outcomes[asset]
+        assert outcome.status is AssetStatus.FINAL, (asset, outcome.detail)
+        assert outcome.drafts is not None and len(outcome.drafts.images) == FORM_DRAFTS, asset
+        assert outcome.final is not None and outcome.final.images, asset
+        assert outcome.final.request.prompt == prompt
+        assert outcome.final.request.size == (size or "1:1")
+        for image in outcome.final.images:
+            stored = Path(image.uri.removeprefix("file://"))
+            assert stored.is_relative_to(assets) and stored.stat().st_size > 0, image.uri
