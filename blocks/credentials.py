@@ -19,7 +19,7 @@ from evolink.models import MAX_CALLBACK_URL_CHARS
 from evolink.polling import DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL, PollSchedule
 from evolink.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy
 from evolink.urls import api_base_url_problem, callback_url_problem
-from prefect_evolink.blocks._meta import EVOLINK_DOCS_URL, logo_url
+from prefect_evolink.blocks._meta import logo_url, reference_url
 
 if TYPE_CHECKING:  # imported where used: Prefect imports this module whenever it loads collections
     from evolink.client import EvoLinkClient, Timeouts
@@ -81,7 +81,9 @@ class EvoLinkCredentials(CredentialsBlock):
         "API key (secret) and connection settings for EvoLink's asynchronous GPT Image 2 API."
     )
     _logo_url = logo_url("evolink-credentials")  # type: ignore[assignment]
-    _documentation_url = EVOLINK_DOCS_URL  # type: ignore[assignment]
+    _documentation_url = reference_url(  # type: ignore[assignment]
+        "prefect_evolink.blocks.credentials.EvoLinkCredentials"
+    )
 
     @classmethod
     def __dispatch_key__(cls) -> str | None:

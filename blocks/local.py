@@ -12,7 +12,7 @@ from typing import BinaryIO, ClassVar, Final
 
 from pydantic import Field
 
-from prefect_evolink.blocks._meta import STORAGE_DOCS_URL, logo_url
+from prefect_evolink.blocks._meta import logo_url, reference_url
 from prefect_evolink.blocks.keys import check_prefix
 from prefect_evolink.blocks.storage import AssetStorage, StoredObject
 
@@ -85,7 +85,9 @@ class LocalAssetStorage(AssetStorage):
         "disk, with atomic writes."
     )
     _logo_url = logo_url("evolink-local-asset-storage")  # type: ignore[assignment]
-    _documentation_url = STORAGE_DOCS_URL  # type: ignore[assignment]
+    _documentation_url = reference_url(  # type: ignore[assignment]
+        "prefect_evolink.blocks.local.LocalAssetStorage"
+    )
 
     base_dir: str = Field(
         default="assets",

@@ -50,7 +50,7 @@ from pydantic import (
 )
 
 from prefect_evolink.blocks._first_use import FieldsOfACompleteModel, ModuleOnFirstUse
-from prefect_evolink.blocks._meta import STORAGE_DOCS_URL, logo_url
+from prefect_evolink.blocks._meta import logo_url, reference_url
 from prefect_evolink.blocks.keys import check_key, check_prefix
 from prefect_evolink.blocks.s3_metadata import s3_metadata
 from prefect_evolink.blocks.storage import AssetStorage, StoredObject
@@ -149,7 +149,9 @@ class S3AssetStorage(AssetStorage):
         "S3-compatible object store, with multipart uploads and presigned download URLs."
     )
     _logo_url = logo_url("evolink-s3-asset-storage")  # type: ignore[assignment]
-    _documentation_url = STORAGE_DOCS_URL  # type: ignore[assignment]
+    _documentation_url = reference_url(  # type: ignore[assignment]
+        "prefect_evolink.blocks.s3.S3AssetStorage"
+    )
 
     bucket: str = Field(min_length=1, description="Name of the bucket that holds the assets.")
     prefix: str = Field(

@@ -9,7 +9,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, field_validator
 
 from evolink.timezones import zone
-from prefect_evolink.blocks._meta import REPOSITORY_URL, logo_url
+from prefect_evolink.blocks._meta import docs_page, logo_url
 
 
 class EvoLinkSpendCap(Block):
@@ -58,7 +58,7 @@ class EvoLinkSpendCap(Block):
         "reservations before anything is sent."
     )
     _logo_url = logo_url("evolink-spend-cap")  # type: ignore[assignment]
-    _documentation_url = f"{REPOSITORY_URL}#spend-across-runs"  # type: ignore[assignment]
+    _documentation_url = docs_page("spend/")  # type: ignore[assignment]
 
     @classmethod
     def __dispatch_key__(cls) -> str | None:

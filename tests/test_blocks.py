@@ -3,8 +3,8 @@ credentials block contract, nested prefect-aws credentials saved and loaded thro
 API, and which way the storage methods dispatch inside real flow and task runs.
 
 Prefect's suite opens each `_logo_url` with `urlopen`. Tests run without a network, so for the
-logo URLs of this repository (`blocks/_meta.py`: LOGO_BASE_URL) `urlopen` is served from the very
-files the URLs publish, `blocks/logos/*.png`; any other URL is refused. Set
+logo URLs of this collection's docs site (`blocks/_meta.py`: LOGO_BASE_URL) `urlopen` is served
+from the very files the URLs publish, `blocks/logos/*.png`; any other URL is refused. Set
 `EVOLINK_NETWORK_TESTS=1` to fetch the published URLs for real.
 """
 
@@ -138,11 +138,11 @@ def test_first_example_snippet_is_the_load_call(block: type[Block]) -> None:
     assert len(first) == 3 and first[1] == ""
     assert first[0] == f"from prefect_evolink.blocks import {block.__name__}"
     assert re.fullmatch(rf'[a-z_]+ = {block.__name__}\.load\("BLOCK_NAME"\)', first[2])
-    # Every field is described in the docstring's Args section too.
+    # Every field is described in the docstring's Attributes section too (the API reference).
     doc = inspect.getdoc(block) or ""
-    args = doc.split("Args:", 1)[1].split("Example:", 1)[0]
+    fields = doc.split("Attributes:", 1)[1].split("Example:", 1)[0]
     for name in block.model_fields:
-        assert f"\n    {name}: " in args, f"{block.__name__}: {name} missing from Args"
+        assert f"\n    {name}: " in fields, f"{block.__name__}: {name} missing from Attributes"
 
 
 # ------------------------------------------------------------------------------------------

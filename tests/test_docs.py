@@ -200,3 +200,29 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "img" / "logos").glob("*.png")) == sorted(
         p.name for p in (ROOT / "blocks" / "logos").glob("*.png")
     )
+    _the_blocks_point_into_the_site(tmp_path)
+
+
+def _the_blocks_point_into_the_site(site: Path) -> None:
+    """Each block type's logo and documentation URL (its page in the UI) is a file of this site,
+    and a documentation URL's anchor is a heading the site has: no broken image, no dead link."""
+    import yaml
+
+    from prefect_evolink.blocks import (
+        EvoLinkCredentials,
+        EvoLinkSpendCap,
+        LocalAssetStorage,
+        S3AssetStorage,
+    )
+    from prefect_evolink.blocks._meta import DOCS_URL
+
+    config = yaml.safe_load(
+        (ROOT / "mkdocs.yml").read_text().replace("!ENV", "")  # the one tag it uses
+    )
+    assert config["site_url"] == DOCS_URL
+    for block in (EvoLinkCredentials, LocalAssetStorage, S3AssetStorage, EvoLinkSpendCap):
+        logo = str(block._logo_url)
+        assert logo.startswith(DOCS_URL) and (site / logo.removeprefix(DOCS_URL)).is_file(), logo
+        page, _, anchor = str(block._documentation_url).removeprefix(DOCS_URL).partition("#")
+        html = (site / page / "index.html").read_text(encoding="utf-8")
+        assert not anchor or f'id="{anchor}"' in html, block._documentation_url

@@ -147,6 +147,7 @@ def test_the_wheel_installs_two_packages_and_nothing_generic(wheel: Path) -> Non
     for sub in ("blocks", "tasks", "flows", "deployments", "briefs"):
         assert f"prefect_evolink/{sub}/__init__.py" in names
     assert "prefect_evolink/briefs/spring-launch.yaml" in names
+    assert "prefect_evolink/blocks/logos/evolink-credentials.png" in names  # the logos ship
     assert "prefect_evolink/deployments/prefect.yaml" in names
     assert "prefect_evolink/deployments/automations.yaml" in names
     assert "[prefect.collections]\nprefect_evolink = prefect_evolink.blocks\n" in entry_points
