@@ -698,7 +698,7 @@ def test_the_cap_block_has_its_logo_example_and_described_fields() -> None:
     ]
     doc = inspect.getdoc(EvoLinkSpendCap) or ""
     for name in EvoLinkSpendCap.model_fields:
-        assert f"\n    {name}: " in doc.split("Args:", 1)[1]
+        assert f"\n    {name}: " in doc.split("Attributes:", 1)[1]
     with pytest.raises(ValueError, match="time zone"):
         EvoLinkSpendCap(limit_usd=1, timezone="Nowhere/Else")
     with pytest.raises(ValueError):
