@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import io
 import os
 import pstats
@@ -271,6 +272,10 @@ def run_once(
         process_cpu_seconds(server_pid) if server_pid else 0.0,
         process_cpu_seconds(sim_pid),
     )
+    # Every variant starts from a collected heap: a full collection of what earlier runs in
+    # this process left (a few hundred ms of a stopped event loop on a busy machine) would
+    # otherwise land in whichever run happens to cross Python's threshold.
+    gc.collect()
     threads0 = thread_cpu_seconds()
     api_calls = PrefectApiCounter()
     started_wall = time.time()
