@@ -203,14 +203,12 @@ async def _remove(path: Path) -> None:
         raise
 
 
-def _sidecar_or_temp_file(
-    storage: AssetStorage, sidecar: str
-) -> tuple[Any | None, int | None, str]:
-    """In a worker thread: (the stored sidecar, None, "") if the image is stored, else
+def _sidecar_or_temp_file(storage: AssetStorage, sidecar: str) -> tuple[Any | None, int, str]:
+    """In a worker thread: (the stored sidecar, -1, "") if the image is stored, else
     (None, fd, path) of a new temp file to download into."""
     done = storage.get_json(sidecar)
     if done is not None:
-        return done, None, ""
+        return done, -1, ""
     fd, name = tempfile.mkstemp(prefix="evolink-", suffix=".part")
     return None, fd, name
 
@@ -266,7 +264,6 @@ async def store_image(
             logger.info("Image %d of task %s is already stored at %s", index, task_id, done["uri"])
         return StoredImage.model_validate(done)
 
-    assert fd is not None
     part = Path(name)
     try:
         with os.fdopen(fd, "w+b") as sink:
