@@ -195,6 +195,7 @@ class RunResult:
     prefect_retry_sleep: float
     prefect_requests: dict[str, int] = field(default_factory=dict)
     prefect_clients: int = 0
+    log_lines: int = 0
     phases: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -351,6 +352,7 @@ def run_once(
         prefect_retry_sleep=prefect_retries.sleep_seconds,
         prefect_requests=dict(api_calls.requests),
         prefect_clients=api_calls.clients,
+        log_lines=api_calls.log_lines,
         phases=phase_times(ledger, started_wall, ended_wall),
     )
 
@@ -431,6 +433,7 @@ def main() -> int:
                     print(
                         f"      CPU {result.cpu_ms_per_job:.0f} ms/job; Prefect API "
                         f"{result.prefect_requests_per_job:.1f} requests/job, "
+                        f"{result.log_lines / max(1, result.jobs):.1f} run log lines/job, "
                         f"{result.prefect_clients} clients opened; phases (s): "
                         + ", ".join(f"{k} {v:.2f}" for k, v in result.phases.items()),
                         flush=True,
@@ -466,6 +469,8 @@ def main() -> int:
                 f"{median([r.prefect_retries for r in runs]):.0f}",
                 f"{median([r.cpu_ms_per_job for r in runs]):.0f}",
                 f"{median([r.prefect_requests_per_job for r in runs]):.1f}",
+                f"{median([r.log_lines / max(1, r.jobs) for r in runs]):.1f}",
+                f"{median([1000 * r.cpu_prefect / max(1, r.jobs) for r in runs]):.0f}",
                 " / ".join(
                     f"{median([r.phases.get(k, float('nan')) for r in runs]):.2f}" for k in PHASES
                 ),
@@ -484,6 +489,8 @@ def main() -> int:
             "Prefect client retries",
             "CPU ms per job (this process)",
             "Prefect API requests per job",
+            "run log lines per job",
+            "Prefect API CPU ms per job",
             "phases s (" + " / ".join(PHASES) + ")",
         ],
         rows,
