@@ -61,10 +61,11 @@ class Progress:
 
     One update is in flight at a time, and nobody queues behind it: an `advance` that finds an
     update in flight leaves its value to that update's caller, which writes the newest value
-    once its own write has returned. Jobs that finish together (a wave) so cost one or two API
-    writes, not one each — and no asset waits for the others' writes (a lock held across the
-    write used to chain them: 20 jobs finishing at once waited for 20 writes in a row). The
-    last value written is always the newest (100 % at the end).
+    once its own write has returned. Jobs that finish together (a wave) so cost a few API
+    writes, not one each (11–18 in a 40-job one-wave run, not 40), and no asset waits for the
+    others' writes (a lock held across the write used to chain them: 20 jobs finishing at once
+    waited for 20 writes in a row). The last value written is always the newest (100 % at the
+    end).
     """
 
     def __init__(self, artifact_id: UUID, total_steps: int):
