@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import io
 import os
 import pstats
@@ -43,6 +44,7 @@ from typing import Any
 import httpx
 import yaml
 from common import (
+    PrefectApiCounter,
     PrefectRetryCounter,
     SimulatorProcess,
     load_average,
@@ -58,6 +60,7 @@ from common import (
 EXAMPLE_BRIEF = Path(__file__).resolve().parents[1] / "briefs" / "spring-launch.yaml"
 IDEAL_POLL_SECONDS = 0.05
 VARIANTS = ("ours", "ours-nolog", "bare-paced", "bare-ideal")
+PHASES = ("start", "drafts_spread", "drafts_tail", "finals_spread", "finals_tail")
 
 
 def make_brief(path: Path, *, campaign: str, assets: int, drafts: int) -> Path:
@@ -190,6 +193,55 @@ class RunResult:
     threads: dict[str, float]
     prefect_retries: int
     prefect_retry_sleep: float
+    prefect_requests: dict[str, int] = field(default_factory=dict)
+    prefect_clients: int = 0
+    log_lines: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def jobs(self) -> int:
+        return self.tasks
+
+    @property
+    def cpu_ms_per_job(self) -> float:
+        """CPU of this process (the flow process for `ours`: the flow runs in it, the Prefect
+        API and the simulator are child processes) per EvoLink job, in ms."""
+        return 1000.0 * self.cpu_self / max(1, self.jobs)
+
+    @property
+    def prefect_requests_per_job(self) -> float:
+        return sum(self.prefect_requests.values()) / max(1, self.jobs)
+
+
+def phase_times(ledger: list[dict[str, Any]], started_wall: float, ended_wall: float) -> dict:
+    """Where the wall time went, from the simulator's ledger (Unix times of every create and
+    finish): the drafts are the first half of the tasks created, the finals the second.
+
+    - `start`: run start → first draft created (flow run creation, brief, blocks, reads);
+    - `drafts_spread`: first → last draft created;
+    - `drafts_tail`: last draft finished at the simulator → first final created (completion
+      handling: last poll, downloads, storage, booking, progress, selection);
+    - `finals_spread`, `finals_tail`: the same for the finals, the tail up to the run's end
+      (last poll, downloads, storage, the manifest, the reports).
+    """
+    created = sorted(ledger, key=lambda e: float(e["created_at"]))
+    half = len(created) // 2
+    drafts, finals = created[:half], created[half:]
+    if not drafts or not finals:
+        return {}
+
+    def times(entries: list[dict[str, Any]], name: str) -> list[float]:
+        return [float(e[name]) for e in entries if e.get(name) is not None]
+
+    d_created, d_done = times(drafts, "created_at"), times(drafts, "finished_at")
+    f_created, f_done = times(finals, "created_at"), times(finals, "finished_at")
+    return {
+        "start": d_created[0] - started_wall,
+        "drafts_spread": d_created[-1] - d_created[0],
+        "drafts_tail": f_created[0] - max(d_done),
+        "finals_spread": f_created[-1] - f_created[0],
+        "finals_tail": ended_wall - max(f_done),
+    }
 
 
 def run_once(
@@ -221,11 +273,21 @@ def run_once(
         process_cpu_seconds(server_pid) if server_pid else 0.0,
         process_cpu_seconds(sim_pid),
     )
+    # Every variant starts from a collected heap: a full collection of what earlier runs in
+    # this process left (a few hundred ms of a stopped event loop on a busy machine) would
+    # otherwise land in whichever run happens to cross Python's threshold.
+    gc.collect()
     threads0 = thread_cpu_seconds()
+    api_calls = PrefectApiCounter()
+    started_wall = time.time()
     started = time.perf_counter()
     if variant.startswith("ours"):
         settings = {PREFECT_LOGGING_TO_API_ENABLED: variant != "ours-nolog"}
-        with temporary_settings(settings), PrefectRetryCounter() as prefect_retries:
+        with (
+            temporary_settings(settings),
+            PrefectRetryCounter() as prefect_retries,
+            api_calls,
+        ):
             if profile is not None:
                 profile.enable()
             try:
@@ -259,6 +321,7 @@ def run_once(
             )
         )
     seconds = time.perf_counter() - started
+    ended_wall = time.time()
     threads1 = thread_cpu_seconds()
     cpu1 = (
         process_cpu_seconds(),
@@ -287,6 +350,10 @@ def run_once(
         threads={k: v - threads0.get(k, 0.0) for k, v in threads1.items()},
         prefect_retries=prefect_retries.retries,
         prefect_retry_sleep=prefect_retries.sleep_seconds,
+        prefect_requests=dict(api_calls.requests),
+        prefect_clients=api_calls.clients,
+        log_lines=api_calls.log_lines,
+        phases=phase_times(ledger, started_wall, ended_wall),
     )
 
 
@@ -295,7 +362,14 @@ def main() -> int:
     parser.add_argument("--assets", type=int, default=20)
     parser.add_argument("--drafts", type=int, default=4, help="k drafts per asset")
     parser.add_argument("--concurrency", type=int, default=4, help="max_concurrent_assets")
-    parser.add_argument("--generation-seconds", type=float, default=5.0)
+    parser.add_argument("--generation-seconds", type=float, default=None, help="default 5")
+    parser.add_argument(
+        "--one-wave",
+        action="store_true",
+        help="every asset in one wave: max_concurrent_assets = --assets, and 3 s jobs unless "
+        "--generation-seconds says otherwise (the flow process's per-completion cost shows "
+        "undiluted: every job of a phase completes at once)",
+    )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
         "--variants",
@@ -311,6 +385,10 @@ def main() -> int:
         help="one more run of VARIANT (default ours) under cProfile (main thread)",
     )
     args = parser.parse_args()
+    if args.one_wave:
+        args.concurrency = args.assets
+    if args.generation_seconds is None:
+        args.generation_seconds = 3.0 if args.one_wave else 5.0
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     known = set(VARIANTS)
     if set(variants) - known or args.profile not in (None, *known) or not 1 <= args.reps <= 20:
@@ -352,6 +430,14 @@ def main() -> int:
                         f"asleep); load {result.load}",
                         flush=True,
                     )
+                    print(
+                        f"      CPU {result.cpu_ms_per_job:.0f} ms/job; Prefect API "
+                        f"{result.prefect_requests_per_job:.1f} requests/job, "
+                        f"{result.log_lines / max(1, result.jobs):.1f} run log lines/job, "
+                        f"{result.prefect_clients} clients opened; phases (s): "
+                        + ", ".join(f"{k} {v:.2f}" for k, v in result.phases.items()),
+                        flush=True,
+                    )
             if args.profile:
                 profile = cProfile.Profile()
                 result = run_once(args.profile, 99, sim, args, work, profile)
@@ -381,6 +467,13 @@ def main() -> int:
                 f"{median([r.cpu_sim for r in runs]):.1f}",
                 f"{runs[0].creates}/{median([r.gets for r in runs]):.0f}/{runs[0].downloads}",
                 f"{median([r.prefect_retries for r in runs]):.0f}",
+                f"{median([r.cpu_ms_per_job for r in runs]):.0f}",
+                f"{median([r.prefect_requests_per_job for r in runs]):.1f}",
+                f"{median([r.log_lines / max(1, r.jobs) for r in runs]):.1f}",
+                f"{median([1000 * r.cpu_prefect / max(1, r.jobs) for r in runs]):.0f}",
+                " / ".join(
+                    f"{median([r.phases.get(k, float('nan')) for r in runs]):.2f}" for k in PHASES
+                ),
             ]
         )
     print_table(
@@ -394,9 +487,21 @@ def main() -> int:
             "CPU s (simulator)",
             "create/get/download",
             "Prefect client retries",
+            "CPU ms per job (this process)",
+            "Prefect API requests per job",
+            "run log lines per job",
+            "Prefect API CPU ms per job",
+            "phases s (" + " / ".join(PHASES) + ")",
         ],
         rows,
     )
+    for variant in variants:
+        if not variant.startswith("ours") or not by_variant[variant]:
+            continue
+        last = by_variant[variant][-1]
+        print(f"\nPrefect API requests of the last `{variant}` run, per job (most first):")
+        for name, count in sorted(last.prefect_requests.items(), key=lambda kv: -kv[1])[:15]:
+            print(f"  {count / max(1, last.jobs):6.2f}  {name}")
     ours = by_variant.get("ours")
     if ours and "bare-paced" in by_variant:
         ratio = median([r.seconds for r in ours]) / base

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -282,6 +283,66 @@ class PrefectRetryCounter(logging.Handler):
         client_logger = logging.getLogger("prefect.client")
         client_logger.removeHandler(self)
         client_logger.setLevel(self._level)
+
+
+class PrefectApiCounter:
+    """Counts the requests this process sends to the Prefect API (every thread: the engine's
+    clients, the log and event workers) by method and path, ids folded to `{id}`, and the
+    `PrefectClient`s it opens (`get_client()` … `async with`), and the run log lines handed to
+    Prefect's API log handler (each one a row the API stores), while in use.
+
+    It wraps `PrefectHttpxAsyncClient.send` and `PrefectClient.__aenter__` at class level and
+    restores both on exit; nothing else changes.
+    """
+
+    _ID = re.compile(r"/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = {}
+        self.clients = 0
+        self.log_lines = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.requests.values())
+
+    def __enter__(self) -> PrefectApiCounter:
+        from prefect.client.base import PrefectHttpxAsyncClient
+        from prefect.client.orchestration import PrefectClient
+        from prefect.logging.handlers import APILogHandler
+
+        counter = self
+        self._send = send = PrefectHttpxAsyncClient.send
+        self._aenter = aenter = PrefectClient.__aenter__
+        self._emit = emit = APILogHandler.emit
+
+        def counted_emit(handler: Any, record: logging.LogRecord) -> None:
+            counter.log_lines += 1
+            emit(handler, record)
+
+        async def counted_send(client: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+            path = counter._ID.sub("/{id}", request.url.path.split("/api", 1)[-1])
+            name = f"{request.method} {path}"
+            counter.requests[name] = counter.requests.get(name, 0) + 1
+            return await send(client, request, *args, **kwargs)
+
+        async def counted_aenter(client: Any) -> Any:
+            counter.clients += 1
+            return await aenter(client)
+
+        PrefectHttpxAsyncClient.send = counted_send  # type: ignore[method-assign]
+        PrefectClient.__aenter__ = counted_aenter  # type: ignore[method-assign]
+        APILogHandler.emit = counted_emit  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from prefect.client.base import PrefectHttpxAsyncClient
+        from prefect.client.orchestration import PrefectClient
+        from prefect.logging.handlers import APILogHandler
+
+        PrefectHttpxAsyncClient.send = self._send  # type: ignore[method-assign]
+        PrefectClient.__aenter__ = self._aenter  # type: ignore[method-assign]
+        APILogHandler.emit = self._emit  # type: ignore[method-assign]
 
 
 # --- Reporting ------------------------------------------------------------------------------

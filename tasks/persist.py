@@ -12,17 +12,23 @@ its own task, for callers that want exactly that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger
 
 from evolink.errors import redact_url
 from evolink.jobs import StoredImage
 from prefect_evolink.blocks import AssetStorage
+from prefect_evolink.blocks._dispatch import in_worker_thread
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
 from prefect_evolink.tasks.steps import evolink_step, is_retryable
+
+if TYPE_CHECKING:
+    from evolink.client import EvoLinkClient
 
 
 def sidecar_key(image_key: str) -> str:
@@ -149,22 +155,26 @@ async def persist_images(
         print([image.uri for image in images])
         ```
     """
-    outcomes = await asyncio.gather(
-        *(
-            store_image(
-                url,
-                task_id=task_id,
-                index=index,
-                dest_prefix=dest_prefix,
-                metadata=metadata,
-                credentials=credentials,
-                storage=storage,
-                log=False,
-            )
-            for index, url in enumerate(urls)
-        ),
-        return_exceptions=True,  # every image gets its chance before the job is judged
-    )
+    # One client (one connection pool) for the job's images, not one per image: a client per
+    # image opened and closed a connection each, on the event loop every job completes on.
+    async with credentials.get_client() as client:
+        outcomes = await asyncio.gather(
+            *(
+                store_image(
+                    url,
+                    task_id=task_id,
+                    index=index,
+                    dest_prefix=dest_prefix,
+                    metadata=metadata,
+                    credentials=credentials,
+                    storage=storage,
+                    log=False,
+                    client=client,
+                )
+                for index, url in enumerate(urls)
+            ),
+            return_exceptions=True,  # every image gets its chance before the job is judged
+        )
     failures = [o for o in outcomes if isinstance(o, BaseException)]
     for failure in failures:
         if not isinstance(failure, Exception):
@@ -182,6 +192,30 @@ async def persist_images(
         "+".join(str(image.size_bytes) for image in images),
     )
     return images
+
+
+async def _remove(path: Path) -> None:
+    """Delete a temp file in a worker thread; if that cannot be awaited (a cancellation), here."""
+    try:
+        await in_worker_thread(_unlink_quietly, path)
+    except BaseException:
+        _unlink_quietly(path)
+        raise
+
+
+def _sidecar_or_temp_file(storage: AssetStorage, sidecar: str) -> tuple[Any | None, int, str]:
+    """In a worker thread: (the stored sidecar, -1, "") if the image is stored, else
+    (None, fd, path) of a new temp file to download into."""
+    done = storage.get_json(sidecar)
+    if done is not None:
+        return done, -1, ""
+    fd, name = tempfile.mkstemp(prefix="evolink-", suffix=".part")
+    return None, fd, name
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):  # a temp file left behind harms nothing
+        path.unlink(missing_ok=True)
 
 
 def _folder(uri: str) -> str:
@@ -213,48 +247,72 @@ async def store_image(
     credentials: EvoLinkCredentials,
     storage: AssetStorage,
     log: bool = True,
+    client: EvoLinkClient | None = None,
 ) -> StoredImage:
-    """The body of `persist_image` (see its docstring), callable inside any step."""
+    """The body of `persist_image` (see its docstring), callable inside any step. `client`: an
+    open client to download with (`persist_images` shares one per job); None opens one."""
     logger = get_run_logger()
-    done = await storage.aget_json(sidecar_key(f"{dest_prefix}/image-{index}"))
+    # Two trips to a worker thread per image, each doing its file system calls in a row: the
+    # sidecar look-up with the temp file, then the image, its sidecar and the temp file's
+    # removal. File system calls on the event loop stall every other job's completion, and
+    # each trip to a thread costs the loop a wake-up (a campaign's jobs all finish together).
+    done, fd, name = await in_worker_thread(
+        _sidecar_or_temp_file, storage, sidecar_key(f"{dest_prefix}/image-{index}")
+    )
     if done is not None:
         if log:
             logger.info("Image %d of task %s is already stored at %s", index, task_id, done["uri"])
         return StoredImage.model_validate(done)
 
-    with tempfile.TemporaryDirectory(prefix="evolink-") as tmp:
-        part = Path(tmp) / "download.part"
-        with part.open("w+b") as sink:
-            async with credentials.get_client() as client:
+    part = Path(name)
+    try:
+        with os.fdopen(fd, "w+b") as sink:
+            if client is None:
+                async with credentials.get_client() as own:
+                    download = await own.download_to(url, sink, task_id=task_id)
+            else:
                 download = await client.download_to(url, sink, task_id=task_id)
         key = f"{dest_prefix}/image-{index}.{download.image.extension}"
         details = {**metadata, "task_id": task_id, "index": index, "sha256": download.sha256}
-        stored = await storage.aput_file(
-            key,
-            part,
-            content_type=download.image.content_type,
-            metadata={name: str(value) for name, value in details.items()},
-        )
-    image = StoredImage(
-        index=index,
-        key=key,
-        uri=stored.uri,
-        sha256=download.sha256,
-        size_bytes=download.size_bytes,
-        content_type=download.image.content_type,
-        width=download.image.width,
-        height=download.image.height,
-        source_url=redact_url(url),
-    )
-    sidecar = {**image.model_dump(mode="json"), "metadata": details}
-    await storage.aput_json(sidecar_key(f"{dest_prefix}/image-{index}"), sidecar)
+
+        def keep() -> tuple[str, StoredImage]:
+            """In a worker thread: the image (the temp file is removed once copied), then its
+            sidecar — last: its presence means the image is complete."""
+            try:
+                stored = storage.put_file(
+                    key,
+                    part,
+                    content_type=download.image.content_type,
+                    metadata={field: str(value) for field, value in details.items()},
+                )
+            finally:
+                _unlink_quietly(part)
+            image = StoredImage(
+                index=index,
+                key=key,
+                uri=stored.uri,
+                sha256=download.sha256,
+                size_bytes=download.size_bytes,
+                content_type=download.image.content_type,
+                width=download.image.width,
+                height=download.image.height,
+                source_url=redact_url(url),
+            )
+            sidecar = {**image.model_dump(mode="json"), "metadata": details}
+            storage.put_json(sidecar_key(f"{dest_prefix}/image-{index}"), sidecar)
+            return stored.uri, image
+
+        uri, image = await in_worker_thread(keep)
+    except BaseException:
+        await _remove(part)
+        raise
     if not log:
         return image
     logger.info(
         "Stored image %d of task %s: %s (%d bytes, %sx%s, sha256 %s…)",
         index,
         task_id,
-        stored.uri,
+        uri,
         download.size_bytes,
         image.width,
         image.height,

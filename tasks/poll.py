@@ -29,7 +29,8 @@ async def poll_job(
     task's age since submission, while the deadline counts from the start of this poll, so a
     rerun resuming an old task still gets its full wait; right after a create, its response
     serves as the first reading instead of a query. Status changes go to the log, progress at
-    most every `PROGRESS_LOG_SECONDS`.
+    most every `PROGRESS_LOG_SECONDS`; that first reading is not logged (the submit step logs
+    the task's creation).
 
     Args:
         submit: The submit record of the job, with the EvoLink task id to poll.
@@ -56,10 +57,18 @@ async def poll_job(
     logger = get_run_logger()
     last: tuple[str, int] | None = None
     logged_at = 0.0
+    age = max(0.0, (utcnow() - submit.submitted_at).total_seconds())
+    first = create_reading(submit, age, schedule or PollSchedule())
 
     def report(snapshot: TaskSnapshot, elapsed: float) -> None:
         nonlocal last, logged_at
         now = time.monotonic()
+        if snapshot is first:
+            # The create response, which the submit step has just logged ("Task … created"):
+            # not said again. Every run log line is a row the Prefect API stores (about 4 ms
+            # of its CPU each); a campaign's wave of jobs sends them all at once.
+            last, logged_at = (snapshot.status.value, snapshot.progress), now
+            return
         status_changed = last is None or snapshot.status.value != last[0]
         progressed = last is not None and snapshot.progress != last[1]
         if status_changed or (progressed and now - logged_at >= PROGRESS_LOG_SECONDS):
@@ -72,12 +81,11 @@ async def poll_job(
                 elapsed,
             )
 
-    age = max(0.0, (utcnow() - submit.submitted_at).total_seconds())
     async with credentials.get_client() as client:
         return await client.wait_for_task(
             submit.task_id,
             schedule=schedule,
-            first=create_reading(submit, age, schedule or PollSchedule()),
+            first=first,
             on_update=report,
             elapsed_before=age,
         )
