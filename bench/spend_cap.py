@@ -150,15 +150,24 @@ async def measure(args: argparse.Namespace, base: Path) -> tuple[list[list[Any]]
     return rows, total == Decimal(report.totals.total_usd)
 
 
-def measure_locked(args: argparse.Namespace, base: Path) -> list[Any]:
+def measure_locked(args: argparse.Namespace, base: Path) -> list[list[Any]]:
     """`--lock-rounds` full `reserve_spend` calls (Prefect lock included), each after one
     booking, on the storage `measure` filled."""
     from prefect_evolink.blocks import EvoLinkSpendCap, LocalAssetStorage
-    from prefect_evolink.tasks.spend_cap import reserve_spend
+    from prefect_evolink.tasks.spend_cap import reserve_spend, spend_cap_lock
 
     storage = LocalAssetStorage(base_dir=str(base))
     store = RecordStore(storage)
     cap = EvoLinkSpendCap(limit_usd=Decimal(1_000_000))
+
+    async def lock_only() -> list[float]:
+        times: list[float] = []
+        for _ in range(args.lock_rounds):
+            started = time.perf_counter()
+            async with spend_cap_lock():
+                pass
+            times.append(time.perf_counter() - started)
+        return times
 
     async def rounds() -> list[float]:
         await (await reserve_spend(cap, storage, Decimal("0.005342"), "warm-up")).release()
@@ -175,7 +184,11 @@ def measure_locked(args: argparse.Namespace, base: Path) -> list[Any]:
 
     with prefect_api():
         times = asyncio.run(rounds())
-    return ["reserve_spend, 1 new job (with the Prefect lock)", args.lock_rounds, *ms(times)]
+        lock = asyncio.run(lock_only())
+    return [
+        ["reserve_spend, 1 new job (with the Prefect lock)", args.lock_rounds, *ms(times)],
+        ["  of which: the Prefect lock alone (take, release)", args.lock_rounds, *ms(lock)],
+    ]
 
 
 def main() -> int:
@@ -193,7 +206,7 @@ def main() -> int:
         base = Path(tmp) / "assets"
         rows, same = asyncio.run(measure(args, base))
         if args.lock_rounds:
-            rows.append(measure_locked(args, base))
+            rows.extend(measure_locked(args, base))
     print_table(["what", "rounds", "median ms", "slowest ms"], rows)
     print(f"{args.records} job records in the period; running total = full report: {same}")
     print(f"load average after: {load_average()}")

@@ -19,7 +19,9 @@ _tasks/_reported/<task id>.json       a callback of the task was reported (durab
 <image key>.json                      an image's sidecar (what persist stored, beside the image)
 _reports/spend/<period>.csv|json      the spend reports
 _reports/spend/reservations/<period>/<reservation id>.json   a capped run's reservation
-_reports/spend/running/checkpoint.json    the spend cap's running total (evolink.records)
+_reports/spend/running/totals.json       the spend cap's running total (evolink.records)
+_reports/spend/running/campaigns.json    … the campaigns' manifest facts it counts by
+_reports/spend/running/facts/<shard>.json   … the spend facts of each task
 _reports/spend/running/pending/<when>-<id>.json   a booking not yet folded into it
 _reports/spend/running/live/<period>.json   the ids of the period's reservations still held
 ```
@@ -174,9 +176,19 @@ def reservation_key(period: str, reservation_id: str) -> str:
     return _reports(RESERVATIONS_DIR, period, f"{reservation_id}.json")
 
 
-def running_checkpoint_key() -> str:
-    """`_reports/spend/running/checkpoint.json`: the spend cap's folded running total."""
-    return _reports(RUNNING_DIR, "checkpoint.json")
+def running_totals_key() -> str:
+    """`_reports/spend/running/totals.json`: the spend cap's running total, per quarter hour."""
+    return _reports(RUNNING_DIR, "totals.json")
+
+
+def running_campaigns_key() -> str:
+    """`_reports/spend/running/campaigns.json`: the campaigns' manifest facts it counts by."""
+    return _reports(RUNNING_DIR, "campaigns.json")
+
+
+def running_facts_key(shard: str) -> str:
+    """`_reports/spend/running/facts/<shard>.json`: the spend facts of the tasks of a shard."""
+    return _reports(RUNNING_DIR, "facts", f"{shard}.json")
 
 
 def live_reservations_key(period: str) -> str:

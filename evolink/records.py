@@ -8,44 +8,47 @@ campaign, the callbacks, the spend report and the cap read and write records thr
 Prefect-free: the cap's lock is the caller's (`prefect_evolink.tasks.spend_cap`).
 
 **The running total** (what the spend cap checks, in O(bookings since the last check) rather
-than O(every record of the period)):
+than O(every record of the period); its data and rules are `evolink.running_total`'s):
 
 1. *Booking* — every write of a record that moves money (a submit record, a result record, a
    bill note, a campaign manifest) is followed by one small **pending entry**
    (`_reports/spend/running/pending/<UTC time>-<random>.json`, a `Booking`): the facts of that
-   record that the spend sums need. Entries are append-only and never rewritten (the name is
-   unique), so bookings on any number of workers never race with one another and need no lock.
+   record the spend sums need. Entries are append-only and never rewritten (each name is
+   unique), so bookings on any number of workers never race and need no lock — and a booking
+   made outside any capped run is booked all the same (booking is the store's write).
 2. *Folding* — the cap check (`spend_for_cap`), which already runs under the one-slot global
-   concurrency lock `evolink-spend-cap`, lists the pending entries, applies them to the
-   **checkpoint** (`_reports/spend/running/checkpoint.json`: per task the facts of its records,
-   per campaign its manifest's rows and state), writes the checkpoint, then deletes the entries
-   it applied. Only a holder of that lock writes the checkpoint, so folds never interleave.
-   Applying an entry *sets* facts (never adds amounts): an entry applied twice — a fold that
-   crashed after writing the checkpoint but before deleting — changes nothing the second time.
-   A manifest entry older than the manifest facts already held is ignored, so an entry listed
-   late cannot undo a newer one.
-3. *Valuing* — `value_jobs` sums the checkpoint's facts by the very rules of
-   `evolink.spend.collect_jobs` (manifest rows first, the known bill wins, a failed job not
-   charged drops out, a campaign's submit-only job its finished manifest has no row for is not
-   charged, the bundled simulator's jobs are summed apart, never against the cap). The test
-   suite holds the two equal after a mix of bookings (tests/test_records.py).
+   concurrency lock `evolink-spend-cap` (`prefect_evolink.tasks.spend_cap`), lists the pending
+   entries, reads the facts of the tasks they touch (`running/facts/<shard>.json`, 64 shards
+   by task id; `running/campaigns.json` when a campaign is concerned), sets those facts,
+   recomputes those tasks' values and moves the sums (`running/totals.json`: per UTC quarter
+   hour, per flow run) by the difference; then deletes the entries. Only a holder of that lock
+   writes these files, so folds never interleave. The totals are written first and carry the
+   values they were moved by (`Totals.overlay`); facts and campaigns after; the entries are
+   deleted last. A fold that dies anywhere leaves its entries pending, and the next one sets
+   the same facts again and moves nothing twice (facts are *set*, never amounts added; a
+   manifest entry older than the manifest facts held is ignored).
+3. *Summing* — a period is a whole number of UTC quarter hours in every time zone, so the cap
+   sums the quarters of its window: real spend only, the simulator's apart, by the rules of
+   `evolink.spend.collect_jobs` (tests/test_records.py holds the two equal).
 
-**Why it stays right.** A booking made outside any capped run writes its entry all the same
-(booking is the store's write, not the cap's). A run that crashes after writing a record but
-before its entry leaves a record the total does not know until a rerun: the submit step of a
-rerun finds the submit record and books it again (`book_submit`; booking is idempotent), and
-the full spend report (`prefect-evolink spend`) still reads every record. A reservation of a
-crashed run stops counting as before (expired or its flow run ended). **Rebuild**: when the
-checkpoint is missing, unreadable, of another format (`CHECKPOINT_VERSION`), or does not reach
-back to the start of the period checked (records written by a version without running totals,
-or kept past `RETAIN`), it is rebuilt once from the records (`rebuild_facts`, the same reading
-as the spend report), under the same lock; the pending entries listed before the rebuild are
-applied first and deleted after, so nothing booked meanwhile is lost. Jobs submitted more than
-`RETAIN` before the last fold are dropped from the checkpoint (no cap period is that long).
+**Why it stays right.** A run that crashes after writing a record but before its entry leaves a
+record the total does not know until a rerun: the submit step of a rerun finds the submit
+record and books it again (`book_submit`; idempotent), and the full spend report
+(`prefect-evolink spend`) still reads every record. A reservation of a crashed run stops
+counting as before (expired, or its flow run ended). **Rebuild**: when the totals are missing,
+unreadable, of another format (`running_total.VERSION`), or do not reach back to the start of
+the period checked (records written by a version without running totals, or older than
+`RETAIN`), the total is rebuilt once from the records (`rebuild_running`, the spend report's
+reading), under the same lock, and incremental from then on. The entries listed before the
+rebuild are deleted after it: each follows its record, so the rebuild read that record.
+
+**Reservations**: a period's live set (`running/live/<period>.json`, written under the lock)
+names the reservations that may still hold, so the cap reads those, not every reservation the
+period had; without one (reservations of an older version) all are read once.
 
 Known limits: a worker still running a version without running totals books nothing into it
-until the next rebuild; the checkpoint holds one row of facts per task of the last `RETAIN`
-days (about 150 bytes each).
+until the next rebuild (delete `_reports/spend/running/totals.json` after an upgrade of every
+worker, or let the period roll over); facts of jobs older than `RETAIN` are dropped.
 """
 
 from __future__ import annotations
@@ -54,15 +57,15 @@ import asyncio
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final, Literal, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from evolink.campaign import CampaignManifest, parse_campaign_namespace
+from evolink.campaign import CampaignManifest
 from evolink.jobs import JobRecord, SubmitRecord, TaskIndex, utcnow
 from evolink.layout import (
     JOBS_PREFIX,
@@ -80,28 +83,36 @@ from evolink.layout import (
     reported_marker_key,
     reservation_key,
     reservations_prefix,
-    running_checkpoint_key,
+    running_campaigns_key,
+    running_facts_key,
+    running_totals_key,
     submit_record_key,
     task_index_key,
 )
-from evolink.spend import (
-    ORIGIN_FIELD,
-    BillNote,
-    JobFiles,
-    PeriodWindow,
-    Reservation,
-    RunOrigin,
-    origin_of,
+from evolink.periods import PeriodWindow
+from evolink.running_total import (
+    RETAIN,
+    SHARDS,
+    Booking,
+    CampaignFacts,
+    TaskFacts,
+    Totals,
+    affected,
+    bill_booking,
+    campaign_of,
+    fold,
+    manifest_booking,
+    result_booking,
+    shard_of,
+    submit_booking,
 )
+from evolink.spend_cap import Reservation
+from evolink.spend_jobs import ORIGIN_FIELD, BillNote, JobFiles, RunOrigin, origin_of
 
 logger = logging.getLogger(__name__)
 
 READERS: Final = 16
 """Storage reads at once."""
-CHECKPOINT_VERSION: Final = 1
-"""The checkpoint's format; another number is rebuilt from the records."""
-RETAIN: Final = timedelta(days=62)
-"""How far back the checkpoint keeps the facts of a job: longer than any cap period."""
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -143,326 +154,6 @@ async def bounded(calls: Iterable[Awaitable[T]], limit: int = READERS) -> list[T
     return list(await asyncio.gather(*(one(call) for call in calls)))
 
 
-# --- bookings: the pending entries ----------------------------------------------------------------
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class RowFact(_Model):
-    """What the spend sums need of one manifest row."""
-
-    task_id: str
-    estimated_usd: str
-    billed_usd: str | None
-    simulator: bool
-    endpoint_known: bool
-    earlier_run: bool = False
-
-
-class Booking(_Model):
-    """One pending entry: the spend facts of a record just written (see the module docstring)."""
-
-    kind: Literal["submit", "result", "bill", "manifest"]
-    written_at: datetime = Field(default_factory=utcnow)
-    task_id: str | None = None
-    submitted_at: datetime | None = None
-    namespace: str | None = None
-    flow_run_id: str | None = None
-    estimated_usd: str | None = None
-    billed_usd: str | None = None
-    simulator: bool = False
-    # a bill note
-    status: str | None = None
-    charged: bool = False
-    # a manifest
-    campaign: str | None = None
-    run_state: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    rows: list[RowFact] = Field(default_factory=list)
-
-
-def _simulator(submit: SubmitRecord | None = None, result: JobRecord | None = None) -> bool:
-    return JobFiles(job_key="", submit=submit, result=result).simulator
-
-
-def submit_booking(record: SubmitRecord, origin: RunOrigin | None) -> Booking:
-    return Booking(
-        kind="submit",
-        task_id=record.task_id,
-        submitted_at=record.submitted_at,
-        namespace=record.namespace,
-        flow_run_id=origin.flow_run_id if origin is not None else None,
-        estimated_usd=str(record.estimate.get("usd", "0")),
-        simulator=_simulator(submit=record),
-    )
-
-
-def result_booking(record: JobRecord) -> Booking:
-    return Booking(
-        kind="result",
-        task_id=record.task_id,
-        submitted_at=record.submitted_at,
-        namespace=record.namespace,
-        estimated_usd=record.estimated_usd,
-        billed_usd=record.billed_usd,
-        simulator=_simulator(result=record),
-    )
-
-
-def bill_booking(note: BillNote) -> Booking:
-    return Booking(
-        kind="bill",
-        task_id=note.task_id,
-        billed_usd=note.billed_usd,
-        status=note.status,
-        charged=note.charged,
-    )
-
-
-def manifest_booking(manifest: CampaignManifest) -> Booking:
-    return Booking(
-        kind="manifest",
-        campaign=manifest.campaign,
-        run_state=manifest.run_state,
-        started_at=manifest.started_at,
-        finished_at=manifest.finished_at,
-        rows=[
-            RowFact(
-                task_id=row.task_id,
-                estimated_usd=row.estimated_usd,
-                billed_usd=row.billed_usd,
-                simulator=row.simulator,
-                endpoint_known=row.endpoint is not None,
-                earlier_run=row.earlier_run,
-            )
-            for row in manifest.jobs
-        ],
-    )
-
-
-# --- the checkpoint: facts, and their value -------------------------------------------------------
-
-
-@dataclass
-class TaskFacts:
-    """What the records of one EvoLink task say about its spend."""
-
-    submitted_at: datetime | None = None
-    campaign: str | None = None
-    flow_run_id: str | None = None
-    estimated_usd: str | None = None  # from its submit record; None: no submit record
-    simulator: bool = False
-    result: tuple[str | None, str] | None = None  # (billed, estimated) of its result record
-    bill: tuple[str, bool, str | None] | None = None  # (status, charged, billed) of its note
-
-    def dump(self) -> list[Any]:
-        at = self.submitted_at.isoformat() if self.submitted_at else None
-        return [at, self.campaign, self.flow_run_id, self.estimated_usd, self.simulator,
-                list(self.result) if self.result else None,
-                list(self.bill) if self.bill else None]  # fmt: skip
-
-    @classmethod
-    def load(cls, data: list[Any]) -> TaskFacts:
-        at, campaign, run, estimated, simulator, result, bill = data
-        return cls(
-            submitted_at=datetime.fromisoformat(at) if at else None,
-            campaign=campaign,
-            flow_run_id=run,
-            estimated_usd=estimated,
-            simulator=bool(simulator),
-            result=(result[0], result[1]) if result else None,
-            bill=(bill[0], bool(bill[1]), bill[2]) if bill else None,
-        )
-
-
-@dataclass
-class CampaignFacts:
-    """What a campaign's latest manifest says about its jobs' spend."""
-
-    written_at: datetime
-    run_state: str
-    started_at: datetime
-    finished_at: datetime
-    rows: list[RowFact]
-
-
-def _campaign_of(namespace: str | None) -> str | None:
-    parsed = parse_campaign_namespace(namespace) if namespace else None
-    return parsed[0] if parsed else None
-
-
-@dataclass
-class Checkpoint:
-    """The folded running total: facts per task and per campaign (see the module docstring)."""
-
-    covers_since: datetime
-    folded_at: datetime = field(default_factory=utcnow)
-    tasks: dict[str, TaskFacts] = field(default_factory=dict)
-    campaigns: dict[str, CampaignFacts] = field(default_factory=dict)
-
-    def apply(self, booking: Booking) -> None:
-        """Set the facts `booking` carries (idempotent: applying it again changes nothing)."""
-        if booking.kind == "manifest":
-            held = self.campaigns.get(booking.campaign or "")
-            if booking.campaign is None or booking.started_at is None:
-                return
-            if held is not None and held.written_at > booking.written_at:
-                return  # listed late: a newer manifest is already held
-            self.campaigns[booking.campaign] = CampaignFacts(
-                written_at=booking.written_at,
-                run_state=booking.run_state or "running",
-                started_at=booking.started_at,
-                finished_at=booking.finished_at or booking.started_at,
-                rows=list(booking.rows),
-            )
-            return
-        if booking.task_id is None:
-            return
-        facts = self.tasks.setdefault(booking.task_id, TaskFacts())
-        if booking.kind == "bill":
-            facts.bill = (booking.status or "", booking.charged, booking.billed_usd)
-            return
-        if booking.kind == "submit" or facts.submitted_at is None:
-            facts.submitted_at = booking.submitted_at
-            facts.campaign = _campaign_of(booking.namespace)
-        facts.simulator = facts.simulator or booking.simulator
-        if booking.kind == "submit":
-            facts.estimated_usd = booking.estimated_usd
-            facts.flow_run_id = booking.flow_run_id
-        else:
-            facts.result = (booking.billed_usd, booking.estimated_usd or "0")
-
-    def prune(self, now: datetime) -> None:
-        """Forget jobs submitted more than `RETAIN` ago (no cap period reaches them)."""
-        horizon = now - RETAIN
-        self.tasks = {
-            task: facts
-            for task, facts in self.tasks.items()
-            if facts.submitted_at is None or facts.submitted_at >= horizon
-        }
-        self.covers_since = max(self.covers_since, horizon)
-
-    def dump(self) -> dict[str, Any]:
-        return {
-            "version": CHECKPOINT_VERSION,
-            "covers_since": self.covers_since.isoformat(),
-            "folded_at": self.folded_at.isoformat(),
-            "tasks": {task: facts.dump() for task, facts in self.tasks.items()},
-            "campaigns": {
-                name: {
-                    "written_at": c.written_at.isoformat(),
-                    "run_state": c.run_state,
-                    "started_at": c.started_at.isoformat(),
-                    "finished_at": c.finished_at.isoformat(),
-                    "rows": [row.model_dump() for row in c.rows],
-                }
-                for name, c in self.campaigns.items()
-            },
-        }
-
-    @classmethod
-    def load(cls, data: Mapping[str, Any]) -> Checkpoint | None:
-        """The stored checkpoint, or None when it must be rebuilt (another format, unreadable)."""
-        try:
-            if data.get("version") != CHECKPOINT_VERSION:
-                return None
-            return cls(
-                covers_since=datetime.fromisoformat(data["covers_since"]),
-                folded_at=datetime.fromisoformat(data["folded_at"]),
-                tasks={task: TaskFacts.load(raw) for task, raw in data["tasks"].items()},
-                campaigns={
-                    name: CampaignFacts(
-                        written_at=datetime.fromisoformat(c["written_at"]),
-                        run_state=c["run_state"],
-                        started_at=datetime.fromisoformat(c["started_at"]),
-                        finished_at=datetime.fromisoformat(c["finished_at"]),
-                        rows=[RowFact.model_validate(row) for row in c["rows"]],
-                    )
-                    for name, c in data["campaigns"].items()
-                },
-            )
-        except (KeyError, TypeError, ValueError, ValidationError, AttributeError):
-            return None
-
-
-@dataclass(frozen=True)
-class ValuedJob:
-    """One counted job as the cap sees it: when it was submitted and what it counts."""
-
-    task_id: str
-    submitted_at: datetime
-    counted_usd: Decimal
-    simulator: bool
-    flow_run_id: str | None
-
-
-def _covered(facts: TaskFacts, campaigns: Mapping[str, CampaignFacts]) -> bool:
-    """A submit-only campaign job its campaign's finished manifest has no row for: the run
-    booked every job it paid for, so this one was not charged (as `evolink.spend`)."""
-    held = campaigns.get(facts.campaign) if facts.campaign else None
-    return (
-        held is not None
-        and held.run_state != "running"
-        and facts.submitted_at is not None
-        and facts.submitted_at <= held.finished_at
-    )
-
-
-def value_jobs(checkpoint: Checkpoint) -> Iterator[ValuedJob]:
-    """Every paid job of the checkpoint once, counted by `evolink.spend.collect_jobs`'s rules
-    (without asking EvoLink): manifest rows first, then the records of the other tasks."""
-    tasks = checkpoint.tasks
-    named = {facts.campaign for facts in tasks.values() if facts.campaign}
-    campaigns = {name: c for name, c in checkpoint.campaigns.items() if name in named}
-    found: set[str] = set()
-    for name in sorted(campaigns):
-        held = campaigns[name]
-        for row in held.rows:
-            if row.task_id in found:
-                continue
-            facts = tasks.get(row.task_id)
-            if facts is None and row.earlier_run:
-                continue  # an earlier run's job, older than the checkpoint reaches
-            found.add(row.task_id)
-            billed = row.billed_usd
-            if billed is None and facts is not None and facts.result is not None:
-                billed = facts.result[0]
-            if billed is None and facts is not None and facts.bill is not None:
-                billed = facts.bill[2]
-            yield ValuedJob(
-                task_id=row.task_id,
-                submitted_at=(facts.submitted_at if facts else None) or held.started_at,
-                counted_usd=Decimal(billed if billed is not None else row.estimated_usd),
-                simulator=row.simulator
-                or (not row.endpoint_known and facts is not None and facts.simulator),
-                flow_run_id=facts.flow_run_id if facts else None,
-            )
-    for task_id, facts in tasks.items():
-        if task_id in found or facts.submitted_at is None:
-            continue
-        counted: str | None
-        if facts.result is not None:
-            billed, estimated = facts.result
-            counted = billed if billed is not None else estimated
-        elif facts.estimated_usd is not None:
-            if facts.bill is not None:
-                status, charged, billed = facts.bill
-                if not charged and status in ("failed", "cancelled"):
-                    continue  # failed at EvoLink, not charged
-                counted = billed if billed is not None else facts.estimated_usd
-            elif _covered(facts, campaigns):
-                continue
-            else:
-                counted = facts.estimated_usd
-        else:
-            continue  # a bill note alone: never sent by this store's reckoning
-        yield ValuedJob(task_id, facts.submitted_at, Decimal(counted), facts.simulator,
-                        facts.flow_run_id)  # fmt: skip
-
-
 @dataclass(frozen=True)
 class CapSpend:
     """The period's spend as the cap counts it, from the running total."""
@@ -474,29 +165,9 @@ class CapSpend:
     by_run: dict[str, Decimal]
     """What each flow run's jobs (real and simulator) recorded: taken off its reservation."""
     folded: int
-    """Pending entries folded by this check."""
+    """Pending bookings folded by this check."""
     rebuilt: bool
-    """Whether the checkpoint was rebuilt from the records."""
-
-
-def spend_in(
-    checkpoint: Checkpoint, window: PeriodWindow
-) -> tuple[Decimal, Decimal, int, dict[str, Decimal]]:
-    """(real spend, simulator spend, simulator jobs, spend by flow run) of the jobs submitted
-    in `window`."""
-    real, simulated, count = Decimal(0), Decimal(0), 0
-    by_run: dict[str, Decimal] = defaultdict(Decimal)
-    for job in value_jobs(checkpoint):
-        if not window.contains(job.submitted_at):
-            continue
-        if job.simulator:
-            simulated += job.counted_usd
-            count += 1
-        else:
-            real += job.counted_usd
-        if job.flow_run_id:
-            by_run[job.flow_run_id] += job.counted_usd
-    return real, simulated, count, dict(by_run)
+    """Whether the running total was rebuilt from the records."""
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -517,6 +188,7 @@ class RecordStore:
 
     def __init__(self, storage: RecordStorage) -> None:
         self.storage = storage
+        self._live: dict[str, set[str]] = {}  # period → held ids, as `live_reservations` saw
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -709,9 +381,12 @@ class RecordStore:
         key = reservation_key(reservation.period, reservation.reservation_id)
         await self.storage.aput_json(key, reservation)
         if live:
-            data = await self.storage.aget_json(live_reservations_key(reservation.period))
-            ids = set(data.get("ids", [])) if isinstance(data, dict) else set()
-            ids.add(reservation.reservation_id)
+            ids = self._live.get(reservation.period)
+            if ids is None:
+                data = await self.storage.aget_json(live_reservations_key(reservation.period))
+                ids = set(data.get("ids", [])) if isinstance(data, dict) else set()
+            ids = ids | {reservation.reservation_id}
+            self._live[reservation.period] = ids
             await self.storage.aput_json(
                 live_reservations_key(reservation.period), {"ids": sorted(ids)}
             )
@@ -737,10 +412,8 @@ class RecordStore:
         else:
             ids, found = [], await self.read_reservations(period, problems)
         held = [r for r in found if r.released_at is None and r.expires_at > now]
-        if sorted(r.reservation_id for r in held) != sorted(ids):
-            await self.storage.aput_json(
-                live_reservations_key(period), {"ids": sorted(r.reservation_id for r in held)}
-            )
+        # Trimmed when the next reservation is written (`put_reservation`), in the same write.
+        self._live[period] = {r.reservation_id for r in held}
         return held
 
     async def read_reservations(self, period: str, problems: list[str]) -> list[Reservation]:
@@ -782,79 +455,134 @@ class RecordStore:
                 continue
         return sorted(found, key=lambda item: (item[1].written_at, item[0]))
 
-    async def get_checkpoint(self) -> Checkpoint | None:
+    async def get_totals(self) -> Totals | None:
         try:
-            data = await self.storage.aget_json(running_checkpoint_key())
+            data = await self.storage.aget_json(running_totals_key())
         except ValueError:
             return None
-        return Checkpoint.load(data) if isinstance(data, Mapping) else None
+        return Totals.load(data) if isinstance(data, Mapping) else None
 
-    async def rebuild_facts(self, since: datetime, problems: list[str]) -> Checkpoint:
-        """A checkpoint of the jobs submitted since `since`, from the records themselves (the
-        spend report's reading), for a storage whose running total is missing or too short."""
+    async def _get_campaigns(self) -> dict[str, CampaignFacts]:
+        data = await self.storage.aget_json(running_campaigns_key())
+        if not isinstance(data, Mapping):
+            return {}
+        return {name: CampaignFacts.load(held) for name, held in data.items()}
+
+    async def _get_facts(self, shards: Iterable[str]) -> dict[str, dict[str, TaskFacts]]:
+        names = sorted(set(shards))
+        raw = await bounded(self.storage.aget_json(running_facts_key(n)) for n in names)
+        return {
+            name: {task: TaskFacts.load(f) for task, f in (data or {}).items()}
+            for name, data in zip(names, raw, strict=True)
+        }
+
+    async def _put_facts(
+        self,
+        campaigns: Mapping[str, CampaignFacts] | None,
+        shards: Mapping[str, Mapping[str, TaskFacts]],
+        now: datetime,
+    ) -> None:
+        horizon = now - RETAIN  # facts of jobs no cap period reaches are dropped on the way
+        await bounded(
+            self.storage.aput_json(
+                running_facts_key(name),
+                {
+                    task: facts.dump()
+                    for task, facts in shard.items()
+                    if facts.submitted_at is None or facts.submitted_at >= horizon
+                },
+            )
+            for name, shard in shards.items()
+        )
+        if campaigns is not None:
+            await self.storage.aput_json(
+                running_campaigns_key(), {name: c.dump() for name, c in campaigns.items()}
+            )
+
+    async def _put_totals(self, totals: Totals, now: datetime) -> None:
+        totals.folded_at = now
+        await self.storage.aput_json(running_totals_key(), totals.pruned(now).dump())
+
+    async def rebuild_running(
+        self, since: datetime, problems: list[str], *, now: datetime
+    ) -> Totals:
+        """The running total of the jobs submitted since `since`, from the records themselves
+        (the spend report's reading), for a storage whose total is missing or too short."""
         jobs = await self.read_job_files(problems, since=since)
         by_task: dict[str, JobFiles] = {}
         for files in jobs.values():  # one job key per task, the one with a result first
             task_id = files.task_id
             if task_id is not None and (task_id not in by_task or files.result is not None):
                 by_task[task_id] = files
-        checkpoint = Checkpoint(covers_since=since)
-        for task_id, files in by_task.items():
-            checkpoint.tasks[task_id] = TaskFacts(
-                submitted_at=files.submitted_at,
-                campaign=_campaign_of(files.namespace),
-                flow_run_id=files.origin.flow_run_id if files.origin else None,
-                estimated_usd=(
-                    str(files.submit.estimate.get("usd", "0")) if files.submit else None
-                ),
-                simulator=files.simulator,
-                result=(files.result.billed_usd, files.result.estimated_usd)
-                if files.result
-                else None,
-                bill=(files.bill.status, files.bill.charged, files.bill.billed_usd)
-                if files.bill and files.result is None
-                else None,
-            )
-        named = {f.campaign for f in checkpoint.tasks.values() if f.campaign}
-        now = utcnow()
-        for manifest in (await self.read_manifests(named, problems)).values():
-            booking = manifest_booking(manifest).model_copy(update={"written_at": now})
-            checkpoint.apply(booking)
-        return checkpoint
+        facts = {task_id: TaskFacts.of(files) for task_id, files in by_task.items()}
+        campaigns: dict[str, CampaignFacts] = {}
+        named = {f.campaign for f in facts.values() if f.campaign}
+        bookings = [
+            manifest_booking(manifest).model_copy(update={"written_at": now})
+            for manifest in (await self.read_manifests(named, problems)).values()
+        ]
+        for task_id, task in facts.items():
+            if task.campaign is not None:
+                campaigns.setdefault(
+                    task.campaign, CampaignFacts(now, "none", now, now, [])
+                ).tasks.add(task_id)
+        totals = Totals(covers_since=since)
+        tasks = set(facts) | {row.task_id for b in bookings for row in b.rows}
+        fold(bookings, facts, campaigns, totals, tasks)
+        totals.overlay = {}
+        shards: dict[str, dict[str, TaskFacts]] = {f"{n:02d}": {} for n in range(SHARDS)}
+        for task_id, task in facts.items():
+            shards[shard_of(task_id)][task_id] = task
+        # The facts first, the totals last: without totals the next check rebuilds again.
+        await self._put_facts(campaigns, shards, now)
+        await self._put_totals(totals, now)
+        return totals
 
     async def spend_for_cap(self, window: PeriodWindow, *, now: datetime | None = None) -> CapSpend:
-        """The period's spend from the running total: fold the pending bookings into the
-        checkpoint (rebuilding it from the records when it is missing or does not reach back
-        to `window.start`), store it, and sum the window.
+        """The period's spend from the running total: fold the pending bookings in (reading
+        only the facts of the tasks they touch), store it, and sum the window; rebuild it from
+        the records when it is missing, of another format or does not reach back to
+        `window.start`.
 
-        Call it only while holding the spend cap's lock: it is the checkpoint's one writer.
+        Call it only while holding the spend cap's lock: it is the running total's one writer.
         """
         now = now or utcnow()
         pending = await self.pending()  # listed first: a rebuild reads every record after this
-        checkpoint = await self.get_checkpoint()
-        rebuilt = checkpoint is None or checkpoint.covers_since > window.start
-        if checkpoint is None or rebuilt:
-            since = min(window.start, now - RETAIN)
-            fresh = Checkpoint(covers_since=since)
-            for _, booking in pending:  # older than what the records now say: applied first
-                fresh.apply(booking)
+        totals = await self.get_totals()
+        rebuilt = totals is None or totals.covers_since > window.start
+        if totals is None or rebuilt:
+            # The records the listed bookings were written for are all there by now (a
+            # booking follows its record), so the rebuild reads them: the bookings are done.
             problems: list[str] = []
-            rebuilt_facts = await self.rebuild_facts(since, problems)
+            totals = await self.rebuild_running(min(window.start, now - RETAIN), problems, now=now)
             for problem in problems:
                 logger.warning("Spend cap running total rebuilt without %s", problem)
-            fresh.tasks.update(rebuilt_facts.tasks)
-            for name, held in rebuilt_facts.campaigns.items():
-                fresh.campaigns[name] = held
-            checkpoint = fresh
-        else:
-            for _, booking in pending:
-                checkpoint.apply(booking)
-        real, simulated, count, by_run = spend_in(checkpoint, window)  # before pruning
-        if pending or rebuilt:
-            checkpoint.folded_at = now
-            checkpoint.prune(now)
-            await self.storage.aput_json(running_checkpoint_key(), checkpoint.dump())
-            await bounded(self.storage.adelete_key(key) for key, _ in pending)
+        elif pending:
+            bookings = [booking for _, booking in pending]
+            tasks = affected(bookings, {})
+            shards = await self._get_facts(shard_of(task) for task in tasks)
+            # The campaigns' facts are read only when a booking may concern a campaign.
+            touches_campaigns = any(
+                b.kind == "manifest" or campaign_of(b.namespace) for b in bookings
+            ) or any(shards[shard_of(t)].get(t, TaskFacts()).campaign is not None for t in tasks)
+            campaigns: dict[str, CampaignFacts] = {}
+            if touches_campaigns:
+                campaigns = await self._get_campaigns()
+                tasks = affected(bookings, campaigns)
+                missing = {shard_of(t) for t in tasks} - set(shards)
+                shards.update(await self._get_facts(missing))
+            facts = {task: f for shard in shards.values() for task, f in shard.items()}
+            totals.settle(facts)
+            fold(bookings, facts, campaigns, totals, tasks)
+            for task in tasks:
+                shards[shard_of(task)][task] = facts[task]
+            # The totals are the commit point (with the counted values they moved, `settle`):
+            # facts and campaigns written after them are set again from the bookings, which
+            # stay pending until all is written.
+            await self._put_totals(totals, now)
+            await self._put_facts(campaigns if touches_campaigns else None, shards, now)
+        await bounded(self.storage.adelete_key(key) for key, _ in pending)
+        real, simulated, count, by_run = totals.in_window(window)
         return CapSpend(
             spent_usd=real,
             simulator_usd=simulated,

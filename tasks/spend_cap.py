@@ -21,6 +21,7 @@ the holder of the slot (bookings append entries of their own; `evolink.records` 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -110,26 +111,54 @@ async def ensure_spend_cap_limit() -> str:
         return "updated"
 
 
+_ENSURED: dict[str, float] = {}
+"""API URL → when (monotonic) this process last made sure the limit is one active slot."""
+ENSURE_EVERY_SECONDS: Final = 60.0
+"""How often a process re-checks the limit: each check is a round trip of every capped run."""
+
+
+def _api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value() or "ephemeral")
+
+
 @asynccontextmanager
 async def spend_cap_lock(timeout_seconds: float = LOCK_TIMEOUT_SECONDS) -> AsyncIterator[None]:
-    """Hold the one slot of `evolink-spend-cap` for the body (strict: never skipped)."""
-    await ensure_spend_cap_limit()
+    """Hold the one slot of `evolink-spend-cap` for the body (strict: never skipped).
+
+    The limit is made sure of (`ensure_spend_cap_limit`) at most once a minute per process and
+    API; a strict acquisition that fails (the limit was deleted meanwhile, or another API
+    answers) makes sure of it again and tries once more."""
+    api, now = _api_url(), time.monotonic()
+    cached = now - _ENSURED.get(api, -ENSURE_EVERY_SECONDS) < ENSURE_EVERY_SECONDS
+    if not cached:
+        await ensure_spend_cap_limit()
+        _ENSURED[api] = now
     async with AsyncExitStack() as stack:
-        try:
-            await stack.enter_async_context(
-                concurrency(
-                    SPEND_CAP_LIMIT,
-                    occupy=1,
-                    timeout_seconds=timeout_seconds,
-                    lease_duration=LOCK_LEASE_SECONDS,
-                    strict=True,
-                    raise_on_lease_renewal_failure=False,
+        for attempt in (1, 2):
+            try:
+                await stack.enter_async_context(
+                    concurrency(
+                        SPEND_CAP_LIMIT,
+                        occupy=1,
+                        timeout_seconds=timeout_seconds,
+                        lease_duration=LOCK_LEASE_SECONDS,
+                        strict=True,
+                        raise_on_lease_renewal_failure=False,
+                    )
                 )
-            )
-        except (ConcurrencySlotAcquisitionError, TimeoutError) as error:
-            raise ProviderLimitsError(
-                f"could not hold the spend cap lock {SPEND_CAP_LIMIT!r}: {error} (nothing was sent)"
-            ) from error
+                break
+            except (ConcurrencySlotAcquisitionError, TimeoutError) as error:
+                _ENSURED.pop(api, None)
+                if attempt == 1 and cached and isinstance(error, ConcurrencySlotAcquisitionError):
+                    await ensure_spend_cap_limit()
+                    _ENSURED[api] = time.monotonic()
+                    continue
+                raise ProviderLimitsError(
+                    f"could not hold the spend cap lock {SPEND_CAP_LIMIT!r}: {error} "
+                    "(nothing was sent)"
+                ) from error
         yield
 
 

@@ -47,6 +47,7 @@ DOMAIN = frozenset(
         "evolink.previews",
         "evolink.records",
         "evolink.recovery",
+        "evolink.running_total",
         "evolink.spend",
         "evolink.spend_cap",
         "evolink.spend_jobs",
@@ -54,8 +55,8 @@ DOMAIN = frozenset(
     }
 )
 """What is built on the client: briefs, budgets, campaigns, job records, their storage keys
-(keys, layout) and store (records), their rebuild, callback events, review thumbnails, spend
-(jobs, periods, report, cap)."""
+(keys, layout) and store (records, running_total), their rebuild, callback events, review
+thumbnails, spend (jobs, periods, report, cap)."""
 
 
 def imports_of(source: str) -> set[str]:

@@ -21,7 +21,7 @@ import pytest
 
 from evolink.campaign import campaign_namespace
 from evolink.jobs import SubmitRecord
-from evolink.layout import pending_prefix, running_checkpoint_key, submit_record_key
+from evolink.layout import pending_prefix, running_totals_key, submit_record_key
 from evolink.periods import PeriodWindow, period_window
 from evolink.records import CapSpend, RecordStore
 from evolink.spend import BillNote
@@ -115,6 +115,14 @@ def test_the_running_total_equals_the_full_report_after_a_mix_of_bookings(
     assert first.by_run == {"run-1": Decimal("0.012")}
     assert_same_as_the_report(first, storage, window)
 
+    failed = submit(
+        "k-c4", campaign_namespace("spring", "mug", "final"), "t-c4", "0.05", at(window, 13)
+    )
+
+    refused = submit(
+        "k-c5", campaign_namespace("spring", "cup", "final"), "t-c5", "0.03", at(window, 14)
+    )
+
     async def book_campaign(state: str) -> None:
         space = "spring"
         kept = submit(
@@ -126,13 +134,15 @@ def test_the_running_total_equals_the_full_report_after_a_mix_of_bookings(
         dropped = submit(
             "k-c2", campaign_namespace(space, "cup", "final"), "t-c2", "0.2", at(window, 12)
         )
-        for record in (kept, late, dropped):
+        for record in (kept, late, dropped, failed, refused):
             await store.put_submit(record, None)
         await store.put_result(result(kept, "0.1"))
         await store.put_result(result(late, "0.07"))
         rows = [
             row("mug", "draft", "t-c1", "0.1", "0.1"),
             row("cup", "draft", "t-c3", "0.06", None),
+            row("mug", "final", "t-c4", "0.05", None),  # bill unknown: at its estimate
+            row("cup", "final", "t-c5", "0.03", None),
         ]
         written = manifest(space, rows, at(window, 9)).model_copy(
             update={"run_state": state, "finished_at": at(window, 30)}
@@ -143,14 +153,22 @@ def test_the_running_total_equals_the_full_report_after_a_mix_of_bookings(
     running = check(storage, window)
     assert not running.rebuilt
     # running: the submit-only final (t-c2) still counts at its estimate
-    assert running.spent_usd == first.spent_usd + Decimal("0.1") + Decimal("0.07") + Decimal("0.2")
+    campaign = Decimal("0.1") + Decimal("0.07") + Decimal("0.05") + Decimal("0.03")
+    assert running.spent_usd == first.spent_usd + campaign + Decimal("0.2")
     assert_same_as_the_report(running, storage, window)
 
     asyncio.run(book_campaign("completed"))
     finished = check(storage, window)
     # finished without a row for it: the run booked all it paid, so t-c2 was not charged
-    assert finished.spent_usd == first.spent_usd + Decimal("0.1") + Decimal("0.07")
+    assert finished.spent_usd == first.spent_usd + campaign
     assert_same_as_the_report(finished, storage, window)
+    # the campaign's final failed after EvoLink charged it: its bill note is booked later
+    asyncio.run(store.put_bill(bill(failed, "failed", "0.045")))
+    # and one the run booked at its estimate has a note saying not charged: the row still wins
+    asyncio.run(store.put_bill(bill(refused, "failed", None)))
+    charged = check(storage, window)
+    assert charged.spent_usd == finished.spent_usd - Decimal("0.05") + Decimal("0.045")
+    assert_same_as_the_report(charged, storage, window)
     assert check(storage, window).folded == 0  # nothing new: nothing folded, same total
 
 
@@ -166,17 +184,34 @@ def test_a_fold_replayed_after_a_crash_counts_nothing_twice(
         await store.put_result(result(job, "0.011"))
 
     asyncio.run(book())
-    folder = Path(storage.base_dir) / pending_prefix()
-    saved = tmp_path / "saved-pending"
-    shutil.copytree(folder, saved)
+    running = Path(storage.base_dir) / "_reports" / "spend" / "running"
+    saved = tmp_path / "saved"
+    shutil.copytree(running, saved)  # the bookings pending, the facts as before them
     once = check(storage, window)
     assert once.folded == 2 and once.spent_usd == Decimal("0.011")
-    # a fold that wrote the checkpoint and died before deleting its entries: they come back
-    shutil.rmtree(folder)
-    shutil.copytree(saved, folder)
+
+    def died_after(*kept: str) -> None:
+        """A fold that wrote `kept` (relative to running/) and died: the rest as before it."""
+        for part in ("pending", "facts", "campaigns.json"):
+            if part in kept:
+                continue
+            target = running / part
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+            if (saved / part).is_dir():
+                shutil.copytree(saved / part, target)
+            elif (saved / part).exists():
+                shutil.copy(saved / part, target)
+
+    died_after("facts", "campaigns.json")  # everything written, the bookings not yet deleted
     again = check(storage, window)
     assert again.folded == 2 and again.spent_usd == once.spent_usd
-    assert_same_as_the_report(again, storage, window)
+    died_after()  # only the totals were written (the commit point), not the facts
+    third = check(storage, window)
+    assert third.folded == 2 and third.spent_usd == once.spent_usd
+    assert_same_as_the_report(third, storage, window)
 
 
 def test_rebuilt_once_from_records_an_older_version_wrote_then_incremental(
@@ -210,7 +245,7 @@ def test_rebuilt_once_from_records_an_older_version_wrote_then_incremental(
     assert later.spent_usd == rebuilt.spent_usd + Decimal("0.05")
 
     # a checkpoint of another format, or none, is rebuilt again from the records
-    storage.put_json(running_checkpoint_key(), {"version": 0}, _sync=True)
+    storage.put_json(running_totals_key(), {"version": 0}, _sync=True)
     storage.put_json(f"_jobs/{old.job_key}/result.json", result(old, "0.25"), _sync=True)
     again = check(storage, window)
     assert again.rebuilt and again.spent_usd == later.spent_usd
