@@ -295,6 +295,11 @@ def _on_postgres(
             from prefect.settings import PREFECT_API_URL, temporary_settings
 
             with temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}):
+                # The events worker of this process is bound to the API it first sent to: a
+                # second variant's events must go to that variant's own server.
+                from prefect.events.worker import EventsWorker
+
+                EventsWorker.drain_all()
                 result: dict[str, Any] = measure(sim, args, products, tag, stack, workdir)
                 return result
 
