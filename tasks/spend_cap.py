@@ -20,9 +20,11 @@ the holder of the slot (bookings append entries of their own; `evolink.records` 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -117,6 +119,20 @@ ENSURE_EVERY_SECONDS: Final = 60.0
 """How often a process re-checks the limit: each check is a round trip of every capped run."""
 
 
+_LOCAL_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _local_lock() -> asyncio.Lock:
+    """This event loop's queue in front of the global slot (see `spend_cap_lock`)."""
+    loop = asyncio.get_running_loop()
+    lock = _LOCAL_LOCKS.get(loop)
+    if lock is None:
+        lock = _LOCAL_LOCKS[loop] = asyncio.Lock()
+    return lock
+
+
 def _api_url() -> str:
     from prefect.settings import PREFECT_API_URL
 
@@ -129,7 +145,30 @@ async def spend_cap_lock(timeout_seconds: float = LOCK_TIMEOUT_SECONDS) -> Async
 
     The limit is made sure of (`ensure_spend_cap_limit`) at most once a minute per process and
     API; a strict acquisition that fails (the limit was deleted meanwhile, or another API
-    answers) makes sure of it again and tries once more."""
+    answers) makes sure of it again and tries once more.
+
+    The runs of one process (a task worker runs dozens of capped products at once) queue on a
+    local lock first, so one of them at a time asks the server for the slot: the next one asks
+    the moment the last releases, rather than all of them polling the server and sleeping out
+    its retry delays while the slot sits free. Across processes the global slot decides."""
+    local = _local_lock()
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            await local.acquire()
+    except TimeoutError as error:
+        raise ProviderLimitsError(
+            f"could not hold the spend cap lock {SPEND_CAP_LIMIT!r}: this process's queue for "
+            f"it took over {timeout_seconds:g} s (nothing was sent)"
+        ) from error
+    try:
+        async with _global_spend_cap_lock(timeout_seconds):
+            yield
+    finally:
+        local.release()
+
+
+@asynccontextmanager
+async def _global_spend_cap_lock(timeout_seconds: float) -> AsyncIterator[None]:
     api, now = _api_url(), time.monotonic()
     cached = now - _ENSURED.get(api, -ENSURE_EVERY_SECONDS) < ENSURE_EVERY_SECONDS
     if not cached:
