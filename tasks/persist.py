@@ -22,6 +22,7 @@ from prefect import get_run_logger
 
 from evolink.errors import redact_url
 from evolink.jobs import StoredImage
+from evolink.layout import sidecar_key as sidecar_key  # an image's sidecar: beside it
 from prefect_evolink.blocks import AssetStorage
 from prefect_evolink.blocks._dispatch import in_worker_thread
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
@@ -29,10 +30,6 @@ from prefect_evolink.tasks.steps import evolink_step, is_retryable
 
 if TYPE_CHECKING:
     from evolink.client import EvoLinkClient
-
-
-def sidecar_key(image_key: str) -> str:
-    return f"{image_key}.json"
 
 
 @evolink_step("evolink-persist-image", "persist {task_id} image {index}")
