@@ -2,6 +2,7 @@
 
     python3 dev.py run python bench/catalogue.py                      # 1,000 products (~9 min)
     python3 dev.py run python bench/catalogue.py --products 100 --generation-seconds 5  # quick
+    python3 dev.py run python bench/catalogue.py --variants ours,capped   # the spend cap's cost
 
 One invocation measures both, on the same simulator (its own process, reset in between):
 
@@ -12,6 +13,10 @@ One invocation measures both, on the same simulator (its own process, reset in b
   `marketing.asset.requested` events is emitted and stops when the Prefect API counts that
   many `product …` task runs Completed — each one's image stored, its job record and cost
   artifacts written.
+- ``capped``: ``ours`` with every product under a spend cap (an `EvoLinkSpendCap` block whose
+  limit is never reached, named in each event's `spend_cap_block`): each product checks the cap
+  and reserves under the one-slot `evolink-spend-cap` lock before it is sent, and releases its
+  reservation after (issue #19: the check reads the running total, not every record).
 - ``bare``: one asyncio script with one `httpx.AsyncClient` and a semaphore of `--concurrency`:
   per product POST → GETs paced by the same `PollSchedule()` from the create response →
   download to a file. No Prefect, no records, no artifacts.
@@ -257,6 +262,24 @@ def run_ours(
     return _on_postgres("evolink-bench-catalogue-", _measure_ours, sim, args, products, tag)
 
 
+CAP_BLOCK = "bench-catalogue-cap"
+
+
+def run_capped(
+    sim: SimulatorProcess, args: argparse.Namespace, products: list[dict[str, Any]], tag: str
+) -> dict[str, Any]:
+    """`ours` with a spend cap on every product (a limit no sync reaches)."""
+    capped = [{**payload, "spend_cap_block": CAP_BLOCK} for payload in products]
+
+    def measure(*given: Any) -> dict[str, Any]:
+        from prefect_evolink.blocks import EvoLinkSpendCap
+
+        EvoLinkSpendCap(limit_usd=Decimal(1_000_000)).save(CAP_BLOCK, overwrite=True)
+        return _measure_ours(*given, cap_block=CAP_BLOCK)
+
+    return _on_postgres("evolink-bench-capped-", measure, sim, args, capped, tag)
+
+
 def _on_postgres(
     prefix: str,
     measure: Any,
@@ -283,6 +306,8 @@ def _measure_ours(
     tag: str,
     stack: Stack,
     workdir: Path,
+    *,
+    cap_block: str | None = None,
 ) -> dict[str, Any]:
     api_url = stack.env["PREFECT_API_URL"]
     from prefect_evolink.tasks.limits import ensure_limits
@@ -327,6 +352,8 @@ def _measure_ours(
     _wait_for_line(workdir / "worker-0.log", "Listening:", timeout=120)
     time.sleep(2.0)  # the task workers' subscriptions open (no line to wait for)
     warm = {"product_id": f"{tag}-warmup", "prompt": "warm-up", "quality": "low"}
+    if cap_block:
+        warm["spend_cap_block"] = cap_block
     _emit([warm])
     _wait_count(api_url, f"product {tag}-warmup", 1, timeout=120, workdir=workdir)
     sim.reset()
@@ -604,7 +631,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
-        "--variants", default="bare,ours", help="bare, ours (task workers), flows (flow runs)"
+        "--variants",
+        default="bare,ours",
+        help="bare, ours (task workers), capped (ours under a spend cap), flows (flow runs)",
     )
     parser.add_argument(
         "--flow-products",
@@ -636,6 +665,8 @@ def main() -> int:
                 results[variant] = {"seconds": seconds}
             elif variant == "ours":
                 results[variant] = run_ours(sim, args, products, tag)
+            elif variant == "capped":
+                results[variant] = run_capped(sim, args, products, tag)
             elif variant == "flows":
                 results[variant] = run_flows(sim, args, products[: args.flow_products], tag)
             else:
@@ -647,6 +678,7 @@ def main() -> int:
             )
             print(json.dumps(results[variant]), flush=True)
     bare = results.get("bare", {}).get("seconds")
+    uncapped = results.get("ours", {}).get("seconds")
     for variant, result in results.items():
         cpu, ledger, n = result.get("cpu"), result["ledger"], result["products"]
         same = n == len(products)
@@ -657,6 +689,7 @@ def main() -> int:
                 n,
                 f"{result['seconds']:.1f}",
                 f"{result['seconds'] / bare:.3f}" if bare and same else "",
+                f"{result['seconds'] / uncapped:.3f}" if variant == "capped" and uncapped else "",
                 f"{cpu['server'] / n * 1000:.0f}" if cpu else "",
                 f"{cpu['postgres'] / n * 1000:.0f}" if cpu else "",
                 f"{cpu['workers'] / n * 1000:.0f}" if cpu else "",
@@ -671,6 +704,7 @@ def main() -> int:
             "products",
             "wall s",
             "ratio to bare",
+            "ratio to ours",
             "server CPU ms/product",
             "postgres CPU ms/product",
             "workers CPU ms/product",

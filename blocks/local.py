@@ -175,6 +175,9 @@ class LocalAssetStorage(AssetStorage):
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()
 
+    def _delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     def _list_keys(self, prefix: str) -> list[str]:
         """Regular files under the base directory whose key starts with `prefix`.
 

@@ -415,6 +415,9 @@ class S3AssetStorage(AssetStorage):
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"
 
+    def _delete(self, key: str) -> None:
+        self.get_client().delete_object(Bucket=self.bucket, Key=self._object_key(key))
+
     def _list_keys(self, prefix: str) -> list[str]:
         """Keys under the block's prefix that start with `prefix`, relative to the block prefix.
 

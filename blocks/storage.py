@@ -17,6 +17,7 @@ Every operation has an async method and a sync twin, as prefect-aws's `S3Bucket`
 | `aget_json`      | `get_json`     |
 | `aexists`        | `exists`       |
 | `alist_keys`     | `list_keys`    |
+| `adelete_key`    | `delete_key`   |
 | `apresigned_url` | `presigned_url`|
 
 Async code awaits the `a…` methods; they run the blocking disk or boto3 work in a worker thread,
@@ -26,7 +27,8 @@ coroutine; in sync code, and in any thread without a running event loop (e.g. co
 `asyncio.to_thread`), they run and return the result. `_sync=True` forces the sync path.
 
 A back-end implements the blocking methods `_put_file`, `_put_bytes`, `_get_bytes`, `_exists`,
-`_list_keys`, `_presigned_url` and `uri`. The async twins run the public sync method in the worker
+`_list_keys`, `_presigned_url` and `uri` (and `_delete`, which only the spend cap's running total
+uses). The async twins run the public sync method in the worker
 thread, so a subclass that overrides a sync method (a test double, say) changes both twins.
 """
 
@@ -119,6 +121,11 @@ class AssetStorage(Block, ABC):
     @abstractmethod
     def _presigned_url(self, key: str, expires_seconds: int) -> str | None:
         """Blocking `presigned_url`."""
+
+    def _delete(self, key: str) -> None:
+        """Blocking `delete_key`. Only the spend cap's running total deletes (the bookings it has
+        folded in); a back-end without it cannot keep that total (`evolink.records`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete objects")
 
     @abstractmethod
     def uri(self, key: str) -> str:
@@ -232,6 +239,15 @@ class AssetStorage(Block, ABC):
     def list_keys(self, prefix: str = "") -> list[str]:
         """Sync twin of `alist_keys`."""
         return self._list_keys(prefix)
+
+    async def adelete_key(self, key: str) -> None:
+        """Remove the object under `key`; nothing happens when there is none."""
+        await in_worker_thread(self.delete_key, key)
+
+    @storage_dispatch(adelete_key)
+    def delete_key(self, key: str) -> None:
+        """Sync twin of `adelete_key` (a block's own `delete` removes the block document)."""
+        self._delete(key)
 
     async def apresigned_url(self, key: str, expires_seconds: int = 3600) -> str | None:
         """A temporary HTTP(S) GET URL, or None when the back-end has no such thing."""

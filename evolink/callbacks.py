@@ -38,7 +38,9 @@ from typing import Any, Final, NoReturn
 
 from evolink.campaign import parse_campaign_namespace
 from evolink.errors import BadCallbackError
-from evolink.jobs import TASKS_PREFIX, TaskIndex, is_task_id
+from evolink.jobs import TaskIndex
+from evolink.layout import is_task_id
+from evolink.layout import reported_marker_key as reported_marker_key  # its home is the layout
 from evolink.states import TaskSnapshot, TaskStatus
 
 EVENT_COMPLETED: Final = "evolink.task.completed"
@@ -65,8 +67,6 @@ READ_TIMEOUT_SECONDS: Final = 10.0
 """Headers and body of one request, in all (EvoLink sends a few KiB at once)."""
 MAX_CONNECTIONS: Final = 256
 MAX_CONNECTIONS_PER_SOURCE: Final = 16
-REPORTED_PREFIX: Final = f"{TASKS_PREFIX}/_reported"
-"""`_tasks/_reported/<task id>.json`: the task was reported (no task id starts with "_")."""
 # Event ids are derived from (task id, status): a callback delivered twice (EvoLink retries, two
 # receiver replicas) gives the same id, which the Prefect event store keeps once.
 _EVENT_NAMESPACE: Final = uuid.UUID("6c7c0f49-3a51-4b8e-9d0e-6f1c2b7a5e11")
@@ -224,15 +224,6 @@ def task_event(task: TaskSnapshot, index: TaskIndex) -> TaskEvent | None:
         payload=payload,
         id=uuid.uuid5(_EVENT_NAMESPACE, f"{task.id}:{task.status.value}"),
     )
-
-
-def reported_marker_key(task_id: str) -> str:
-    """`_tasks/_reported/<task id>.json`, beside the task's index: written before its event is
-    emitted, so no restart, second replica or full memory reports the task again. ValueError
-    for anything that is no task id."""
-    if not is_task_id(task_id):
-        raise ValueError(f"not an EvoLink task id: {task_id[:40]!r}")
-    return f"{REPORTED_PREFIX}/{task_id}.json"
 
 
 def reported_marker(event: TaskEvent, at: datetime) -> dict[str, str]:

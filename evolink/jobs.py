@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -19,14 +18,35 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evolink.cost import BilledCost, CostEstimate
 from evolink.errors import redact_url
+
+# The record keys live in the layout (evolink.layout); these names stay importable from here.
+from evolink.layout import (
+    JOBS_PREFIX as JOBS_PREFIX,
+)
+from evolink.layout import (
+    TASK_ID_RE as TASK_ID_RE,
+)
+from evolink.layout import (
+    TASKS_PREFIX as TASKS_PREFIX,
+)
+from evolink.layout import (
+    intent_record_key as intent_record_key,
+)
+from evolink.layout import (
+    is_task_id as is_task_id,
+)
+from evolink.layout import (
+    job_record_key as job_record_key,
+)
+from evolink.layout import (
+    submit_record_key as submit_record_key,
+)
+from evolink.layout import (
+    task_index_key as task_index_key,
+)
 from evolink.models import ImageRequest
 
 IDEMPOTENCY_PREFIX = "evl"
-JOBS_PREFIX = "_jobs"
-TASKS_PREFIX = "_tasks"
-# EvoLink task ids look like `task-unified-1757156493-imcg5zqt`; anything else is never one of
-# ours (and never becomes a storage key: the callback receiver reads ids from untrusted bodies).
-TASK_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Request fields that say how a result is delivered, not what the job is (see the docstring).
 DELIVERY_FIELDS: Final = ("callback_url",)
 
@@ -85,33 +105,6 @@ def _without_delivery(body: dict[str, Any]) -> dict[str, Any]:
 def idempotency_key(key: str) -> str:
     """The header value for a job key: 16-96 chars of [A-Za-z0-9._-], as the API requires."""
     return f"{IDEMPOTENCY_PREFIX}-{key}"
-
-
-def submit_record_key(key: str) -> str:
-    return f"{JOBS_PREFIX}/{key}/submit.json"
-
-
-def intent_record_key(key: str) -> str:
-    """The exact request about to be sent, stored before the create call: a rerun after a crash
-    resends these very bytes, so the Idempotency-Key replays instead of conflicting."""
-    return f"{JOBS_PREFIX}/{key}/intent.json"
-
-
-def job_record_key(key: str) -> str:
-    return f"{JOBS_PREFIX}/{key}/result.json"
-
-
-def is_task_id(value: object) -> bool:
-    """Whether `value` can be an EvoLink task id (and so a storage key segment)."""
-    return isinstance(value, str) and TASK_ID_RE.fullmatch(value) is not None
-
-
-def task_index_key(task_id: str) -> str:
-    """`_tasks/<task_id>.json`: the one object that says a task id is ours (`TaskIndex`), so
-    a callback for it is looked up in one read. ValueError for anything that is no task id."""
-    if not is_task_id(task_id):
-        raise ValueError(f"not an EvoLink task id: {task_id[:40]!r}")
-    return f"{TASKS_PREFIX}/{task_id}.json"
 
 
 def utcnow() -> datetime:

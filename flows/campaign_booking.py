@@ -36,20 +36,18 @@ from evolink.jobs import (
     JobRecord,
     SubmitRecord,
     idempotency_key,
-    intent_record_key,
     job_key,
-    job_record_key,
-    submit_record_key,
 )
 from evolink.models import ImageRequest
 from evolink.polling import PollSchedule
+from evolink.records import RecordStore
 from evolink.recovery import JournalEntry, stored_row
 from evolink.states import TaskStatus
 from prefect_evolink.blocks import AssetStorage, EvoLinkCredentials, safe_key
 from prefect_evolink.flows.campaign_boundary import AssetBoundary
 from prefect_evolink.tasks.job import JobTrail, run_image_job
 from prefect_evolink.tasks.lookup import fetch_task
-from prefect_evolink.tasks.recovery import READERS, _bounded, journal_key, read_journal
+from prefect_evolink.tasks.recovery import READERS, _bounded, read_journal
 
 RESUBMITS: Final = 1
 """A task that failed with a code a new submission may fix is resubmitted once per job."""
@@ -174,7 +172,7 @@ class Booking:
             estimated_usd=str(estimate.usd),
         )
         try:
-            await self.storage.aput_json(journal_key(self.campaign, asset, stage, keys[0]), entry)
+            await RecordStore(self.storage).put_journal(self.campaign, asset, stage, keys[0], entry)
         except Exception as error:  # noqa: BLE001 — the job records still tell the story
             self.logger.warning("Journal entry of %s %s not written: %s", asset, stage, error)
 
@@ -233,14 +231,13 @@ class Booking:
 
     async def _submit_record(self, key: str) -> SubmitRecord | None:
         try:
-            data = await self.storage.aget_json(submit_record_key(key))
-            return None if data is None else SubmitRecord.model_validate(data)
+            return await RecordStore(self.storage).get_submit(key)
         except Exception:  # noqa: BLE001 — cannot tell: the intent decides (see the caller)
             return None
 
     async def _intent_written(self, key: str) -> bool:
         try:
-            return await self.storage.aexists(intent_record_key(key))
+            return await RecordStore(self.storage).has_intent(key)
         except Exception:  # noqa: BLE001 — cannot tell: assume it was sent
             return True
 
@@ -264,7 +261,7 @@ class Booking:
             if key not in self.booked_keys
         ]
         found = await _bounded(  # a 1,000-asset rerun reads 16 at a time, not 2,000 at once
-            [self.storage.aget_json(job_record_key(key)) for _, key in keys], READERS
+            [RecordStore(self.storage).get_result_data(key) for _, key in keys], READERS
         )
         for (entry, _), data in zip(keys, found, strict=True):
             if data is None or not reusable_here(data, self.credentials.base_url):

@@ -29,13 +29,14 @@ from evolink.campaign import (
 )
 from evolink.cost import usd
 from evolink.jobs import utcnow
+from evolink.records import RecordStore
 from prefect_evolink.blocks import AssetStorage
 from prefect_evolink.flows.campaign_booking import Booking
 from prefect_evolink.flows.campaign_boundary import AssetBoundary
 from prefect_evolink.tasks.campaign_cost import publish_campaign_report
 from prefect_evolink.tasks.campaign_finals import publish_final_previews
 from prefect_evolink.tasks.campaign_progress import save_manifest
-from prefect_evolink.tasks.recovery import manifest_key, read_manifest
+from prefect_evolink.tasks.recovery import read_manifest
 
 
 class ManifestWriter:
@@ -83,8 +84,8 @@ class ManifestWriter:
     async def checkpoint(self, selection: str, started_at: datetime) -> None:
         """The manifest so far, marked running: what a killed run leaves besides its records."""
         try:
-            await self.storage.aput_json(
-                manifest_key(self.brief.campaign), self.manifest(selection, started_at, "running")
+            await RecordStore(self.storage).put_manifest(
+                self.manifest(selection, started_at, "running")
             )
         except Exception as error:  # noqa: BLE001 — the final write is the one that must work
             self.logger.warning("Manifest checkpoint not written: %s", error)

@@ -21,8 +21,9 @@ from evolink.campaign import AssetStatus, Selector, campaign_namespace
 from evolink.cost import usd
 from evolink.endpoint import reusable_here
 from evolink.errors import DraftUnavailableError, NotFoundError, ResultExpiredError
-from evolink.jobs import JobRecord, StoredImage, job_key, job_record_key, utcnow
+from evolink.jobs import JobRecord, StoredImage, job_key, utcnow
 from evolink.models import ImageRequest
+from evolink.records import RecordStore
 from prefect_evolink.blocks import AssetStorage, EvoLinkCredentials
 from prefect_evolink.flows.campaign_booking import RESUBMITS, Booking
 from prefect_evolink.flows.campaign_boundary import AssetBoundary
@@ -107,8 +108,8 @@ class CampaignStages:
         replaced, so following the chain from the first drafts finds it — storage reads only,
         in every later run, with or without the flag."""
         while True:
-            data = await self.storage.aget_json(
-                job_record_key(self._redo_key(plan, identity, record))
+            data = await RecordStore(self.storage).get_result_data(
+                self._redo_key(plan, identity, record)
             )
             if data is None or not reusable_here(data, self.credentials.base_url):
                 return record

@@ -10,9 +10,10 @@ from prefect import get_run_logger
 from evolink.campaign import submitted_job_record
 from evolink.cost import estimate, usd
 from evolink.errors import PaidJobNotStoredError, SubmitRecordNotStoredError
-from evolink.jobs import JobRecord, job_key, submit_record_key
+from evolink.jobs import JobRecord, job_key
 from evolink.models import ImageRequest
 from evolink.polling import DEFAULT_DEADLINE_SECONDS
+from evolink.records import RecordStore
 from prefect_evolink.blocks import (
     EvoLinkCredentials,
     EvoLinkSpendCap,
@@ -151,7 +152,7 @@ async def run_and_report(
     credentials, storage, cap = blocks.credentials, blocks.storage, blocks.spend_cap
     if cap is not None:
         first = job_key(namespace, request, identity=identity, endpoint=credentials.endpoint_scope)
-        if await storage.aexists(submit_record_key(first)):
+        if await RecordStore(storage).has_submit(first):
             cap = None  # sent before: reattaching costs nothing new
     reservation = await reserve_spend(cap, storage, estimate(request).usd, namespace)
     try:

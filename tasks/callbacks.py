@@ -74,12 +74,12 @@ from evolink.callbacks import (
     TokenBucket,
     read_callback_task_id,
     reported_marker,
-    reported_marker_key,
     task_event,
 )
 from evolink.client import EvoLinkClient
 from evolink.errors import BadCallbackError, EvoLinkError, NotFoundError
-from evolink.jobs import TaskIndex, task_index_key
+from evolink.jobs import TaskIndex
+from evolink.records import RecordStore
 from evolink.retry import RetryPolicy
 from evolink.urls import private_urls_allowed
 from prefect_evolink.blocks import AssetStorage
@@ -404,7 +404,7 @@ class CallbackReceiver:
             )
 
         try:
-            raw = await self.storage.aget_json(task_index_key(task_id))
+            raw = await RecordStore(self.storage).get_task_index(task_id)
         except Exception as error:  # noqa: BLE001 — storage trouble: let EvoLink retry
             return storage_failed(error)
         self._storage_ok = True
@@ -415,7 +415,7 @@ class CallbackReceiver:
         except ValidationError:
             return answer(202, {"status": "ignored"}, note="its index is unreadable")
         try:
-            marker = await self.storage.aget_bytes(reported_marker_key(task_id))
+            marker = await RecordStore(self.storage).get_reported_marker(task_id)
         except Exception as error:  # noqa: BLE001
             return storage_failed(error)
         reported = _marker_status(marker)
@@ -455,9 +455,9 @@ class CallbackReceiver:
         still books the task), it never makes a second one."""
         status = str(event.payload["status"])
         marker = reported_marker(event, datetime.now(UTC))
-        key = reported_marker_key(task_id)
+        records = RecordStore(self.storage)
         try:
-            await self.storage.aput_json(key, marker)
+            await records.put_reported_marker(task_id, marker)
         except Exception as error:  # noqa: BLE001 — storage trouble: let EvoLink retry
             self._storage_ok = False
             return _Answer(
@@ -472,7 +472,7 @@ class CallbackReceiver:
             self.emit(event)
         except Exception as error:  # noqa: BLE001 — free the marker so EvoLink's retry emits
             with contextlib.suppress(Exception):
-                await self.storage.aput_json(key, {**marker, "state": "emit_failed"})
+                await records.put_reported_marker(task_id, {**marker, "state": "emit_failed"})
             return _Answer(
                 503,
                 {"status": "not_emitted"},

@@ -16,8 +16,8 @@ from uuid import UUID
 from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 
 from evolink.campaign import CampaignManifest
+from evolink.records import RecordStore
 from prefect_evolink.blocks import AssetStorage
-from prefect_evolink.tasks.recovery import manifest_key
 from prefect_evolink.tasks.reporting import artifact_key
 from prefect_evolink.tasks.steps import evolink_step
 
@@ -53,8 +53,7 @@ async def save_manifest(manifest: CampaignManifest, storage: AssetStorage) -> st
         uri = await save_manifest(manifest, storage)
         ```
     """
-    stored = await storage.aput_json(manifest_key(manifest.campaign), manifest)
-    return stored.uri
+    return await RecordStore(storage).put_manifest(manifest)
 
 
 class Progress:

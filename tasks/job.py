@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.context import FlowRunContext
@@ -27,14 +27,13 @@ from evolink.errors import (
 from evolink.jobs import (
     JobRecord,
     SubmitRecord,
-    intent_record_key,
     job_key,
-    job_record_key,
-    submit_record_key,
     utcnow,
 )
+from evolink.layout import ELSEWHERE_FILE as ELSEWHERE_FILE
 from evolink.models import ImageRequest
 from evolink.polling import PollSchedule
+from evolink.records import RecordStore
 from prefect_evolink.blocks import AssetStorage
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
 from prefect_evolink.tasks.limits import provider_capacity
@@ -43,7 +42,6 @@ from prefect_evolink.tasks.poll import poll_job
 from prefect_evolink.tasks.spend import record_bill
 from prefect_evolink.tasks.submit import submit_job
 
-ELSEWHERE_FILE: Final = "elsewhere.json"
 """Under a job's unscoped key: where the job was last done, for `_say_why_not_reused`."""
 
 
@@ -229,7 +227,7 @@ async def run_image_job(
             trail.result_links, trail.completed_at = list(final.results), time.monotonic()
         forget_results(submit, final, images)
         record = JobRecord.build(submit, cost, final.billed, images, completed_at=utcnow())
-        await storage.aput_json(job_record_key(key), record.model_dump(mode="json"))
+        await RecordStore(storage).put_result(record)  # booked for the running total
         await _note_elsewhere(storage, namespace, request, identity, record)
         return record
     raise AssertionError("unreachable: the last attempt returns or raises")
@@ -260,7 +258,7 @@ async def find_finished_job(
         foreign: dict[str, Any] | None = None
         for attempt in range(1, resubmits + 2):
             key = job_key(namespace, request, attempt=attempt, identity=identity, endpoint=scope)
-            data = await storage.aget_json(job_record_key(key))
+            data = await RecordStore(storage).get_result_data(key)
             if data is None:
                 continue
             if reusable_here(data, credentials.base_url):
@@ -288,10 +286,6 @@ def _family_key(namespace: str, request: ImageRequest, identity: dict[str, Any] 
     return job_key(namespace, request, identity=identity)
 
 
-def _elsewhere_key(family: str) -> str:
-    return f"{submit_record_key(family).rsplit('/', 1)[0]}/{ELSEWHERE_FILE}"
-
-
 async def _note_elsewhere(
     storage: AssetStorage,
     namespace: str,
@@ -301,8 +295,8 @@ async def _note_elsewhere(
 ) -> None:
     """Best effort: note where this job was done, under its unscoped key (see `_family_key`)."""
     try:
-        await storage.aput_json(
-            _elsewhere_key(_family_key(namespace, request, identity)),
+        await RecordStore(storage).put_elsewhere(
+            _family_key(namespace, request, identity),
             {
                 "endpoint": record.endpoint,
                 "simulator": record.simulator,
@@ -324,7 +318,7 @@ async def _say_why_not_reused(
     """A job about to be sent that was already done at another endpoint: say so, and why it is
     not reused (records belong to the endpoint they were made at). Best effort."""
     try:
-        note = await storage.aget_json(_elsewhere_key(_family_key(namespace, request, identity)))
+        note = await RecordStore(storage).get_elsewhere(_family_key(namespace, request, identity))
     except Exception:  # noqa: BLE001 — only a log line depends on it
         return
     if not note or reusable_here(note, credentials.base_url):
@@ -349,7 +343,7 @@ async def _sent_before(storage: AssetStorage, key: str) -> bool:
     new one (the safe side), and `submit_job`, a step with retries, reads the record again.
     """
     try:
-        return bool(await storage.aexists(submit_record_key(key)))
+        return await RecordStore(storage).has_submit(key)
     except Exception:  # noqa: BLE001 — see above
         return False
 
@@ -360,6 +354,6 @@ async def _intent_before(storage: AssetStorage, key: str) -> bool:
     request is then prepared, which costs a look-up at most, and `submit_job` still resends the
     stored intent if there is one."""
     try:
-        return bool(await storage.aexists(intent_record_key(key)))
+        return await RecordStore(storage).has_intent(key)
     except Exception:  # noqa: BLE001 — see above
         return False

@@ -20,13 +20,10 @@ from prefect import get_run_logger
 
 from evolink.errors import redact_url
 from evolink.jobs import StoredImage
+from evolink.layout import sidecar_key as sidecar_key  # an image's sidecar: beside it
 from prefect_evolink.blocks import AssetStorage
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
 from prefect_evolink.tasks.steps import evolink_step, is_retryable
-
-
-def sidecar_key(image_key: str) -> str:
-    return f"{image_key}.json"
 
 
 @evolink_step("evolink-persist-image", "persist {task_id} image {index}")

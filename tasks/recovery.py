@@ -1,4 +1,7 @@
-"""Where a campaign's manifest and journal live, and its rebuild from the records in storage.
+"""A campaign's manifest and journal, and its rebuild from the records in storage.
+
+Where they live is `evolink.layout`'s (the keys are re-exported here); they are read and
+written through the record store (`evolink.records`).
 
 The rebuild itself is Prefect-free (`evolink.recovery`); this is its glue: read the job records
 and the journal from a storage block, ask EvoLink (through the client, with the account's key)
@@ -12,16 +15,21 @@ Prefect API (unless a block is named).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from evolink.campaign import CampaignManifest
-from evolink.jobs import JOBS_PREFIX, JobRecord, SubmitRecord, job_record_key, submit_record_key
+from evolink.jobs import JobRecord, SubmitRecord
+from evolink.layout import JOURNAL_DIR as JOURNAL_DIR
+from evolink.layout import job_record_key, submit_record_key
+from evolink.layout import journal_key as journal_key
+from evolink.layout import journal_prefix as journal_prefix
+from evolink.layout import manifest_key as manifest_key
+from evolink.records import READERS as READERS
+from evolink.records import RecordStore, bounded
 from evolink.recovery import (
     JournalEntry,
     StoredJob,
@@ -30,32 +38,13 @@ from evolink.recovery import (
     rebuild_manifest,
     tasks_to_ask,
 )
-from prefect_evolink.blocks import AssetStorage, safe_key
+from prefect_evolink.blocks import AssetStorage
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_DIR: Final = "_journal"
-READERS: Final = 16  # storage reads at once
 M = TypeVar("M", bound=BaseModel)
 ASKERS: Final = 4  # EvoLink status queries at once
-
-_RECORD_FILES: Final = ("intent.json", "submit.json", "result.json")
-
-
-def manifest_key(campaign: str) -> str:
-    """Storage key of a campaign's manifest: `<campaign>/manifest.json`."""
-    return safe_key(campaign, "manifest.json")
-
-
-def journal_prefix(campaign: str) -> str:
-    return safe_key(campaign, JOURNAL_DIR) + "/"
-
-
-def journal_key(campaign: str, asset: str, stage: str, first_job_key: str) -> str:
-    """`<campaign>/_journal/<asset>/<stage>/<job key of attempt 1>.json` (asset ids start with
-    a letter or digit, so no asset's folder is `_journal`)."""
-    return safe_key(campaign, JOURNAL_DIR, asset, stage, f"{first_job_key}.json")
 
 
 @dataclass
@@ -70,18 +59,11 @@ class Rebuilt:
 
 
 async def _bounded(calls: list[Any], limit: int) -> list[Any]:
-    gate = asyncio.Semaphore(limit)
-
-    async def one(call: Any) -> Any:
-        async with gate:
-            return await call
-
-    return await asyncio.gather(*(one(call) for call in calls))
+    return await bounded(calls, limit)
 
 
 async def read_manifest(storage: AssetStorage, campaign: str) -> CampaignManifest | None:
-    data = await storage.aget_json(manifest_key(campaign))
-    return None if data is None else CampaignManifest.model_validate(data)
+    return await RecordStore(storage).get_manifest(campaign)
 
 
 async def read_models(
@@ -112,11 +94,7 @@ async def read_job_records(
 ) -> dict[str, StoredJob]:
     """The records of the campaign's jobs: every submit record is read to find them (its
     namespace names the campaign), plus the job keys of the journal."""
-    files: dict[str, set[str]] = defaultdict(set)
-    for key in await storage.alist_keys(f"{JOBS_PREFIX}/"):
-        parts = key.split("/")
-        if len(parts) == 3 and parts[2] in _RECORD_FILES:
-            files[parts[1]].add(parts[2])
+    files = await RecordStore(storage).job_files()
     with_submit = [k for k, names in files.items() if "submit.json" in names]
     raw = await _bounded([storage.aget_json(submit_record_key(k)) for k in with_submit], READERS)
     submits: dict[str, SubmitRecord] = {}
@@ -195,7 +173,7 @@ async def rebuild_campaign(
     found = previous is not None or bool(journal) or bool(jobs)
     uri = None
     if write and found:
-        uri = (await storage.aput_json(manifest_key(campaign), manifest)).uri
+        uri = await RecordStore(storage).put_manifest(manifest)
     for problem in problems:
         logger.warning("%s", problem)
     return Rebuilt(manifest, uri, credentials is not None, problems, found)

@@ -1,24 +1,18 @@
-"""Spend across runs in storage, and the spend cap's check with reservations.
+"""Spend across runs in storage: the report's glue (the spend cap's is `tasks.spend_cap`).
 
-The sums themselves are Prefect-free (`evolink.spend`); this is their glue:
+The sums themselves are Prefect-free (`evolink.spend`), and every record is read and written
+through the record store (`evolink.records`); this is their glue:
 
 - read the campaign manifests and the job records of a storage block (and, given credentials,
   ask EvoLink for the bills the records do not know) → a `SpendReport`; store it as CSV and
   JSON under `_reports/spend/<period>.csv|json` and publish it as the artifacts `evolink-spend`
-  (table) and `evolink-spend-summary` (markdown);
-- `reserve_spend`: the cap check a campaign, product or ad-hoc run makes before it sends
-  anything. Under the global concurrency limit `evolink-spend-cap` (one slot, created when
-  missing, acquired strictly) it sums the period's spend and the reservations of other running
-  runs, refuses with `SpendCapExceededError` when this run's estimate does not fit, and else
-  stores this run's reservation (`_reports/spend/reservations/<period>/<flow run id>.json`)
-  before the slot is released. The run releases it when it ends (`SpendReservation.release`,
-  in a `finally`); until then it counts less what the run's own jobs already recorded. A
-  reservation whose flow run ended (any final state) or that is older than the cap's
-  `reservation_hours` no longer counts, so a killed run cannot hold the cap forever. The
-  period's spend is the real spend only: jobs made at the bundled simulator are synthetic
-  bills nobody paid, so they never count against a cap (`SpendReport.simulator_totals`).
+  (table) and `evolink-spend-summary` (markdown). The report reads every record of the period:
+  it is a report, not the hot path (the cap reads the running total instead);
 - what a job records for the report: its run's origin in the submit record (`run_origin`) and
   the bill of a job that ended without a result record (`record_bill`).
+
+`reserve_spend`, `spend_cap_lock` and the rest of the cap live in `tasks.spend_cap` and are
+re-exported here, where callers have always imported them.
 
 Plain async functions, not Prefect tasks: `prefect-evolink spend` runs them without a flow.
 """
@@ -26,90 +20,61 @@ Plain async functions, not Prefect tasks: `prefect-evolink spend` runs them with
 from __future__ import annotations
 
 import logging
-import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from decimal import Decimal
+from datetime import datetime
 from typing import Any, Final
-from uuid import UUID
 
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import (
-    GlobalConcurrencyLimitCreate,
-    GlobalConcurrencyLimitUpdate,
-)
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
 from prefect.context import FlowRunContext
-from prefect.exceptions import MissingContextError, ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import MissingContextError
 from prefect.logging.loggers import get_run_logger
-from pydantic import ValidationError
 
 from evolink.campaign import CampaignManifest
-from evolink.cost import BilledCost, usd
-from evolink.errors import ProviderLimitsError, SpendCapExceededError
-from evolink.jobs import (
-    JOBS_PREFIX,
-    JobRecord,
-    SubmitRecord,
-    job_record_key,
-    submit_record_key,
-    utcnow,
-)
+from evolink.cost import BilledCost
+from evolink.jobs import SubmitRecord, utcnow
+from evolink.layout import report_keys as report_keys
+from evolink.layout import reservation_key, reservations_prefix
+from evolink.records import RecordStore
 from evolink.recovery import TaskReading
 from evolink.spend import (
     NO_DEPLOYMENT,
     ORIGIN_FIELD,
-    REPORTS_PREFIX,
-    RESERVATIONS_DIR,
     UNKNOWN,
     BillNote,
     HeldReservation,
     JobFiles,
-    PeriodWindow,
     Reservation,
     RunOrigin,
     SpendReport,
-    bill_note_key,
     build_report,
-    cap_refusal,
     classify,
     collect_jobs,
     held_reservations,
-    origin_of,
-    period_window,
     unknown_bills,
 )
 from evolink.timezones import zone
-from prefect_evolink.blocks import AssetStorage, safe_key
+from prefect_evolink.blocks import AssetStorage
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
-from prefect_evolink.blocks.spend_cap import EvoLinkSpendCap
-from prefect_evolink.tasks.recovery import (
-    READERS,
-    _bounded,
-    ask_evolink,
-    manifest_key,
-    read_models,
-)
+from prefect_evolink.tasks.recovery import ask_evolink
 from prefect_evolink.tasks.reporting import artifact_key
+from prefect_evolink.tasks.spend_cap import (
+    LOCK_LEASE_SECONDS,
+    LOCK_TIMEOUT_SECONDS,
+    SPEND_CAP_LIMIT,
+    SpendReservation,
+    ended_flow_runs,
+    ensure_spend_cap_limit,
+    reserve_spend,
+    spend_cap_lock,
+)
 from prefect_evolink.tasks.spend_report import report_csv, report_markdown, table_rows
 
 logger = logging.getLogger(__name__)
 
-SPEND_CAP_LIMIT: Final = "evolink-spend-cap"
-"""Global concurrency limit (1 slot) held while a run checks the cap and stores its reservation."""
-LOCK_LEASE_SECONDS: Final = 60.0
-LOCK_TIMEOUT_SECONDS: Final = 600.0
 TABLE_ARTIFACT: Final = "evolink-spend"
 SUMMARY_ARTIFACT: Final = "evolink-spend-summary"
 MAX_ASKED: Final = 500
 """Most tasks one report asks EvoLink about (the rest stay unknown, counted at estimate)."""
-
-_RECORD_FILES: Final = ("submit.json", "result.json", "bill.json")
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -119,25 +84,7 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return logger
 
 
-# --- storage keys ---------------------------------------------------------------------------------
-
-
-def report_keys(period: str) -> tuple[str, str]:
-    """(`_reports/spend/<period>.csv`, `….json`)."""
-    prefix = REPORTS_PREFIX.split("/")
-    return safe_key(*prefix, f"{period}.csv"), safe_key(*prefix, f"{period}.json")
-
-
-def reservations_prefix(period: str) -> str:
-    return safe_key(*REPORTS_PREFIX.split("/"), RESERVATIONS_DIR, period) + "/"
-
-
-def reservation_key(period: str, reservation_id: str) -> str:
-    """`_reports/spend/reservations/<period>/<reservation id>.json`."""
-    return safe_key(*REPORTS_PREFIX.split("/"), RESERVATIONS_DIR, period, f"{reservation_id}.json")
-
-
-# --- reading storage ------------------------------------------------------------------------------
+# --- reading storage (through the record store) --------------------------------------------------
 
 
 async def read_job_files(
@@ -148,104 +95,21 @@ async def read_job_files(
     until: datetime | None = None,
 ) -> dict[str, JobFiles]:
     """The records of every job in storage; result and bill records only of jobs submitted in
-    [since, until) (the others are not counted, so not read)."""
-    files: dict[str, set[str]] = defaultdict(set)
-    for key in await storage.alist_keys(f"{JOBS_PREFIX}/"):
-        parts = key.split("/")
-        if len(parts) == 3 and parts[2] in _RECORD_FILES:
-            files[parts[1]].add(parts[2])
-    with_submit = sorted(k for k, names in files.items() if "submit.json" in names)
-    raw = await _bounded([storage.aget_json(submit_record_key(k)) for k in with_submit], READERS)
-    submits: dict[str, tuple[SubmitRecord, RunOrigin | None]] = {}
-    for key, data in zip(with_submit, raw, strict=True):
-        try:
-            submits[key] = (SubmitRecord.model_validate(data), origin_of(data))
-        except (ValidationError, TypeError, AttributeError) as error:
-            problems.append(f"{submit_record_key(key)}: unreadable ({error})")
-
-    def wanted(key: str) -> bool:
-        if key not in submits:
-            return True  # a result without its submit record: read it to know when it was sent
-        when = submits[key][0].submitted_at
-        return (since is None or when >= since) and (until is None or when < until)
-
-    chosen = [k for k in files if wanted(k)]
-    results_to_read = [k for k in chosen if "result.json" in files[k]]
-    bills_to_read = [k for k in chosen if "bill.json" in files[k] and "result.json" not in files[k]]
-    raw_results = await _bounded(
-        [storage.aget_json(job_record_key(k)) for k in results_to_read], READERS
-    )
-    raw_bills = await _bounded(
-        [storage.aget_json(bill_note_key(k)) for k in bills_to_read], READERS
-    )
-    results: dict[str, JobRecord] = {}
-    for key, data in zip(results_to_read, raw_results, strict=True):
-        try:
-            results[key] = JobRecord.model_validate(data)
-        except ValidationError as error:
-            problems.append(f"{job_record_key(key)}: unreadable ({error.error_count()} errors)")
-    bills: dict[str, BillNote] = {}
-    for key, data in zip(bills_to_read, raw_bills, strict=True):
-        try:
-            bills[key] = BillNote.model_validate(data)
-        except ValidationError as error:
-            problems.append(f"{bill_note_key(key)}: unreadable ({error.error_count()} errors)")
-    found: dict[str, JobFiles] = {}
-    for key in files:
-        submit, origin = submits.get(key, (None, None))
-        if submit is None and key not in results:
-            continue  # an intent only: never sent, or its submission is unknown (not billed)
-        found[key] = JobFiles(
-            job_key=key, submit=submit, origin=origin, result=results.get(key), bill=bills.get(key)
-        )
-    return found
+    [since, until) (the others are not counted, so not read). `RecordStore.read_job_files`."""
+    return await RecordStore(storage).read_job_files(problems, since=since, until=until)
 
 
 async def read_manifests(
     storage: AssetStorage, campaigns: set[str], problems: list[str]
 ) -> dict[str, CampaignManifest]:
     """The manifest of every campaign named (those the job records name)."""
-    names = sorted(campaigns)
-    raw = await _bounded([storage.aget_json(manifest_key(name)) for name in names], READERS)
-    manifests: dict[str, CampaignManifest] = {}
-    for name, data in zip(names, raw, strict=True):
-        if data is None:
-            continue
-        try:
-            manifests[name] = CampaignManifest.model_validate(data)
-        except ValidationError as error:
-            problems.append(f"{manifest_key(name)}: unreadable ({error.error_count()} errors)")
-    return manifests
+    return await RecordStore(storage).read_manifests(campaigns, problems)
 
 
 async def read_reservations(
     storage: AssetStorage, period: str, problems: list[str]
 ) -> list[Reservation]:
-    return await read_models(
-        storage, reservations_prefix(period), Reservation, "reservation", problems
-    )
-
-
-async def ended_flow_runs(ids: list[str]) -> set[str]:
-    """Which of these flow runs are in a final state (their records are the whole story).
-    A run the API does not know, or an API that does not answer, leaves the reservation held."""
-    wanted: list[UUID] = []
-    for value in ids:
-        try:
-            wanted.append(UUID(value))
-        except ValueError:
-            continue
-    if not wanted:
-        return set()
-    try:
-        async with get_client() as client:
-            runs = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=wanted))
-            )
-    except Exception as error:  # noqa: BLE001 — unknown: the reservations stay held
-        _logger().warning("Could not read the flow runs of the spend reservations: %s", error)
-        return set()
-    return {str(run.id) for run in runs if run.state is not None and run.state.is_final()}
+    return await RecordStore(storage).read_reservations(period, problems)
 
 
 async def gather_spend(
@@ -321,12 +185,7 @@ async def gather_spend(
 async def store_spend_report(report: SpendReport, storage: AssetStorage) -> tuple[str, str]:
     """`_reports/spend/<period>.csv` (the totals and every group) and `.json` (everything,
     each job included); returns their URIs."""
-    csv_key, json_key = report_keys(report.period)
-    stored_csv = await storage.aput_bytes(
-        csv_key, report_csv(report).encode("utf-8"), content_type="text/csv"
-    )
-    stored_json = await storage.aput_json(json_key, report)
-    return stored_csv.uri, stored_json.uri
+    return await RecordStore(storage).put_spend_report(report.period, report_csv(report), report)
 
 
 async def publish_spend_report(report: SpendReport, *, csv_uri: str, json_uri: str) -> None:
@@ -342,176 +201,6 @@ async def publish_spend_report(report: SpendReport, *, csv_uri: str, json_uri: s
         markdown=report_markdown(report) + f"\nStored: `{csv_uri}`, `{json_uri}`\n",
         description=f"EvoLink spend {report.period}",
     )
-
-
-# --- the cap --------------------------------------------------------------------------------------
-
-
-async def ensure_spend_cap_limit() -> str:
-    """Create `evolink-spend-cap` with one slot when missing; make it one active slot when it
-    is not (more slots would not be a lock). Returns created / updated / unchanged."""
-    async with get_client() as client:
-        try:
-            current = await client.read_global_concurrency_limit_by_name(SPEND_CAP_LIMIT)
-        except ObjectNotFound:
-            try:
-                await client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=SPEND_CAP_LIMIT, limit=1)
-                )
-            except ObjectAlreadyExists:  # another run created it meanwhile
-                return "unchanged"
-            return "created"
-        if current.limit == 1 and current.active:
-            return "unchanged"
-        await client.update_global_concurrency_limit(
-            SPEND_CAP_LIMIT, GlobalConcurrencyLimitUpdate(limit=1, active=True)
-        )
-        return "updated"
-
-
-@asynccontextmanager
-async def spend_cap_lock(timeout_seconds: float = LOCK_TIMEOUT_SECONDS) -> AsyncIterator[None]:
-    """Hold the one slot of `evolink-spend-cap` for the body (strict: never skipped)."""
-    await ensure_spend_cap_limit()
-    async with AsyncExitStack() as stack:
-        try:
-            await stack.enter_async_context(
-                concurrency(
-                    SPEND_CAP_LIMIT,
-                    occupy=1,
-                    timeout_seconds=timeout_seconds,
-                    lease_duration=LOCK_LEASE_SECONDS,
-                    strict=True,
-                    raise_on_lease_renewal_failure=False,
-                )
-            )
-        except (ConcurrencySlotAcquisitionError, TimeoutError) as error:
-            raise ProviderLimitsError(
-                f"could not hold the spend cap lock {SPEND_CAP_LIMIT!r}: {error} (nothing was sent)"
-            ) from error
-        yield
-
-
-@dataclass
-class SpendReservation:
-    """A run's reservation against a spend cap; `release()` when the run ends (never raises)."""
-
-    storage: AssetStorage | None = None
-    key: str | None = None
-    reservation: Reservation | None = None
-
-    async def release(self) -> None:
-        if self.storage is None or self.key is None or self.reservation is None:
-            return
-        released = self.reservation.model_copy(update={"released_at": utcnow()})
-        try:
-            await self.storage.aput_json(self.key, released)
-        except Exception as error:  # noqa: BLE001 — it expires, and ends with its flow run
-            _logger().warning("Spend reservation %s not released: %s", self.key, error)
-        else:
-            self.reservation = None
-
-
-def _cap_name(cap: EvoLinkSpendCap) -> str:
-    name = getattr(cap, "_block_document_name", None)
-    return repr(name) if name else "(unsaved block)"
-
-
-def _flow_run_id() -> str | None:
-    context = FlowRunContext.get()
-    run = context.flow_run if context else None
-    return str(run.id) if run is not None else None
-
-
-async def reserve_spend(
-    cap: EvoLinkSpendCap | None,
-    storage: AssetStorage,
-    estimate_usd: Decimal,
-    label: str,
-) -> SpendReservation:
-    """Check the cap and reserve this run's estimate, or raise `SpendCapExceededError`.
-
-    Under the `evolink-spend-cap` lock: the period's spend (manifests and job records in
-    `storage`) + what other running runs reserved + `estimate_usd` must fit `cap.limit_usd`;
-    then the reservation is stored. Without a cap nothing is checked or stored. The spend is
-    the real spend only (`SpendReport.totals`): what the bundled simulator "billed" is
-    synthetic, and a cap that counted it would refuse real work over money never spent.
-
-    Args:
-        cap: The spend cap block, or None.
-        storage: The run's storage: where the spend is summed and the reservation kept.
-        estimate_usd: The most this run is estimated to spend.
-        label: What the run is, for messages and the reservation ('campaign X', 'product Y').
-
-    Returns:
-        The reservation; release it when the run ends.
-
-    Raises:
-        SpendCapExceededError: The estimate does not fit; the message names the cap, the
-            spend so far, the reservations and the estimate. Nothing was sent.
-        ProviderLimitsError: The lock could not be held.
-    """
-    if cap is None:
-        return SpendReservation()
-    where = zone(cap.timezone)
-    now = datetime.now(where)
-    window: PeriodWindow = period_window(now, cap.period, where)
-    run_id = _flow_run_id()
-    reservation_id = run_id or uuid.uuid4().hex
-    async with spend_cap_lock():
-        report = await gather_spend(
-            storage,
-            since=window.start,
-            until=window.end,
-            timezone=cap.timezone,
-            reservations=window.label,
-            exclude_reservation=reservation_id,
-            check_runs=True,
-        )
-        spent = Decimal(report.totals.total_usd)  # real jobs only, never the simulator's
-        refusal = cap_refusal(
-            cap=_cap_name(cap),
-            limit_usd=Decimal(cap.limit_usd),
-            window=window,
-            spent_usd=spent,
-            reserved=report.reserved,
-            estimate_usd=estimate_usd,
-            label=label,
-        )
-        if refusal:
-            raise SpendCapExceededError(refusal)
-        reservation = Reservation(
-            reservation_id=reservation_id,
-            flow_run_id=run_id,
-            label=label,
-            period=window.label,
-            estimated_usd=str(estimate_usd),
-            reserved_at=now,
-            expires_at=now + timedelta(hours=cap.reservation_hours),
-        )
-        key = reservation_key(window.label, reservation_id)
-        await storage.aput_json(key, reservation)
-    left = Decimal(cap.limit_usd) - spent - report.reserved_usd - estimate_usd
-    _logger().info(
-        "Spend cap %s (%s per %s, %s): spent so far %s, reserved by other runs %s, this run "
-        "reserves %s; %s left (an estimate check with reservations)",
-        _cap_name(cap),
-        usd(cap.limit_usd),
-        cap.period,
-        window.label,
-        usd(spent),
-        usd(report.reserved_usd),
-        usd(estimate_usd),
-        usd(left),
-    )
-    if report.simulator_totals.jobs:
-        _logger().info(
-            "Not counted against the cap: %s over %d job(s) of the bundled simulator "
-            "(synthetic, not billed by EvoLink)",
-            usd(report.simulator_totals.total_usd),
-            report.simulator_totals.jobs,
-        )
-    return SpendReservation(storage, key, reservation)
 
 
 # --- what a job records for the report ------------------------------------------------------------
@@ -570,19 +259,28 @@ async def record_bill(
         note=note[:500],
     )
     try:
-        await storage.aput_json(bill_note_key(submit.job_key), bill)
+        await RecordStore(storage).put_bill(bill)
     except Exception as error:  # noqa: BLE001 — the spend report counts it at its estimate
         _logger().warning("Bill of task %s not recorded: %s", submit.task_id, error)
 
 
 __all__ = [
+    "LOCK_LEASE_SECONDS",
+    "LOCK_TIMEOUT_SECONDS",
     "NO_DEPLOYMENT",
     "SPEND_CAP_LIMIT",
     "SpendReservation",
+    "ended_flow_runs",
     "ensure_spend_cap_limit",
     "gather_spend",
     "publish_spend_report",
+    "read_job_files",
+    "read_manifests",
+    "read_reservations",
     "record_bill",
+    "report_keys",
+    "reservation_key",
+    "reservations_prefix",
     "reserve_spend",
     "run_origin",
     "spend_cap_lock",

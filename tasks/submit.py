@@ -13,17 +13,15 @@ from evolink.jobs import (
     SubmitRecord,
     TaskIndex,
     idempotency_key,
-    intent_record_key,
     is_task_id,
     job_key,
-    submit_record_key,
-    task_index_key,
 )
 from evolink.models import ImageRequest
+from evolink.records import RecordStore
 from evolink.spend import ORIGIN_FIELD
 from prefect_evolink.blocks import AssetStorage
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
-from prefect_evolink.tasks.spend import run_origin, with_origin
+from prefect_evolink.tasks.spend import run_origin
 from prefect_evolink.tasks.steps import evolink_step, is_retryable
 
 
@@ -90,8 +88,8 @@ async def submit_job(
     logger = get_run_logger()
     scope = credentials.endpoint_scope if scope is None else scope
     key = job_key(namespace, request, attempt=attempt, identity=identity, endpoint=scope)
-    record_key = submit_record_key(key)
-    existing = await storage.aget_json(record_key)
+    store = RecordStore(storage)
+    existing = await store.get_submit_data(key)
     if existing is not None:
         record = SubmitRecord.model_validate(existing)
         logger.info(
@@ -100,11 +98,14 @@ async def submit_job(
             record.submitted_at.isoformat(),
         )
         needs_index = bool(record.request.callback_url) and is_task_id(record.task_id)
-        if needs_index and not await storage.aexists(task_index_key(record.task_id)):
+        if needs_index and not await store.has_task_index(record.task_id):
             await index_task(storage, record, existing.get(ORIGIN_FIELD))  # an older record
+        # Booked again (idempotent): a run that died between the record and its booking
+        # leaves the spend cap's running total short until a rerun comes by here.
+        await store.book_submit(record, existing)
         return record
 
-    intent = await storage.aget_json(intent_record_key(key))
+    intent = await store.get_intent(key)
     if intent is not None:
         request = ImageRequest.model_validate(
             intent
@@ -112,7 +113,7 @@ async def submit_job(
     else:
         if request.callback_url is None and credentials.callback_url:
             request = request.model_copy(update={"callback_url": credentials.callback_url})
-        await storage.aput_json(intent_record_key(key), request.to_payload())
+        await store.put_intent(key, request.to_payload())
 
     cost = estimate(request)
     logger.info(
@@ -144,9 +145,8 @@ async def submit_job(
     origin = await run_origin()
     if request.callback_url:
         await index_task(storage, record, origin)  # first: the callback may come soon
-    stored = with_origin(record.model_dump(mode="json"), origin)
     try:
-        await storage.aput_json(record_key, stored)
+        await store.put_submit(record, origin)  # with the origin; booked for the running total
     except Exception as error:
         # The task exists (it is billed if it completes): the error carries its id. A retry
         # resends the stored intent with the same Idempotency-Key — EvoLink replays this task.
@@ -169,7 +169,7 @@ async def index_task(storage: AssetStorage, record: SubmitRecord, origin: object
         return
     index = TaskIndex.of(record, origin if isinstance(origin, dict) else None)
     try:
-        await storage.aput_json(task_index_key(record.task_id), index.model_dump(mode="json"))
+        await RecordStore(storage).put_task_index(index)
     except Exception as error:  # noqa: BLE001 — bookkeeping must not fail a paid job
         get_run_logger().warning(
             "Task %s not indexed for callbacks (%s): its callbacks will be ignored",

@@ -43,13 +43,22 @@ DOMAIN = frozenset(
         "evolink.callbacks",
         "evolink.campaign",
         "evolink.jobs",
+        "evolink.keys",
+        "evolink.layout",
+        "evolink.periods",
         "evolink.previews",
+        "evolink.records",
         "evolink.recovery",
+        "evolink.running_total",
         "evolink.spend",
+        "evolink.spend_cap",
+        "evolink.spend_jobs",
+        "evolink.spend_report",
     }
 )
-"""What is built on the client: briefs, budgets, campaigns, job records and their rebuild,
-callback events, review thumbnails, spend."""
+"""What is built on the client: briefs, budgets, campaigns, job records, their storage keys
+(keys, layout) and store (records, running_total), their rebuild, callback events, review
+thumbnails, spend (jobs, periods, report, cap)."""
 
 
 def imports_of(source: str) -> set[str]:

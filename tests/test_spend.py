@@ -68,6 +68,7 @@ from prefect_evolink.flows.campaign import run_campaign
 from prefect_evolink.flows.generate import generate_image
 from prefect_evolink.flows.spend import report_window, spend_report
 from prefect_evolink.tasks import spend as spend_tasks
+from prefect_evolink.tasks import spend_cap as spend_cap_tasks
 from prefect_evolink.tasks.spend import (
     SPEND_CAP_LIMIT,
     gather_spend,
@@ -576,7 +577,7 @@ def race(monkeypatch: pytest.MonkeyPatch, cap: EvoLinkSpendCap, *, locked: bool)
     until the other has tried to take the lock, so their checks overlap for sure — unless the
     lock keeps the second out. (Flow runs that start together on the SQLite test API do not
     start at the same moment: one is often answered 503 and retries after about 2 s.)"""
-    real_lock, real_gather = spend_tasks.spend_cap_lock, spend_tasks.gather_spend
+    real_lock, real_read = spend_cap_tasks.spend_cap_lock, spend_cap_tasks.cap_spend
     attempts: list[float] = []
     seen = {"inside": 0, "peak": 0, "overlapped": False}
 
@@ -589,11 +590,11 @@ def race(monkeypatch: pytest.MonkeyPatch, cap: EvoLinkSpendCap, *, locked: bool)
         else:
             yield
 
-    async def held_gather(*args: Any, **kwargs: Any) -> Any:
+    async def held_read(*args: Any, **kwargs: Any) -> Any:
         seen["inside"] += 1
         seen["peak"] = max(seen["peak"], seen["inside"])
         try:
-            found = await real_gather(*args, **kwargs)
+            found = await real_read(*args, **kwargs)
             deadline = time.monotonic() + 20
             while len(attempts) < 2 and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -604,8 +605,8 @@ def race(monkeypatch: pytest.MonkeyPatch, cap: EvoLinkSpendCap, *, locked: bool)
         finally:
             seen["inside"] -= 1
 
-    monkeypatch.setattr(spend_tasks, "spend_cap_lock", watched_lock)
-    monkeypatch.setattr(spend_tasks, "gather_spend", held_gather)
+    monkeypatch.setattr(spend_cap_tasks, "spend_cap_lock", watched_lock)
+    monkeypatch.setattr(spend_cap_tasks, "cap_spend", held_read)
 
     async def both() -> list[Any]:
         return await asyncio.gather(
