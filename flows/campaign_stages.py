@@ -27,10 +27,10 @@ from evolink.records import RecordStore
 from prefect_evolink.blocks import AssetStorage, EvoLinkCredentials
 from prefect_evolink.flows.campaign_booking import RESUBMITS, Booking
 from prefect_evolink.flows.campaign_boundary import AssetBoundary
-from prefect_evolink.tasks.image_delivery import ImageDelivery
+from prefect_evolink.tasks.image_delivery import PRESIGN_SECONDS, ImageDelivery
 from prefect_evolink.tasks.job import JobTrail, find_finished_job, forget_results
 from prefect_evolink.tasks.lookup import lookup_result_url
-from prefect_evolink.tasks.references import PRESIGN_SECONDS, AssetReferences
+from prefect_evolink.tasks.references import AssetReferences
 
 DRAFT_LINK_REUSE_SECONDS: Final = 3600.0
 """A final is made from its chosen draft's result link. The link the draft job's poll returned

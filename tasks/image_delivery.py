@@ -35,7 +35,8 @@ from typing import Final
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
-from evolink.files import EvoLinkFilesClient, FilesQuotaExceededError
+from evolink.errors import FilesQuotaExceededError
+from evolink.files import EvoLinkFilesClient
 from evolink.jobs import utcnow
 from evolink.models import ImageRequest
 from evolink.records import RecordStore
@@ -217,8 +218,7 @@ class ImageDelivery:
         if image.path is not None:
             data = await asyncio.to_thread(image.path.read_bytes)
         else:
-            assert image.storage_key is not None
-            stored = await self.storage.aget_bytes(image.storage_key)
+            stored = await self.storage.aget_bytes(image.storage_key or "")
             if stored is None:
                 raise FileNotFoundError(f"{image.source}: not in storage")
             data = stored
