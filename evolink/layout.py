@@ -24,6 +24,8 @@ _reports/spend/running/campaigns.json    … the campaigns' manifest facts it co
 _reports/spend/running/facts/<shard>.json   … the spend facts of each task
 _reports/spend/running/pending/<when>-<id>.json   a booking not yet folded into it
 _reports/spend/running/live/<period>.json   the ids of the period's reservations still held
+_uploads/<files scope>/<sha256>.json   an image uploaded to the Files API: file id, URL, expiry,
+                                      the jobs that used it (`evolink.uploads.UploadRecord`)
 ```
 
 Prefect-free and model-free (keys only), so the job models (`evolink.jobs`) can re-export the
@@ -52,6 +54,8 @@ ELSEWHERE_FILE: Final = "elsewhere.json"
 JOB_FILES: Final = (INTENT_FILE, SUBMIT_FILE, RESULT_FILE, BILL_FILE)
 """The records of one job key that readers list (`elsewhere.json` is only a note)."""
 
+UPLOADS_PREFIX: Final = "_uploads"
+"""`_uploads/<files scope>/<sha256>.json`: the uploads this storage's runs made."""
 REPORTS_PREFIX: Final = "_reports/spend"
 """Where the reports (`<period>.csv`, `<period>.json`) and the reservations are stored."""
 RESERVATIONS_DIR: Final = "reservations"
@@ -205,3 +209,32 @@ def pending_prefix() -> str:
 def pending_key(name: str) -> str:
     """`_reports/spend/running/pending/<name>.json` (name: `<UTC time>-<random id>`)."""
     return _reports(RUNNING_DIR, PENDING_DIR, f"{name}.json")
+
+
+# --- uploads (the Files API) ----------------------------------------------------------------------
+
+_SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
+_SCOPE_RE: Final = re.compile(r"[0-9a-z]{1,32}")
+
+
+def uploads_prefix() -> str:
+    """`_uploads/`: every upload record of a storage."""
+    return f"{UPLOADS_PREFIX}/"
+
+
+def upload_record_key(scope: str, sha256: str) -> str:
+    """`_uploads/<files scope>/<sha256>.json`: one image uploaded to one Files API endpoint
+    (`evolink.uploads.files_scope`). ValueError for a scope or digest of another shape."""
+    if not _SCOPE_RE.fullmatch(scope) or not _SHA256_RE.fullmatch(sha256):
+        raise ValueError(f"not an upload record key: {scope[:40]!r}/{sha256[:80]!r}")
+    return f"{UPLOADS_PREFIX}/{scope}/{sha256}.json"
+
+
+def upload_file_of(key: str) -> tuple[str, str] | None:
+    """A listed key under `_uploads/` → (files scope, sha256); None for anything else."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] == UPLOADS_PREFIX and parts[2].endswith(".json"):
+        scope, digest = parts[1], parts[2].removesuffix(".json")
+        if _SCOPE_RE.fullmatch(scope) and _SHA256_RE.fullmatch(digest):
+            return scope, digest
+    return None

@@ -88,6 +88,9 @@ from evolink.layout import (
     running_totals_key,
     submit_record_key,
     task_index_key,
+    upload_file_of,
+    upload_record_key,
+    uploads_prefix,
 )
 from evolink.periods import PeriodWindow
 from evolink.running_total import (
@@ -108,6 +111,7 @@ from evolink.running_total import (
 )
 from evolink.spend_cap import Reservation
 from evolink.spend_jobs import ORIGIN_FIELD, BillNote, JobFiles, RunOrigin, origin_of
+from evolink.uploads import UploadRecord
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +335,55 @@ class RecordStore:
                 bill=bills.get(key),
             )
         return found
+
+    async def job_ended(self, key: str) -> bool:
+        """Whether the job key's work at EvoLink is over: its result record, or the bill note
+        of a job that ended without one, is stored."""
+        return bool(
+            await self.storage.aexists(job_record_key(key))
+            or await self.storage.aexists(bill_note_key(key))
+        )
+
+    async def job_started(self, key: str) -> bool:
+        """Whether a create may have been sent for the job key (an intent or submit record)."""
+        return bool(
+            await self.storage.aexists(intent_record_key(key))
+            or await self.storage.aexists(submit_record_key(key))
+        )
+
+    # -- uploads (the Files API) -----------------------------------------------------------------
+
+    async def get_upload(self, scope: str, sha256: str) -> UploadRecord | None:
+        """The upload of an image to a Files API endpoint, or None (also when unreadable: a
+        new upload replaces it)."""
+        data = await self.storage.aget_json(upload_record_key(scope, sha256))
+        if not isinstance(data, dict):
+            return None
+        try:
+            return UploadRecord.model_validate(data)
+        except ValidationError as error:
+            logger.warning("%s", _problem(upload_record_key(scope, sha256), error))
+            return None
+
+    async def put_upload(self, record: UploadRecord) -> None:
+        await self.storage.aput_json(upload_record_key(record.scope, record.sha256), record)
+
+    async def forget_upload(self, record: UploadRecord) -> None:
+        """Delete the record of an upload that is gone (deleted or expired at EvoLink)."""
+        await self.storage.adelete_key(upload_record_key(record.scope, record.sha256))
+
+    async def uploads(self, problems: list[str] | None = None) -> list[UploadRecord]:
+        """Every upload record of the storage, oldest first; unreadable ones go to `problems`."""
+        keys = [k for k in await self.storage.alist_keys(uploads_prefix()) if upload_file_of(k)]
+        found: list[UploadRecord] = []
+        read = await bounded(self.storage.aget_json(k) for k in keys)
+        for key, data in zip(keys, read, strict=True):
+            try:
+                found.append(UploadRecord.model_validate(data))
+            except ValidationError as error:
+                if problems is not None:
+                    problems.append(_problem(key, error))
+        return sorted(found, key=lambda record: record.uploaded_at)
 
     # -- campaigns -----------------------------------------------------------------------------
 

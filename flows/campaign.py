@@ -69,6 +69,7 @@ from prefect_evolink.flows.run_blocks import RunBlocks
 from prefect_evolink.tasks.brief_source import CampaignBriefParameter, load_campaign_brief
 from prefect_evolink.tasks.campaign_progress import Progress
 from prefect_evolink.tasks.dispatch import sync_or_async_flow
+from prefect_evolink.tasks.image_delivery import ImageDelivery
 from prefect_evolink.tasks.recovery import manifest_key
 from prefect_evolink.tasks.references import AssetReferences, resolve_references
 from prefect_evolink.tasks.spend import reserve_spend
@@ -116,8 +117,17 @@ class CampaignRun:
         self.storage = storage
         self.assets = AssetBoundary(plans, max_concurrent_assets)
         self.booking = Booking(brief, credentials, storage, schedule, self.assets, previous)
+        self.delivery = ImageDelivery(credentials, storage, brief.campaign)
+        """How images of ours reach EvoLink; its uploads are deleted when the run ends."""
         self.stages = CampaignStages(
-            brief, references, credentials, storage, self.assets, self.booking, redo_drafts
+            brief,
+            references,
+            credentials,
+            storage,
+            self.assets,
+            self.booking,
+            redo_drafts,
+            self.delivery,
         )
         self.record = ManifestWriter(brief, self.assets, self.booking, storage)
 
@@ -190,22 +200,24 @@ async def run_campaign(
         approval_timeout_seconds: How long an 'approval' run waits for the review; after it
             no final is sent: a paused run completes without them, a suspended one is failed
             by the Prefect server ("never resumed"). The default, 20 h, keeps the review
-            inside the drafts' life at EvoLink (result links last 24 h); longer is warned
-            about on local storage, where a final needs its draft's link.
+            inside the drafts' life at EvoLink (result links last 24 h); after that, on local
+            storage, the chosen stored draft is uploaded to EvoLink's Files API for its final.
         approval_poll_seconds: Seconds between checks for the reviewer's answer (paused runs).
         poll_deadline_seconds: Most seconds to wait for EvoLink to finish one job before that
             asset fails (a rerun reattaches to the job and pays nothing new).
         credentials: An EvoLink Credentials block (the form offers the saved ones); without
             it, `EVOLINK_API_KEY` is used.
         storage: A Local or S3 asset storage block (the form offers the saved ones). Wins over
-            the brief's `storage_block`; without either, local `assets/`. S3 is needed for
-            local reference images, which EvoLink fetches as presigned URLs.
+            the brief's `storage_block`; without either, local `assets/`. Local reference
+            images are sent presigned from S3, or uploaded to EvoLink's Files API on local
+            storage (and deleted once the jobs that used them are stored).
         spend_cap: An EvoLink Spend Cap block (the form offers the saved ones): before anything
             is sent, the period's spend plus the campaign's whole estimate (drafts and finals,
             also for jobs a rerun will reuse) must fit the cap — an estimate check with
             reservations; without it, no cap.
         redo_drafts: Asset ids whose drafts EvoLink no longer has (a day later, on local
-            storage): their fresh drafts are paid for and used, once — a rerun with the same
+            storage) to make again rather than upload the stored ones: their fresh drafts are
+            paid for and used, once — a rerun with the same
             list finds them. Assets whose drafts are still usable are not redone.
 
     Returns:
@@ -275,10 +287,10 @@ async def run_campaign(
         and approval_timeout_seconds > DEFAULT_APPROVAL_TIMEOUT_SECONDS
         and not isinstance(asset_storage, S3AssetStorage)
     ):
-        logger.warning(
+        logger.info(
             "approval_timeout_seconds=%d is longer than the drafts stay usable at EvoLink on "
-            "local storage (%d h): an answer after that fails its assets' finals "
-            "(DraftUnavailableError: use S3 storage, or rerun with --redo-drafts)",
+            "local storage (%d h): an answer after that uploads the chosen stored drafts to "
+            "EvoLink's Files API for their finals (deleted after the run)",
             approval_timeout_seconds,
             int(DRAFT_LINK_USABLE_SECONDS // 3600),
         )
@@ -304,6 +316,7 @@ async def run_campaign(
     reservation = await reserve_spend(  # one check before anything is sent
         blocks.spend_cap, asset_storage, campaign_estimate_usd(plans), f"campaign {brief.campaign}"
     )
+    paused = False
     try:
         run.assets.progress = await Progress.start(brief.campaign, 2 * len(plans))
         await run.record.checkpoint(selection, started_at)
@@ -322,8 +335,9 @@ async def run_campaign(
     except Pause:
         # Suspended for review (a deployed run): the process exits, no worker is held. The
         # manifest says what holds if nobody answers in time (no finals); a resume reruns the
-        # flow, which overwrites it.
+        # flow, which overwrites it. Its uploads stay for the finals (recorded, reused).
         await run.record.checkpoint(selection, started_at)
+        paused = True
         raise
     except BaseException as error:
         # Failed or cancelled mid-run: the manifest and the artifacts still record every
@@ -339,6 +353,8 @@ async def run_campaign(
         raise
     finally:
         await reservation.release()  # its jobs' records count from here on
+        if not paused:  # the uploads whose jobs are stored are deleted (never raises)
+            await run.delivery.cleanup()
 
     failing = any(o.status in FAILING_STATUSES for o in run.assets.outcomes.values())
     state: RunState = "failed" if failing else "completed"

@@ -20,16 +20,17 @@ from evolink.brief import PLACEHOLDER_DRAFT_URL, AssetPlan, CampaignBrief
 from evolink.campaign import AssetStatus, Selector, campaign_namespace
 from evolink.cost import usd
 from evolink.endpoint import reusable_here
-from evolink.errors import DraftUnavailableError, NotFoundError, ResultExpiredError
+from evolink.errors import NotFoundError, ResultExpiredError
 from evolink.jobs import JobRecord, StoredImage, job_key, utcnow
 from evolink.models import ImageRequest
 from evolink.records import RecordStore
 from prefect_evolink.blocks import AssetStorage, EvoLinkCredentials
 from prefect_evolink.flows.campaign_booking import RESUBMITS, Booking
 from prefect_evolink.flows.campaign_boundary import AssetBoundary
+from prefect_evolink.tasks.image_delivery import PRESIGN_SECONDS, ImageDelivery
 from prefect_evolink.tasks.job import JobTrail, find_finished_job, forget_results
 from prefect_evolink.tasks.lookup import lookup_result_url
-from prefect_evolink.tasks.references import PRESIGN_SECONDS, AssetReferences
+from prefect_evolink.tasks.references import AssetReferences
 
 DRAFT_LINK_REUSE_SECONDS: Final = 3600.0
 """A final is made from its chosen draft's result link. The link the draft job's poll returned
@@ -39,9 +40,9 @@ a look-up task and query per asset; an older one (a long review, a rerun) is loo
 DRAFT_LINK_USABLE_SECONDS: Final = 23 * 3600.0
 """EvoLink keeps a result link 24 h after its task completed (and may forget the task itself).
 A final made from a draft older than this is not sent on its link: the final's own generation
-and EvoLink's fetch of the draft need the hour left. The draft is then sent presigned from S3
-storage, or the asset fails with `DraftUnavailableError` (local storage) — never a final that
-EvoLink would fail, and never a silent new payment."""
+and EvoLink's fetch of the draft need the hour left. The stored draft is then delivered by the
+one rule of `tasks.image_delivery` — presigned from S3 storage, or uploaded to EvoLink's Files
+API (local storage) — never a final that EvoLink would fail, and never a new draft paid."""
 
 
 class CampaignStages:
@@ -60,8 +61,11 @@ class CampaignStages:
         assets: AssetBoundary,
         booking: Booking,
         redo_drafts: frozenset[str] = frozenset(),
+        delivery: ImageDelivery | None = None,
     ):
         self.campaign = brief.campaign
+        self.delivery = delivery or ImageDelivery(credentials, storage, brief.campaign)
+        """How every image of ours reaches EvoLink (`tasks.image_delivery`)."""
         self.references = references
         self.credentials = credentials
         self.storage = storage
@@ -94,8 +98,19 @@ class CampaignStages:
         """Pay for (or find) an asset's drafts; while their result links are fresh, keep them
         for its final (`draft_links`)."""
         trail = JobTrail()
+        pending = self.references[plan.asset.id].pending
+
+        async def prepare() -> ImageRequest:  # local references: delivered when really sent
+            return await self.delivery.deliver_request(plan.draft, pending, job=trail.sending)
+
         record = await self.booking.paid_job(
-            plan, "draft", plan.draft, plan.draft_estimate, identity, trail=trail
+            plan,
+            "draft",
+            plan.draft,
+            plan.draft_estimate,
+            identity,
+            trail=trail,
+            prepare=prepare if pending else None,
         )
         if record is not None and trail.result_links is not None and trail.completed_at:
             self.draft_links[plan.asset.id] = (trail.completed_at, trail.result_links)
@@ -186,14 +201,19 @@ class CampaignStages:
         [image] = [i for i in drafts.images if i.index == outcome.chosen_draft]
         request, identity = self.final_job(plan, image)
         links: list[str] = []
+        trail = JobTrail()
 
         async def prepare() -> ImageRequest:
-            links.append(await self.draft_url(plan, drafts, image))
-            return plan.final_request(links[-1])
+            links.append(await self.draft_url(plan, drafts, image, job=trail.sending))
+            return await self.delivery.deliver_request(
+                plan.final_request(links[-1]),
+                self.references[plan.asset.id].pending,
+                job=trail.sending,
+            )
 
         try:
             record = await self.booking.paid_job(
-                plan, "final", request, plan.final_estimate, identity, prepare=prepare
+                plan, "final", request, plan.final_estimate, identity, prepare=prepare, trail=trail
             )
         finally:
             self.draft_links.pop(plan.asset.id, None)
@@ -212,39 +232,51 @@ class CampaignStages:
         }
         return request, identity
 
-    async def draft_url(self, plan: AssetPlan, drafts: JobRecord, image: StoredImage) -> str:
-        """A URL EvoLink can fetch the chosen draft from: presigned S3, else its result link —
-        the one its poll returned while fresh (`DRAFT_LINK_REUSE_SECONDS`), else looked up
-        while EvoLink still keeps it (`DRAFT_LINK_USABLE_SECONDS`). Else
-        `DraftUnavailableError`, before anything is sent."""
+    async def draft_url(
+        self, plan: AssetPlan, drafts: JobRecord, image: StoredImage, job: str | None = None
+    ) -> str:
+        """A URL EvoLink can fetch the chosen draft from, by the one rule of
+        `tasks.image_delivery`: presigned S3, else its result link — the one its poll returned
+        while fresh (`DRAFT_LINK_REUSE_SECONDS`), else looked up while EvoLink still keeps it
+        (`DRAFT_LINK_USABLE_SECONDS`) — else the stored draft uploaded to the Files API."""
         asset = plan.asset.id
         fresh = self.draft_links.pop(asset, None)
-        url = await self.storage.apresigned_url(image.key, PRESIGN_SECONDS)
-        if url is not None:
-            return url
-        if fresh is not None:
-            completed_at, links = fresh
-            if (
-                time.monotonic() - completed_at < DRAFT_LINK_REUSE_SECONDS
-                and 0 <= image.index < len(links)
-            ):
-                return links[image.index]
-        age = (utcnow() - drafts.completed_at).total_seconds()
-        if age >= DRAFT_LINK_USABLE_SECONDS:
-            cause = (
-                f"it was made {age / 3600:.1f} h ago, and EvoLink keeps result links 24 h "
-                "(the final needs the last hour)"
-            )
-            raise DraftUnavailableError(
-                asset, image.index, drafts.task_id, cause, plan.draft_estimate.usd
-            )
-        try:
-            return cast(str, await lookup_result_url(drafts.task_id, image.index, self.credentials))
-        except (NotFoundError, ResultExpiredError) as error:
-            cause = f"EvoLink no longer has it ({type(error).__name__}: {error})"
-            raise DraftUnavailableError(
-                asset, image.index, drafts.task_id, cause, plan.draft_estimate.usd
-            ) from error
+
+        async def result_link() -> str | None:
+            if fresh is not None:
+                completed_at, links = fresh
+                if (
+                    time.monotonic() - completed_at < DRAFT_LINK_REUSE_SECONDS
+                    and 0 <= image.index < len(links)
+                ):
+                    return links[image.index]
+            age = (utcnow() - drafts.completed_at).total_seconds()
+            if age >= DRAFT_LINK_USABLE_SECONDS:
+                self.logger.info(
+                    "%s: draft image-%d was made %.1f h ago (EvoLink keeps links 24 h): the "
+                    "stored draft is sent instead",
+                    asset,
+                    image.index,
+                    age / 3600,
+                )
+                return None
+            try:
+                return cast(
+                    str, await lookup_result_url(drafts.task_id, image.index, self.credentials)
+                )
+            except (NotFoundError, ResultExpiredError) as error:
+                self.logger.info(
+                    "%s: EvoLink no longer has draft image-%d (%s): the stored draft is sent "
+                    "instead",
+                    asset,
+                    image.index,
+                    type(error).__name__,
+                )
+                return None
+
+        return await self.delivery.stored_image(
+            image.key, image.sha256, job=job, fresh_link=result_link
+        )
 
     def suggestions(self, selector: Selector) -> dict[str, int | None]:
         """The selector's choice for every asset it could choose for — a reviewer's defaults.

@@ -77,6 +77,7 @@ from evolink.errors import (
     BudgetExceededError,
     CampaignIncompleteError,
     EvoLinkError,
+    FilesQuotaExceededError,
     HostError,
     InsufficientCreditsError,
     InvalidRequestError,
@@ -94,6 +95,7 @@ from evolink.models import MASK_EXTENSIONS, REFERENCE_EXTENSIONS, parse_request
 # (tests/test_cold_start.py checks that both say the same).
 ENV_API_KEY: Final = "EVOLINK_API_KEY"
 ENV_BASE_URL: Final = "EVOLINK_BASE_URL"
+ENV_FILES_BASE_URL: Final = "EVOLINK_FILES_BASE_URL"
 ENV_ASSETS_DIR: Final = "EVOLINK_ASSETS_DIR"
 
 PROG = "prefect-evolink"
@@ -113,6 +115,7 @@ EXPECTED_FAILURES: tuple[tuple[tuple[type[BaseException], ...], int, str], ...] 
         EXIT_BUDGET,
         "budget",
     ),
+    ((FilesQuotaExceededError,), EXIT_BUDGET, "Files API quota full"),
     (
         (MissingCredentialsError, AuthenticationError, PermissionDeniedError),
         EXIT_CREDENTIALS,
@@ -229,6 +232,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     )
     report.add_argument("campaign", help="the campaign name, as in its brief")
     _storage_arguments(report)
+    _files_arguments(commands)
     _brief_arguments(commands)
     _spend_arguments(commands)
     _callbacks_arguments(commands)
@@ -269,7 +273,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _stored_runs(args: argparse.Namespace) -> tuple[Any, Any]:
+async def _stored_runs(args: argparse.Namespace, quiet: bool = False) -> tuple[Any, Any]:
     """The storage earlier runs wrote to (--assets-dir or --storage-block) and, when a key is
     configured, the credentials to ask EvoLink for bills the records do not know (never to
     submit): what `report` and `spend` read."""
@@ -284,7 +288,8 @@ async def _stored_runs(args: argparse.Namespace) -> tuple[Any, Any]:
     credentials: EvoLinkCredentials | None = None
     if args.credentials_block or os.environ.get(ENV_API_KEY):
         credentials = await resolve_credentials(args.credentials_block)
-        print(f"Asking EvoLink at {credentials.base_url} for the bills not yet recorded")
+        if not quiet:
+            print(f"Asking EvoLink at {credentials.base_url} for the bills not yet recorded")
     return storage, credentials
 
 
@@ -465,6 +470,7 @@ def _start_simulator(stack: ExitStack, assets_dir: Path) -> None:
     simulator = stack.enter_context(EvoLinkSimulator(generation_seconds=4.0, state_dir=state_dir))
     os.environ[ENV_API_KEY] = simulator.api_key
     os.environ[ENV_BASE_URL] = simulator.base_url
+    os.environ[ENV_FILES_BASE_URL] = simulator.files_base_url  # uploads go to it, too
     os.environ["EVOLINK_ALLOW_PRIVATE_URLS"] = "true"  # its result links are http://127.0.0.1
     print(BANNER, flush=True)
     print(
@@ -620,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
         return _report(args)
     if args.command == "spend":  # reads storage (and EvoLink): no simulator, no flow
         return _spend(args)
+    if args.command == "files":  # the uploads in storage (and the Files API): no flow
+        return _files(args)
     if args.command == "brief":  # checks a brief, writes storage: no simulator, no flow
         return _brief(args)
     if args.command == "callbacks":  # a server until Ctrl-C: no simulator, no flow
@@ -674,6 +682,77 @@ def _report(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(rebuild())
+    except Exception as error:  # noqa: BLE001 — one message and a code, as for every command
+        return _fail(error, args)
+
+
+def _files_arguments(commands: Any) -> None:
+    files_parser = commands.add_parser(
+        "files",
+        help="this project's uploads to EvoLink's Files API: list, prune",
+        description="The images this project uploaded to EvoLink's Files API (local reference "
+        "files and stored drafts on local storage), from their records in storage "
+        "(_uploads/). Uploads count against EvoLink's quota of 100 files until deleted or "
+        "expired (72 h).",
+    )
+    actions = files_parser.add_subparsers(dest="files_command", required=True)
+    listing = actions.add_parser(
+        "list", help="every recorded upload: file id, expiry, source, the jobs that used it"
+    )
+    _storage_arguments(listing)
+    prune = actions.add_parser(
+        "prune",
+        help="delete the uploads no job needs (their jobs are stored, or they expired)",
+        description="Delete, at the Files API, the recorded uploads whose jobs are all stored "
+        "or ended, or that expired, and forget their records. An upload whose job may still "
+        "be running at EvoLink is kept unless --all.",
+    )
+    prune.add_argument(
+        "--all",
+        action="store_true",
+        dest="everything",
+        help="delete every recorded upload of this Files API endpoint, needed or not "
+        "(default: off)",
+    )
+    _storage_arguments(prune)
+
+
+def _files(args: argparse.Namespace) -> int:
+    """`files list | prune`: this project's uploads, from their records (and the Files API)."""
+    from evolink.records import RecordStore
+    from prefect_evolink.blocks.credentials import resolve_credentials
+    from prefect_evolink.tasks.image_delivery import prune_uploads, upload_verdict
+
+    async def act() -> int:
+        storage, _ = await _stored_runs(args, quiet=True)
+        store = RecordStore(storage)
+        if args.files_command == "list":
+            problems: list[str] = []
+            records = await store.uploads(problems)
+            print(f"{len(records)} upload(s) recorded")
+            for record in records:
+                why = await upload_verdict(store, record)
+                expires = record.expires_at.isoformat() if record.expires_at else "72 h after"
+                state = "expired" if record.expired() else f"expires {expires}"
+                print(
+                    f"  {record.file_id}  {state}  {record.source}  "
+                    f"campaign={record.campaign or '-'}  jobs={len(record.used_by)}  "
+                    f"{'needed: ' + why if why else 'prunable'}  {record.files_base_url}"
+                )
+            for problem in problems:
+                print(f"  unreadable record: {problem}")
+            return EXIT_OK
+        credentials = await resolve_credentials(args.credentials_block)
+        deleted, kept = await prune_uploads(storage, credentials, everything=args.everything)
+        for record in deleted:
+            print(f"  deleted {record.file_id}  {record.source}")
+        for record, why in kept:
+            print(f"  kept {record.file_id}  {record.source}: {why}")
+        print(f"{len(deleted)} upload(s) deleted, {len(kept)} kept")
+        return EXIT_OK
+
+    try:
+        return asyncio.run(act())
     except Exception as error:  # noqa: BLE001 — one message and a code, as for every command
         return _fail(error, args)
 
@@ -1058,6 +1137,15 @@ def _fail(error: Exception, args: argparse.Namespace) -> int:
         if isinstance(manifest, CampaignManifest):
             _print_campaign(manifest, uri or "(not stored)")
             sys.stdout.flush()
+            if any(
+                o.error_type == FilesQuotaExceededError.__name__ for o in manifest.failed_assets
+            ):  # a quota, like a budget, is freed by the user: exit 3, the command named
+                code, label = EXIT_BUDGET, "Files API quota full"
+                print(
+                    f"{PROG}: the Files API quota is full: run `{PROG} files prune` "
+                    "(it deletes this project's uploads no job needs), then rerun",
+                    file=sys.stderr,
+                )
     debug = getattr(args, "debug", False)
     if debug:
         traceback.print_exception(error)

@@ -3,8 +3,10 @@
 - `https://…` is sent as it is;
 - `s3://bucket/key` and `storage:key` become presigned GET URLs of the configured S3 storage;
 - a local file is uploaded to the configured S3 storage first (under the campaign's prefix).
-Local-only storage cannot give EvoLink a URL, so a local file or storage reference is refused
-there with a message that says what to configure.
+- On local storage, a local file or a `storage:key` object is *pending*
+  (`tasks.image_delivery.PendingImage`): its plan holds a placeholder URL, and the one rule of
+  `tasks.image_delivery` (an upload to EvoLink's Files API, reused while valid) makes its URL
+  only when a job that needs it is really sent — a rerun whose jobs are stored uploads nothing.
 
 Each reference also gets a stable *identity* (the URL, the object, or the file's sha256): presigned
 URLs change with every signing, and job keys must not.
@@ -68,8 +70,8 @@ from evolink.urls import (
     url_problem,
 )
 from prefect_evolink.blocks import AssetStorage, S3AssetStorage, safe_key
+from prefect_evolink.tasks.image_delivery import PRESIGN_SECONDS, PendingImage
 
-PRESIGN_SECONDS: Final = 24 * 3600  # EvoLink fetches when the task runs; a day covers retries
 PROBE_TIMEOUT: Final = httpx.Timeout(5.0)
 PROBE_DEADLINE_SECONDS: Final = 10.0
 PROBE_BYTES: Final = 512
@@ -84,6 +86,8 @@ _RESERVED_SUFFIXES: Final = (".example", ".invalid", ".test", ".localhost")
 class ResolvedReference:
     url: str
     identity: str
+    pending: PendingImage | None = None
+    """Set when `url` is a placeholder: the image is delivered when its job is sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,12 @@ class AssetReferences:
     @property
     def urls(self) -> list[str]:
         return [ref.url for ref in self.images]
+
+    @property
+    def pending(self) -> dict[str, PendingImage]:
+        """Placeholder URL → the image it stands for (`ImageDelivery.deliver_request`)."""
+        refs = [*self.images, *([self.mask] if self.mask else [])]
+        return {ref.url: ref.pending for ref in refs if ref.pending is not None}
 
     @property
     def identities(self) -> list[str]:
@@ -151,7 +161,12 @@ def _resolve_one(
         key = spec.removeprefix("storage:")
         if not storage.exists(key):
             raise ValueError(f"{spec!r}: no such object in the configured storage")
-        return ResolvedReference(_presign(storage, key, spec), spec)
+        url = storage.presigned_url(key, PRESIGN_SECONDS)
+        if url is None:  # local storage: uploaded to the Files API when a job is sent
+            data = storage.get_bytes(key) or b""
+            image = PendingImage(hashlib.sha256(data).hexdigest(), storage_key=key)
+            return ResolvedReference(image.url, spec, image)
+        return ResolvedReference(url, spec)
     if spec.startswith("s3://"):
         if not isinstance(storage, S3AssetStorage):
             raise ValueError(
@@ -172,13 +187,10 @@ def _resolve_one(
         raise ValueError(
             f"{spec!r}: not an https URL, s3:// or storage: object, nor a file at {path}"
         )
-    if not isinstance(storage, S3AssetStorage):
-        raise ValueError(
-            f"local file {spec!r} must be uploaded to S3 storage before EvoLink can fetch it, "
-            "but only local storage is configured; use an S3 storage block (`storage` or a "
-            "brief's storage_block)"
-        )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if not isinstance(storage, S3AssetStorage):  # uploaded to the Files API when a job is sent
+        image = PendingImage(digest, path=path)
+        return ResolvedReference(image.url, f"sha256:{digest}", image)
     key = safe_key(brief.campaign, "references", f"{digest[:16]}{path.suffix.lower()}")
     if not storage.exists(key):
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"

@@ -63,6 +63,7 @@ def evolink_env(simulator: EvoLinkSimulator, monkeypatch: pytest.MonkeyPatch) ->
     """Credentials from the environment, pointing at the simulator."""
     monkeypatch.setenv("EVOLINK_API_KEY", simulator.api_key)
     monkeypatch.setenv("EVOLINK_BASE_URL", simulator.base_url)
+    monkeypatch.setenv("EVOLINK_FILES_BASE_URL", simulator.files_base_url)
     monkeypatch.setenv("EVOLINK_POLL_MIN_INTERVAL", "0.05")
     monkeypatch.setenv("EVOLINK_POLL_MAX_INTERVAL", "0.2")
     return simulator

@@ -103,21 +103,6 @@ def test_example_brief_is_valid_and_draft_first_is_cheaper() -> None:
     assert ours <= brief.budget_usd and ours < Decimal("0.31") * variants
 
 
-def test_local_reference_file_is_refused_with_local_storage(
-    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
-) -> None:
-    (tmp_path / "case.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    brief = small_brief(
-        tmp_path, assets=[{"id": "shot", "prompt": "p", "reference_images": ["case.png"]}]
-    )
-    with pytest.raises(
-        BriefError,
-        match=r"asset 'shot': reference_images\.0: local file 'case\.png' must be uploaded to S3",
-    ):
-        campaign(brief)
-    assert evolink_env.request_counts.get("create", 0) == 0
-
-
 def test_references_and_drafts_travel_as_presigned_s3_urls(
     evolink_env: EvoLinkSimulator,
     s3_server: str,

@@ -27,7 +27,7 @@ from evolink.simulator import EvoLinkSimulator
 from prefect_evolink.cli import EXIT_CREDENTIALS, EXIT_OK, SIMULATOR_STATE_DIR
 from prefect_evolink.flows import campaign_stages
 from prefect_evolink.flows.campaign import run_campaign
-from tests.conftest import TEST_API_KEY, artifacts_with_prefix
+from tests.conftest import TEST_API_KEY
 from tests.test_campaign import start_in_thread, wait_for_paused_run
 from tests.test_cli import Run, run_cli
 
@@ -63,6 +63,7 @@ def against(sim: EvoLinkSimulator, key: str | None = None) -> dict[str, str]:
     return {
         "EVOLINK_API_KEY": key or sim.api_key,
         "EVOLINK_BASE_URL": sim.base_url,
+        "EVOLINK_FILES_BASE_URL": sim.files_base_url,
         "EVOLINK_ALLOW_PRIVATE_URLS": "true",
     }
 
@@ -223,24 +224,48 @@ def answer_late(sim: EvoLinkSimulator, brief: Path, **kwargs: Any) -> dict[str, 
 
 
 @pytest.mark.usefixtures("late_answers")
-def test_late_approval_on_local_storage_names_both_ways_out_then_redo_drafts_finishes(
+def test_late_approval_on_local_storage_uploads_the_stored_drafts_for_the_finals(
     evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
 ) -> None:
     brief = brief_file(tmp_path)
     outcome = answer_late(evolink_env, brief)
 
-    error = outcome.get("error")
-    assert isinstance(error, CampaignIncompleteError), outcome
-    review = asyncio.run(artifacts_with_prefix("day-two-review"))["day-two-review"]
-    assert "**Review deadline.**" in review.data and "--redo-drafts ASSET" in review.data
-    assert len(evolink_env.ledger()) == outcome["drafts"] == 2  # no final was sent, or paid
-    for asset in error.manifest.assets:
-        assert asset.status is AssetStatus.FAILED
-        assert asset.error_type == "DraftUnavailableError"
-        assert "S3" in asset.detail and f"--redo-drafts {asset.asset}" in asset.detail
-    assert Decimal(error.manifest.totals.billed_usd) == ledger_usd(evolink_env)
+    assert "error" not in outcome, outcome.get("error")
+    manifest: CampaignManifest = outcome["manifest"]
+    assert all(o.status is AssetStatus.FINAL for o in manifest.assets)
+    ledger = evolink_env.ledger()
+    assert [e.request["quality"] for e in ledger] == ["low"] * 2 + ["high"] * 2  # 0 new drafts
+    counts = evolink_env.file_request_counts
+    assert counts["upload"] == 2  # the two chosen stored drafts, uploaded once each
+    uploaded = {e.request["image_urls"][0] for e in ledger if e.request["quality"] == "high"}
+    assert all(url.startswith(evolink_env.files_base_url) for url in uploaded), uploaded
+    assert Decimal(manifest.totals.billed_usd) == ledger_usd(evolink_env)
+    # Cleanup: the finals are stored, so their uploads are deleted and their records forgotten.
+    assert counts["delete"] == 2
+    assert evolink_env.service.files.live_files() == []
+    assert not list((assets_dir / "_uploads").rglob("*.json"))
 
-    # The way out on local storage: fresh drafts of each asset, paid once, then the finals.
+    calls, files = evolink_env.request_counts, evolink_env.file_request_counts
+    again = asyncio.run(run_campaign.aio(str(brief), poll_deadline_seconds=30))  # day three
+    assert evolink_env.request_counts == calls and evolink_env.file_request_counts == files
+    assert {row.task_id for row in again.jobs} == {e.task_id for e in ledger}
+
+
+@pytest.mark.usefixtures("late_answers")
+def test_redo_drafts_stays_an_explicit_choice_on_day_two(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
+) -> None:
+    """Drafts made, nobody chose; a day later `--redo-drafts` pays for fresh drafts once (the
+    user's choice), and the finals are made from them — no upload needed."""
+    brief = brief_file(tmp_path)
+    first = asyncio.run(
+        run_campaign.aio(
+            str(brief), selection="approval", approval_timeout_seconds=1, approval_poll_seconds=1
+        )
+    )
+    assert all(o.final is None for o in first.assets)
+    evolink_env.age()
+
     def redo() -> CampaignManifest:
         return asyncio.run(
             run_campaign.aio(str(brief), redo_drafts=["mug", "case"], poll_deadline_seconds=30)
@@ -250,13 +275,12 @@ def test_late_approval_on_local_storage_names_both_ways_out_then_redo_drafts_fin
     ledger = evolink_env.ledger()
     assert [e.request["quality"] for e in ledger] == ["low"] * 4 + ["high"] * 2
     assert all(o.status is AssetStatus.FINAL for o in redone.assets)
+    assert evolink_env.file_request_counts["upload"] == 0  # fresh links, nothing uploaded
     assert Decimal(redone.totals.billed_usd) == ledger_usd(evolink_env)
-    assert {row.task_id for row in redone.jobs} == {e.task_id for e in ledger}  # all booked
 
     calls = evolink_env.request_counts
     again = redo()  # the same command once more: the finals are stored, nothing is redone
     assert evolink_env.request_counts == calls
-    assert Decimal(again.totals.billed_usd) == ledger_usd(evolink_env)
     assert {row.task_id for row in again.jobs} == {e.task_id for e in ledger}
 
 

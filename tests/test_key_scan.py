@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import secrets
 import traceback
@@ -412,6 +413,8 @@ def test_the_key_appears_nowhere_in_uploads(
     the uploads and the block, and the simulator's state file."""
     from evolink.files import EvoLinkFilesClient
     from evolink.simulator import render_png
+    from prefect_evolink.blocks import LocalAssetStorage
+    from prefect_evolink.tasks.image_delivery import ImageDelivery, PendingImage
 
     png = render_png(32, 32, "key-scan-upload")
     corpus: dict[str, str | bytes] = {}
@@ -457,7 +460,16 @@ def test_the_key_appears_nowhere_in_uploads(
                     except EvoLinkError as error:
                         errors.append(error)
                 await files.delete_file(first.file_id)
+            # The one rule's uploads (tasks/image_delivery.py): recorded, reused, pruned.
+            delivery = ImageDelivery(credentials, LocalAssetStorage(base_dir=str(records)), "c")
+            image = PendingImage(hashlib.sha256(png).hexdigest(), path=tmp_path / "ref.png")
+            for job in ("job-a", "job-b"):
+                corpus[f"delivered {job}"] = await delivery.pending(image, job=job)
+            corpus.update(files_under(records, "upload records"))
+            await delivery.cleanup()
 
+        records = tmp_path / "records"
+        (tmp_path / "ref.png").write_bytes(png)
         asyncio.run(uploads())
         sim.save_state()
 

@@ -54,11 +54,12 @@ DOMAIN = frozenset(
         "evolink.spend_cap",
         "evolink.spend_jobs",
         "evolink.spend_report",
+        "evolink.uploads",
     }
 )
 """What is built on the client: briefs, budgets, campaigns, job records, their storage keys
 (keys, layout) and store (records, running_total), their rebuild, callback events, review
-thumbnails, spend (jobs, periods, report, cap)."""
+thumbnails, spend (jobs, periods, report, cap), the Files API uploads made (uploads)."""
 
 
 def imports_of(source: str) -> set[str]:
