@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     from evolink.urls import ENV_ALLOW_PRIVATE_URLS, private_urls_allowed
     from prefect_evolink.blocks import AssetStorage, LocalAssetStorage, load_storage
     from prefect_evolink.blocks.credentials import resolve_credentials
-    from prefect_evolink.tasks.callbacks import CallbackReceiver, ReceiverSettings, bind, serve
+    from prefect_evolink.tasks.callback_server import bind, serve
+    from prefect_evolink.tasks.callbacks import CallbackReceiver, ReceiverSettings
 
     if not get_current_settings().api.url:
         print(
