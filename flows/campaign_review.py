@@ -54,8 +54,8 @@ __all__ = [
 DEFAULT_APPROVAL_TIMEOUT_SECONDS: Final = 20 * 3600
 """How long an approval run waits for its reviewer by default: inside the drafts' usable life
 (`DRAFT_LINK_USABLE_SECONDS`), so on local storage an answer in time always gets its finals.
-Longer is allowed, with a warning on local storage (a late answer's assets fail with
-`DraftUnavailableError`, whose message names both ways out)."""
+Longer is allowed: on local storage a late answer's chosen drafts are uploaded to EvoLink's
+Files API for their finals (`tasks.image_delivery`), and the run says so when it starts."""
 
 REVIEW_KEY: Final = "review"
 """The pause key of the review: a rerun of a suspended run finds the answer under it."""
@@ -183,7 +183,7 @@ def deadline_rule(storage: AssetStorage, timeout: int) -> str:
     usable = int(DRAFT_LINK_USABLE_SECONDS // 3600)
     return (
         f"Answer by {until} ({timeout / 3600:.1f} h). On local storage a final is made "
-        f"from its draft's result link at EvoLink, usable {usable} h after the draft: the "
-        "default deadline (20 h) stays inside it. Drafts answered for later cannot become "
-        "finals: rerun with --redo-drafts ASSET (fresh drafts, paid) or use S3 storage."
+        f"from its draft's result link at EvoLink while it is usable ({usable} h after the "
+        "draft); a later answer's chosen drafts are uploaded from storage to EvoLink's Files "
+        "API for their finals (nothing is drafted again; the uploads are deleted after the run)."
     )

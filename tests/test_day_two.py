@@ -209,6 +209,16 @@ def late_answers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+REVIEWERS_PICKS = {"mug": 1, "case": 0}
+"""What `answer_late`'s reviewer chooses, as draft indexes."""
+
+
+def reviewers_picks(asset: Any, drafts: list[Any]) -> int | None:
+    """A selector that picks what the reviewer picked: a later automatic rerun asks for the same
+    finals (the default selector could pick other drafts, which would be new finals, paid)."""
+    return REVIEWERS_PICKS[asset.id]
+
+
 def answer_late(sim: EvoLinkSimulator, brief: Path, **kwargs: Any) -> dict[str, Any]:
     from prefect.flow_runs import resume_flow_run
 
@@ -216,7 +226,7 @@ def answer_late(sim: EvoLinkSimulator, brief: Path, **kwargs: Any) -> dict[str, 
     run = wait_for_paused_run()
     drafts = len(sim.ledger())
     sim.age()  # a day later: EvoLink forgot the drafts' tasks and links
-    resume_flow_run(run.id, run_input={"mug": "image-1", "case": "image-0"})
+    resume_flow_run(run.id, run_input={a: f"image-{i}" for a, i in REVIEWERS_PICKS.items()})
     thread.join(300)
     assert not thread.is_alive()
     outcome["drafts"] = drafts
@@ -246,7 +256,11 @@ def test_late_approval_on_local_storage_uploads_the_stored_drafts_for_the_finals
     assert not list((assets_dir / "_uploads").rglob("*.json"))
 
     calls, files = evolink_env.request_counts, evolink_env.file_request_counts
-    again = asyncio.run(run_campaign.aio(str(brief), poll_deadline_seconds=30))  # day three
+    again = asyncio.run(  # day three: the same finals asked for again
+        run_campaign.aio(
+            str(brief), selector="tests.test_day_two:reviewers_picks", poll_deadline_seconds=30
+        )
+    )
     assert evolink_env.request_counts == calls and evolink_env.file_request_counts == files
     assert {row.task_id for row in again.jobs} == {e.task_id for e in ledger}
 
@@ -282,6 +296,34 @@ def test_redo_drafts_stays_an_explicit_choice_on_day_two(
     again = redo()  # the same command once more: the finals are stored, nothing is redone
     assert evolink_env.request_counts == calls
     assert {row.task_id for row in again.jobs} == {e.task_id for e in ledger}
+
+
+@pytest.mark.usefixtures("late_answers")
+def test_a_plain_rerun_a_day_later_uploads_the_stored_drafts_on_local_storage(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
+) -> None:
+    """Day two without any flag: drafts made and stored, nobody chose in time, EvoLink forgot
+    everything; the rerun picks automatically and makes each final from the stored draft,
+    uploaded to the Files API: 0 new drafts, each upload deleted once its final is stored."""
+    brief = brief_file(tmp_path)
+    first = asyncio.run(
+        run_campaign.aio(
+            str(brief), selection="approval", approval_timeout_seconds=1, approval_poll_seconds=1
+        )
+    )
+    assert all(o.final is None for o in first.assets)
+    evolink_env.age()
+
+    rerun = asyncio.run(run_campaign.aio(str(brief), poll_deadline_seconds=30))
+    assert all(o.status is AssetStatus.FINAL for o in rerun.assets)
+    ledger = evolink_env.ledger()
+    assert [e.request["quality"] for e in ledger] == ["low"] * 2 + ["high"] * 2  # no new drafts
+    finals = [e for e in ledger if e.request["quality"] == "high"]
+    assert all(e.request["image_urls"][0].startswith(evolink_env.files_base_url) for e in finals)
+    counts = evolink_env.file_request_counts
+    assert counts["upload"] == 2 and counts["delete"] == 2
+    assert evolink_env.service.files.live_files() == []
+    assert Decimal(rerun.totals.billed_usd) == ledger_usd(evolink_env)
 
 
 @pytest.mark.usefixtures("late_answers")
