@@ -18,7 +18,7 @@ from evolink.records import RecordStore
 from evolink.simulator import EvoLinkSimulator, render_png
 from prefect_evolink.blocks import LocalAssetStorage
 from prefect_evolink.blocks.credentials import EvoLinkCredentials
-from prefect_evolink.cli import EXIT_BUDGET, EXIT_OK, _fail, main
+from prefect_evolink.cli import EXIT_BUDGET, EXIT_INVALID, EXIT_OK, _fail, main
 from prefect_evolink.tasks.image_delivery import ImageDelivery, PendingImage
 from tests.test_campaign import campaign, small_brief
 
@@ -123,6 +123,10 @@ def test_files_list_and_prune_show_and_delete_this_projects_uploads(
     listed = capsys.readouterr().out
     assert "1 upload(s) recorded" in listed and "file:photo.png" in listed
     assert "prunable" in listed and evolink_env.api_key not in listed
+    # `report` shows a campaign's uploads too, also with no job record (a run that died early)
+    assert main(["report", "c", "--assets-dir", str(assets_dir)]) == EXIT_INVALID
+    reported = capsys.readouterr().out
+    assert "1 upload(s) recorded" in reported and "file:photo.png" in reported
     assert main(["files", "prune", "--assets-dir", str(assets_dir)]) == EXIT_OK
     assert "1 upload(s) deleted, 0 kept" in capsys.readouterr().out
     assert evolink_env.service.files.live_files() == []

@@ -48,26 +48,14 @@ def run(args: argparse.Namespace) -> int:
     """`files list | prune`: this project's uploads, from their records (and the Files API)."""
     from evolink.records import RecordStore
     from prefect_evolink.blocks.credentials import resolve_credentials
-    from prefect_evolink.tasks.image_delivery import prune_uploads, upload_verdict
+    from prefect_evolink.tasks.image_delivery import prune_uploads
 
     async def act() -> int:
         storage, _ = await stored_runs(args, quiet=True)
         store = RecordStore(storage)
         if args.files_command == "list":
-            problems: list[str] = []
-            records = await store.uploads(problems)
-            print(f"{len(records)} upload(s) recorded")
-            for record in records:
-                why = await upload_verdict(store, record)
-                expires = record.expires_at.isoformat() if record.expires_at else "72 h after"
-                state = "expired" if record.expired() else f"expires {expires}"
-                print(
-                    f"  {record.file_id}  {state}  {record.source}  "
-                    f"campaign={record.campaign or '-'}  jobs={len(record.used_by)}  "
-                    f"{'needed: ' + why if why else 'prunable'}  {record.files_base_url}"
-                )
-            for problem in problems:
-                print(f"  unreadable record: {problem}")
+            for line in await upload_lines(store):
+                print(line)
             return EXIT_OK
         credentials = await resolve_credentials(args.credentials_block)
         deleted, kept = await prune_uploads(storage, credentials, everything=args.everything)
@@ -82,3 +70,28 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(act())
     except Exception as error:  # noqa: BLE001 — one message and a code, as for every command
         return fail(error, args)
+
+
+async def upload_lines(store: Any, campaign: str | None = None) -> list[str]:
+    """The recorded uploads (of one campaign, or all), a line each: what `files list` and
+    `report` print, so an upload a crash left behind is never out of sight."""
+    from prefect_evolink.tasks.image_delivery import upload_verdict
+
+    problems: list[str] = []
+    records = [
+        record
+        for record in await store.uploads(problems)
+        if campaign is None or record.campaign == campaign
+    ]
+    lines = [f"{len(records)} upload(s) recorded"]
+    for record in records:
+        why = await upload_verdict(store, record)
+        expires = record.expires_at.isoformat() if record.expires_at else "72 h after"
+        state = "expired" if record.expired() else f"expires {expires}"
+        lines.append(
+            f"  {record.file_id}  {state}  {record.source}  "
+            f"campaign={record.campaign or '-'}  jobs={len(record.used_by)}  "
+            f"{'needed: ' + why if why else 'prunable'}  {record.files_base_url}"
+        )
+    lines.extend(f"  unreadable record: {problem}" for problem in problems)
+    return lines

@@ -18,6 +18,8 @@ from prefect_evolink.commands.stored import stored_runs
 
 def run(args: argparse.Namespace) -> int:
     """`report CAMPAIGN`: the manifest rebuilt from the job records, stored, and its cost."""
+    from evolink.records import RecordStore
+    from prefect_evolink.commands.files import upload_lines
     from prefect_evolink.tasks.campaign_cost import cost_summary
     from prefect_evolink.tasks.recovery import manifest_key, rebuild_campaign
 
@@ -29,6 +31,11 @@ def run(args: argparse.Namespace) -> int:
                 "of tasks without a result record stay unknown (counted at their estimates)"
             )
         rebuilt = await rebuild_campaign(args.campaign, storage, credentials)
+        # Uploads to EvoLink's Files API still recorded: in use, or left by a crash (a run
+        # that died after uploading, even before its first job): `files prune` frees them.
+        uploads = await upload_lines(RecordStore(storage), args.campaign)
+        if len(uploads) > 1:
+            print("\n".join(uploads))
         if not rebuilt.found:
             where = storage.uri(manifest_key(args.campaign)).rsplit("/", 2)[0]
             print(
