@@ -131,6 +131,14 @@ def _transport_error(error: httpx.TransportError, what: str, task_id: str | None
     return APIConnectionError(f"{what} failed: {type(error).__name__}", task_id=task_id)
 
 
+def secret_key(api_key: str | SecretStr) -> SecretStr:
+    """The account's key as a secret (never shown in a repr, log or error); empty is refused."""
+    key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
+    if not key.get_secret_value():
+        raise ValueError("EvoLink API key is empty")
+    return key
+
+
 class EvoLinkClient:
     """One EvoLink account. Use as `async with EvoLinkClient(key) as client: ...`."""
 
@@ -145,9 +153,7 @@ class EvoLinkClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         seed: int | None = None,
     ):
-        self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
-        if not self._api_key.get_secret_value():
-            raise ValueError("EvoLink API key is empty")
+        self._api_key = secret_key(api_key)
         self.base_url = base_url.rstrip("/")
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()

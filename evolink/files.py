@@ -60,7 +60,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from evolink.client import USER_AGENT, Timeouts, _tls_context, request_id_of
+from evolink.client import USER_AGENT, Timeouts, _tls_context, request_id_of, secret_key
 from evolink.endpoint import DEFAULT_FILES_BASE_URL, SIMULATOR_HEADER
 from evolink.errors import (
     APIConnectionError,
@@ -396,9 +396,7 @@ class EvoLinkFilesClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         seed: int | None = None,
     ):
-        self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
-        if not self._api_key.get_secret_value():
-            raise ValueError("EvoLink API key is empty")
+        self._api_key = secret_key(api_key)
         problem = api_base_url_problem(base_url)
         if problem:
             raise ValueError(f"Files API base URL {problem}")

@@ -209,6 +209,20 @@ def late_answers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+def drafts_nobody_chose(sim: EvoLinkSimulator, tmp_path: Path) -> Path:
+    """Day one: drafts made and stored, the review not answered in time (no final); then a day
+    passes and EvoLink forgets everything. Returns the brief."""
+    brief = brief_file(tmp_path)
+    first = asyncio.run(
+        run_campaign.aio(
+            str(brief), selection="approval", approval_timeout_seconds=1, approval_poll_seconds=1
+        )
+    )
+    assert all(o.final is None for o in first.assets)
+    sim.age()
+    return brief
+
+
 REVIEWERS_PICKS = {"mug": 1, "case": 0}
 """What `answer_late`'s reviewer chooses, as draft indexes."""
 
@@ -271,14 +285,7 @@ def test_redo_drafts_stays_an_explicit_choice_on_day_two(
 ) -> None:
     """Drafts made, nobody chose; a day later `--redo-drafts` pays for fresh drafts once (the
     user's choice), and the finals are made from them — no upload needed."""
-    brief = brief_file(tmp_path)
-    first = asyncio.run(
-        run_campaign.aio(
-            str(brief), selection="approval", approval_timeout_seconds=1, approval_poll_seconds=1
-        )
-    )
-    assert all(o.final is None for o in first.assets)
-    evolink_env.age()
+    brief = drafts_nobody_chose(evolink_env, tmp_path)
 
     def redo() -> CampaignManifest:
         return asyncio.run(
@@ -305,14 +312,7 @@ def test_a_plain_rerun_a_day_later_uploads_the_stored_drafts_on_local_storage(
     """Day two without any flag: drafts made and stored, nobody chose in time, EvoLink forgot
     everything; the rerun picks automatically and makes each final from the stored draft,
     uploaded to the Files API: 0 new drafts, each upload deleted once its final is stored."""
-    brief = brief_file(tmp_path)
-    first = asyncio.run(
-        run_campaign.aio(
-            str(brief), selection="approval", approval_timeout_seconds=1, approval_poll_seconds=1
-        )
-    )
-    assert all(o.final is None for o in first.assets)
-    evolink_env.age()
+    brief = drafts_nobody_chose(evolink_env, tmp_path)
 
     rerun = asyncio.run(run_campaign.aio(str(brief), poll_deadline_seconds=30))
     assert all(o.status is AssetStatus.FINAL for o in rerun.assets)
