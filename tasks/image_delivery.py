@@ -29,14 +29,15 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final
 
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
-from evolink.errors import FilesQuotaExceededError
-from evolink.files import EvoLinkFilesClient
+from evolink.errors import FilesQuotaExceededError, FileUploadOutcomeUnknownError
+from evolink.files import EvoLinkFilesClient, FileInfo, UploadedFile
 from evolink.jobs import utcnow
 from evolink.models import ImageRequest
 from evolink.records import RecordStore
@@ -184,14 +185,33 @@ class ImageDelivery:
     async def _upload(self, client: EvoLinkFilesClient, image: PendingImage) -> UploadRecord:
         data = await self._bytes(image)
         name = f"{image.sha256[:16]}{_suffix(image)}"
+        started = utcnow()
         try:
-            uploaded = await client.upload(data, file_name=name)
+            uploaded: UploadedFile | FileInfo = await client.upload(data, file_name=name)
+        except FileUploadOutcomeUnknownError:
+            # The file may be stored at EvoLink although no answer came: look for it by its
+            # name (the image's own hash) among the files made since this upload began, and
+            # record it, so an outage at this moment leaves no upload unaccounted for.
+            found = await self._made_since(client, name, started)
+            if found is None:
+                raise
+            _logger().warning(
+                "The Files API's answer to the upload of %s was lost; found it stored (file %s)",
+                image.source,
+                found.file_id,
+            )
+            uploaded = found
         except FilesQuotaExceededError:
             _logger().error(
                 "Files API quota full: %s not uploaded (free it: prefect-evolink files prune)",
                 image.source,
             )
             raise
+        if uploaded.file_url is None:  # a listed file without its URL cannot be sent
+            raise FileUploadOutcomeUnknownError(
+                f"the upload of {image.source} was stored as {uploaded.file_id}, but the Files "
+                "API did not say its URL"
+            )
         record = UploadRecord(
             sha256=image.sha256,
             file_id=uploaded.file_id,
@@ -203,7 +223,7 @@ class ImageDelivery:
             size_bytes=len(data),
             source=image.source,
             campaign=self.campaign,
-            simulator=uploaded.simulator,
+            simulator=getattr(uploaded, "simulator", False),
         )
         await self.store.put_upload(record)  # recorded before anything is sent with it
         _logger().info(
@@ -213,6 +233,19 @@ class ImageDelivery:
             record.expires_at.isoformat() if record.expires_at else "in 72 h",
         )
         return record
+
+    @staticmethod
+    async def _made_since(
+        client: EvoLinkFilesClient, name: str, started: datetime
+    ) -> FileInfo | None:
+        """The file named `name` created since `started` (less a minute of clock skew), if the
+        Files API lists one: what a lost upload answer leaves behind."""
+        since = started - timedelta(minutes=1)
+        for info in await client.all_files():
+            created = info.created_at
+            if info.file_name == name and (created is None or created >= since):
+                return info
+        return None
 
     async def _bytes(self, image: PendingImage) -> bytes:
         if image.path is not None:

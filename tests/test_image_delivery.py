@@ -148,3 +148,31 @@ def test_a_full_quota_fails_the_asset_naming_files_prune_never_retried(
     assert evolink_env.request_counts.get("create", 0) == 0  # nothing sent without its photo
     assert evolink_env.file_request_counts["upload"] == 2  # one try per asset, no retry
     assert _fail(caught.value, argparse.Namespace(debug=False)) == EXIT_BUDGET
+
+
+def test_an_upload_whose_answer_was_lost_is_found_and_recorded_not_left_behind(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
+) -> None:
+    """An outage at the worst moment: the Files API stored the file, the answer never came. The
+    upload is found by its name and recorded (then used and cleaned up like any other), so the
+    quota is not eaten by a file nobody knows of; when nothing was stored, the error stands."""
+    from evolink.errors import FileUploadOutcomeUnknownError
+    from evolink.simulator.faults import Fault
+
+    image = pending_photo(tmp_path)
+    evolink_env.service.files.lose_upload_responses = 1
+    url = asyncio.run(delivery(assets_dir).pending(image, job="job-a"))
+    assert evolink_env.file_request_counts["upload"] == 1  # found, not uploaded again
+    [live] = evolink_env.service.files.live_files()
+    store = RecordStore(LocalAssetStorage(base_dir=str(assets_dir)))
+    [record] = asyncio.run(store.uploads())
+    assert record.file_id == live.id and record.file_url == url
+    assert record.used_by == ["job-a"]
+
+    evolink_env.service.files.reset()  # nothing stored this time: the connection drops first
+    asyncio.run(store.forget_upload(record))
+    evolink_env.add_fault(Fault(kind="drop_connection", route="upload", times=1))
+    with pytest.raises(FileUploadOutcomeUnknownError):
+        asyncio.run(delivery(assets_dir).pending(image, job="job-b"))
+    assert evolink_env.service.files.live_files() == []
+    assert asyncio.run(store.uploads()) == []

@@ -185,6 +185,9 @@ class SimulatorFiles:
         self._lock = threading.Lock()
         self.ttl_seconds = DEFAULT_FILE_TTL_SECONDS
         self.quota = DEFAULT_FILE_QUOTA
+        self.lose_upload_responses = 0
+        """How many of the next uploads are stored and then answered with a dropped connection
+        (an outage at the worst moment: the file exists, the client never hears of it)."""
         self._changes = 0
         self.reset()
 
@@ -349,6 +352,9 @@ class SimulatorFiles:
             )
             self._files[file.id] = file
             self._changes += 1
+            if self.lose_upload_responses > 0:
+                self.lose_upload_responses -= 1
+                return Reply(drop=True)
         return envelope(file.to_api(self._service.base_url))
 
     def _upload_stream(self, headers: Headers, body: bytes) -> Reply:
