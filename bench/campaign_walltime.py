@@ -505,8 +505,9 @@ def main() -> int:
     ours = by_variant.get("ours")
     if ours and "bare-paced" in by_variant:
         ratio = median([r.seconds for r in ours]) / base
-        verdict = "met" if ratio <= 1.15 else "MISSED"
-        print(f"\nours / bare-paced = {ratio:.3f} (goal <= 1.15: {verdict})")
+        goal = 1.20 if args.one_wave else 1.15  # one wave: issue #19's goal; else benchmark 1's
+        verdict = "met" if ratio <= goal else "MISSED"
+        print(f"\nours / bare-paced = {ratio:.3f} (goal <= {goal:.2f}: {verdict})")
     ru = resource.getrusage(resource.RUSAGE_SELF)
     print(f"process peak RSS {ru.ru_maxrss / 1024:.0f} MiB; load average now {load_average()}")
     return 0
