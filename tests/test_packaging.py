@@ -144,8 +144,13 @@ def test_the_wheel_installs_two_packages_and_nothing_generic(wheel: Path) -> Non
         ).decode()
     tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert tops == {"prefect_evolink", "evolink"}
-    for sub in ("blocks", "tasks", "flows", "deployments", "briefs"):
+    for sub in ("blocks", "tasks", "flows", "deployments", "briefs", "commands"):
         assert f"prefect_evolink/{sub}/__init__.py" in names
+    # every package of the source tree is in the wheel (a new folder not listed in pyproject.toml
+    # would be missing from it, while the editable install of the repository still finds it)
+    for top in ("prefect_evolink", "evolink"):
+        for init in (ROOT / top).rglob("__init__.py"):
+            assert f"{top}/{init.relative_to(ROOT / top).as_posix()}" in names, init
     assert "prefect_evolink/briefs/spring-launch.yaml" in names
     assert "prefect_evolink/blocks/logos/evolink-credentials.png" in names  # the logos ship
     assert "prefect_evolink/deployments/prefect.yaml" in names
