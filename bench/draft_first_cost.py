@@ -30,7 +30,7 @@ from typing import Any
 from common import machine_line, prefect_api, print_table
 
 from evolink.brief import AssetPlan, CampaignBrief, check_plans, load_brief
-from evolink.campaign import asset_estimate_usd, draft_first_saving
+from evolink.campaign import draft_first_saving, draft_first_usd
 from evolink.cost import estimate, usd
 from evolink.models import ImageRequest, parse_request
 
@@ -68,7 +68,7 @@ def model_tables(brief: CampaignBrief) -> None:
     plans = plans_for(brief)
     rows = []
     for p in plans:
-        ours = asset_estimate_usd(p)
+        ours = draft_first_usd(p)
         alt = p.high_variants_estimate.usd
         rows.append(
             [

@@ -8,10 +8,9 @@ field, not halfway through a paid run.
 from __future__ import annotations
 
 import json
-import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 import yaml
 from pydantic import (
@@ -27,12 +26,22 @@ from pydantic import (
     model_validator,
 )
 
+from evolink.adaptations import (
+    PLACEHOLDER_FINAL_URL,
+    Adaptation,
+    AdaptationPlan,
+    BrandKit,
+    adaptation_prompt,
+    branded_prompt,
+    id_rule,
+    unique_adaptation_ids,
+)
 from evolink.cost import CostEstimate, Quality, estimate
 from evolink.errors import BriefError, InvalidRequestError
+from evolink.forms import form_money, form_optional, unset_none_in_json
 from evolink.models import MAX_REFERENCE_IMAGES, ImageRequest, parse_request
 from evolink.sizes import Resolution
 
-ASSET_ID: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 PLACEHOLDER_DRAFT_URL: Final = "https://drafts.invalid/chosen-draft.png"  # estimates only
 MAX_ASSETS: Final = 10_000
 """Most assets in one brief. The budget is the guard on spend; this ceiling only catches a
@@ -40,45 +49,6 @@ generated brief gone wrong (a loop, a pasted catalogue) before it is parsed, pla
 estimated in full. The run's memory does not grow with it beyond small per-asset records
 (`flows/campaign.py`, README "Campaign scale"); 10,000 assets are planned in a few seconds
 and their manifest is a few tens of MB. Larger catalogues: split them into several briefs."""
-
-
-# --- how the brief looks as a form (the Prefect UI's run form of a deployment) ---------------
-#
-# The form is drawn from the JSON schema, and Prefect's server checks a deployment run's
-# parameters against that same schema. Pydantic's own schema makes a poor form: every optional
-# field an `anyOf` of its type and null (the UI shows "str | None" tabs, "None" picked), the
-# Decimal budget an `anyOf` of number and string ("float | str" tabs). So the schema of those
-# fields is edited here — the validation rules are not: the models accept what they always did.
-# In exchange, the JSON these models dump matches the schema (an optional field left unset is
-# left out, the budget is a number), so a brief object passed to `run_deployment` passes the
-# server's check as the form's does.
-
-
-def _form_optional(schema: dict[str, Any]) -> None:
-    """An optional field as a plain input: the non-null branch of `anyOf`, no null default
-    (left empty in the form, the field is left out; Prefect's server check still allows null
-    for an optional field without a default)."""
-    branches = [b for b in schema.pop("anyOf", []) if b.get("type") != "null"]
-    if len(branches) == 1:
-        schema.update({**branches[0], **schema})
-    if schema.get("default", ...) is None:
-        del schema["default"]
-
-
-def _form_money(schema: dict[str, Any]) -> None:
-    """The budget as one number input (pydantic's Decimal schema is `anyOf` number, string)."""
-    number = next(b for b in schema.pop("anyOf") if b.get("type") == "number")
-    schema.update({**number, **schema})
-
-
-def _unset_none_in_json(
-    model: BaseModel, handler: SerializerFunctionWrapHandler, info: SerializationInfo
-) -> Any:
-    """In JSON, an optional field that is None is left out, as the form leaves it out."""
-    data = handler(model)
-    if info.mode_is_json() and isinstance(data, dict):
-        return {key: value for key, value in data.items() if value is not None}
-    return data
 
 
 class CampaignDefaults(BaseModel):
@@ -110,12 +80,27 @@ class CampaignDefaults(BaseModel):
         default=None,
         title="Storage block",
         description="Name of a saved storage block for this campaign (the run's wins).",
-        json_schema_extra=_form_optional,
+        json_schema_extra=form_optional,
+    )
+    adaptations: list[Adaptation] = Field(
+        default_factory=list,
+        title="Adaptations",
+        description="Versions of every approved final (an asset's own list replaces these).",
+    )
+    brand: BrandKit | None = Field(
+        default=None,
+        title="Brand kit",
+        description="Style references, a style line and what to avoid, for every job.",
     )
 
     @model_serializer(mode="wrap")
     def _json(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-        return _unset_none_in_json(self, handler, info)
+        return unset_none_in_json(self, handler, info)
+
+    @field_validator("adaptations")
+    @classmethod
+    def _unique_adaptations(cls, value: list[Adaptation]) -> list[Adaptation]:
+        return unique_adaptation_ids(value)
 
 
 class AssetBrief(BaseModel):
@@ -134,7 +119,7 @@ class AssetBrief(BaseModel):
         default=None,
         title="Size",
         description="Ratio, 'auto' or 'WxH'; empty: the default size.",
-        json_schema_extra=_form_optional,
+        json_schema_extra=form_optional,
     )
     drafts: int | None = Field(
         default=None,
@@ -142,25 +127,25 @@ class AssetBrief(BaseModel):
         le=10,
         title="Drafts",
         description="Variants of this asset; empty: the default.",
-        json_schema_extra=_form_optional,
+        json_schema_extra=form_optional,
     )
     resolution: Resolution | None = Field(
         default=None,
         title="Final resolution",
         description="Empty: the default.",
-        json_schema_extra=_form_optional,
+        json_schema_extra=form_optional,
     )
     draft_resolution: Resolution | None = Field(
         default=None,
         title="Draft resolution",
         description="Empty: the default.",
-        json_schema_extra=_form_optional,
+        json_schema_extra=form_optional,
     )
     final_quality: Quality | None = Field(
         default=None,
         title="Final quality",
         description="Empty: the default.",
-        json_schema_extra=_form_optional,
+        json_schema_extra=form_optional,
     )
     reference_images: list[str] = Field(
         default_factory=list,
@@ -172,21 +157,33 @@ class AssetBrief(BaseModel):
         default=None,
         title="Mask",
         description="PNG mask, like a reference image (needs reference images).",
-        json_schema_extra=_form_optional,
+        json_schema_extra=form_optional,
+    )
+    adaptations: list[Adaptation] | None = Field(
+        default=None,
+        title="Adaptations",
+        description="Versions of the approved final; empty: the defaults' ([] for none).",
+        json_schema_extra=form_optional,
     )
 
     @model_serializer(mode="wrap")
     def _json(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-        return _unset_none_in_json(self, handler, info)
+        return unset_none_in_json(self, handler, info)
 
     @field_validator("id")
     @classmethod
     def _id_rule(cls, value: str) -> str:
-        if not ASSET_ID.match(value):
-            raise ValueError(
-                "must be 1-64 of lowercase letters, digits, '-' or '_', starting alnum"
-            )
-        return value
+        return id_rule(value)
+
+    @field_validator("adaptations")
+    @classmethod
+    def _unique_adaptations(cls, value: list[Adaptation] | None) -> list[Adaptation] | None:
+        return None if value is None else unique_adaptation_ids(value)
+
+    def adaptations_of(self, defaults: CampaignDefaults) -> list[Adaptation]:
+        """The asset's adaptations: its own list when it gives one (even empty), else the
+        defaults'."""
+        return defaults.adaptations if self.adaptations is None else self.adaptations
 
     @model_validator(mode="after")
     def _mask_rule(self) -> AssetBrief:
@@ -210,7 +207,7 @@ class CampaignBrief(BaseModel):
         gt=0,
         title="Budget (USD)",
         description="Most the run may spend, drafts and finals.",
-        json_schema_extra=_form_money,
+        json_schema_extra=form_money,
     )
     defaults: CampaignDefaults = Field(
         default_factory=CampaignDefaults,
@@ -251,6 +248,26 @@ class CampaignBrief(BaseModel):
             seen.add(asset.id)
         return self
 
+    @model_validator(mode="after")
+    def _reference_limit(self) -> CampaignBrief:
+        """Every job's images within EvoLink's limit, the brand kit's included: a final sends
+        the chosen draft, the asset's references and the brand's; an adaptation the final
+        and the brand's."""
+        brand = len(self.defaults.brand.references) if self.defaults.brand else 0
+        problems = []
+        for index, asset in enumerate(self.assets):
+            total = 1 + len(asset.reference_images) + brand
+            if total > MAX_REFERENCE_IMAGES:
+                problems.append(
+                    f"asset {asset.id!r} (#{index + 1}): reference_images: "
+                    f"{len(asset.reference_images)} + {brand} brand reference(s) + the chosen "
+                    f"draft = {total} images in its final, over EvoLink's limit of "
+                    f"{MAX_REFERENCE_IMAGES}: drop {total - MAX_REFERENCE_IMAGES}"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))  # one line each (`_brief_problems`)
+        return self
+
 
 # --- the plan: concrete requests and estimates per asset ------------------------------------
 
@@ -270,11 +287,14 @@ class AssetPlan(BaseModel):
     draft_estimate: CostEstimate
     final_estimate: CostEstimate
     high_variants_estimate: CostEstimate  # k finals at final quality: what draft-first saves
+    adaptations: list[AdaptationPlan] = Field(default_factory=list)
+    prompt: str = ""
+    """The prompt every job of the asset sends: the asset's, with the brand kit's lines."""
 
     def final_request(self, chosen_draft_url: str) -> ImageRequest:
         """The final: the chosen draft first among the references, so it keeps its composition."""
         return _final_request(
-            self.asset.prompt,
+            self.prompt or self.asset.prompt,
             self.final_size,
             self.final_resolution,
             self.final_quality,
@@ -282,6 +302,11 @@ class AssetPlan(BaseModel):
             self.mask_url,
             n=1,
         )
+
+    @property
+    def adaptations_usd(self) -> Decimal:
+        """What the asset's adaptations are estimated to cost together."""
+        return sum((a.estimate.usd for a in self.adaptations), Decimal(0))
 
 
 def _final_request(
@@ -309,24 +334,35 @@ def _ratio_only(size: str, resolution: Resolution) -> Resolution | None:
 
 
 def plan_asset(
-    asset: AssetBrief, defaults: CampaignDefaults, reference_urls: list[str], mask_url: str | None
+    asset: AssetBrief,
+    defaults: CampaignDefaults,
+    reference_urls: list[str],
+    mask_url: str | None,
+    brand_urls: list[str] | None = None,
 ) -> AssetPlan:
-    """Build and validate both requests of an asset; raises InvalidRequestError."""
+    """Build and validate every request of an asset — drafts, final, adaptations; raises
+    `InvalidRequestError` (an adaptation's fields are named `adaptation '<id>': <field>`).
+
+    `reference_urls` are the asset's references followed by the brand kit's (`brand_urls`,
+    which an adaptation sends after the final)."""
     size = asset.size or defaults.size
     drafts = asset.drafts or defaults.drafts
+    prompt = branded_prompt(asset.prompt, defaults.brand)
+    draft_resolution = asset.draft_resolution or defaults.draft_resolution
     draft = _final_request(
-        asset.prompt,
+        prompt,
         size,
-        _ratio_only(size, asset.draft_resolution or defaults.draft_resolution),
+        _ratio_only(size, draft_resolution),
         defaults.draft_quality,
         reference_urls,
         mask_url,
         n=drafts,
     )
-    final_resolution = _ratio_only(size, asset.resolution or defaults.resolution)
+    resolution = asset.resolution or defaults.resolution
+    final_resolution = _ratio_only(size, resolution)
     final_quality = asset.final_quality or defaults.final_quality
     final = _final_request(
-        asset.prompt,
+        prompt,
         size,
         final_resolution,
         final_quality,
@@ -336,8 +372,54 @@ def plan_asset(
     )
     # The alternative draft-first replaces: k variants straight at final quality.
     variants = _final_request(
-        asset.prompt, size, final_resolution, final_quality, reference_urls, mask_url, n=drafts
+        prompt, size, final_resolution, final_quality, reference_urls, mask_url, n=drafts
     )
+    adaptations = []
+    for adaptation in asset.adaptations_of(defaults):
+        a_size = adaptation.size or size
+        a_resolution = _ratio_only(a_size, adaptation.resolution or resolution)
+        a_quality = adaptation.quality or final_quality
+        try:
+            request = _final_request(
+                adaptation_prompt(adaptation, a_size, defaults.brand),
+                a_size,
+                a_resolution,
+                a_quality,
+                [PLACEHOLDER_FINAL_URL, *(brand_urls or [])],
+                None,
+                n=1,
+            )
+        except InvalidRequestError as error:
+            raise InvalidRequestError(
+                [(f"adaptation {adaptation.id!r}: {field}", rule) for field, rule in error.problems]
+            ) from None
+        # Without adaptations: drafts and a final of their own in this format.
+        scratch_drafts = _final_request(
+            prompt,
+            a_size,
+            _ratio_only(a_size, draft_resolution),
+            defaults.draft_quality,
+            reference_urls,
+            mask_url,
+            n=drafts,
+        )
+        scratch_final = _final_request(
+            prompt,
+            a_size,
+            a_resolution,
+            a_quality,
+            [PLACEHOLDER_DRAFT_URL, *reference_urls],
+            mask_url,
+            n=1,
+        )
+        adaptations.append(
+            AdaptationPlan(
+                adaptation=adaptation,
+                request=request,
+                estimate=estimate(request),
+                from_scratch_usd=estimate(scratch_drafts).usd + estimate(scratch_final).usd,
+            )
+        )
     return AssetPlan(
         asset=asset,
         draft=draft,
@@ -349,26 +431,49 @@ def plan_asset(
         draft_estimate=estimate(draft),
         final_estimate=estimate(final),
         high_variants_estimate=estimate(variants),
+        adaptations=adaptations,
+        prompt=prompt,
     )
 
 
 def _brief_problems(error: ValidationError, data: Any) -> list[str]:
+    """One line per problem, naming the asset (id and position), the adaptation (id) and the
+    field: `asset 'hero' (#1): adaptation 'de': prompt: …`."""
     problems = []
     assets = data.get("assets") if isinstance(data, dict) else None
     for item in error.errors(include_url=False):
         loc = list(item["loc"])
         message = str(item["msg"]).removeprefix("Value error, ")
+        if not loc and message.startswith("asset "):  # whole-brief rules that name the asset
+            problems.extend(message.splitlines())
+            continue
         where = "brief"
+        owner: Any = data
         if len(loc) >= 2 and loc[0] == "assets" and isinstance(loc[1], int):
             index = loc[1]
-            asset_id = None
-            if isinstance(assets, list) and index < len(assets) and isinstance(assets[index], dict):
-                asset_id = assets[index].get("id")
+            owner = _item(assets, index)
+            asset_id = owner.get("id") if owner else None
             where = f"asset {asset_id!r} (#{index + 1})" if asset_id else f"asset #{index + 1}"
             loc = loc[2:]
-        field = ".".join(str(part) for part in loc) or "(whole)"
-        problems.append(f"{where}: {field}: {message}")
+        elif len(loc) >= 1 and loc[0] == "defaults":
+            owner = data.get("defaults") if isinstance(data, dict) else None
+            where, loc = "defaults", loc[1:]
+        if len(loc) >= 2 and loc[0] == "adaptations" and isinstance(loc[1], int):
+            adaptations = owner.get("adaptations") if isinstance(owner, dict) else None
+            adaptation = _item(adaptations, loc[1])
+            name = adaptation.get("id") if adaptation else None
+            where += f": adaptation {name!r}" if name else f": adaptation #{loc[1] + 1}"
+            loc = loc[2:]
+        field = ".".join(str(part) for part in loc)
+        if not field and ": adaptation " not in where:
+            field = "(whole)"
+        problems.append(f"{where}: {field}: {message}" if field else f"{where}: {message}")
     return problems
+
+
+def _item(items: Any, index: int) -> dict[str, Any] | None:
+    found = items[index] if isinstance(items, list) and index < len(items) else None
+    return cast(dict[str, Any], found) if isinstance(found, dict) else None
 
 
 def parse_brief(data: Any) -> CampaignBrief:
@@ -407,15 +512,20 @@ def load_brief(path: str | Path) -> CampaignBrief:
 
 
 def check_plans(
-    brief: CampaignBrief, references: dict[str, tuple[list[str], str | None]]
+    brief: CampaignBrief,
+    references: dict[str, tuple[list[str], str | None]],
+    brand_urls: list[str] | None = None,
 ) -> list[AssetPlan]:
-    """Plan every asset, collecting every request problem with its asset id before raising."""
+    """Plan every asset, collecting every request problem with its asset id before raising.
+
+    `references`: each asset's reference URLs (its own, then the brand kit's) and mask;
+    `brand_urls`: the brand kit's alone (an adaptation sends them after the final)."""
     plans: list[AssetPlan] = []
     problems: list[str] = []
     for asset in brief.assets:
         urls, mask = references.get(asset.id, ([], None))
         try:
-            plans.append(plan_asset(asset, brief.defaults, urls, mask))
+            plans.append(plan_asset(asset, brief.defaults, urls, mask, brand_urls))
         except InvalidRequestError as error:
             problems.extend(
                 f"asset {asset.id!r}: {field}: {rule}" for field, rule in error.problems

@@ -15,6 +15,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from evolink.adaptations import stage_kind
 from evolink.brief import AssetBrief, AssetPlan, CampaignBrief
 from evolink.cost import UNKNOWN_COST, BilledCost, CostEstimate, usd
 from evolink.jobs import JobRecord, StoredImage, SubmitRecord, utcnow
@@ -94,6 +95,22 @@ class JobRow(BaseModel):
     )
 
 
+class AdaptationOutcome(BaseModel):
+    """What became of one adaptation of an asset's final (`evolink.adaptations`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    status: AssetStatus
+    """FINAL: made and stored (approved, when adaptations are reviewed); REJECTED by the
+    reviewer (its image stays stored, marked); NOT_REVIEWED; BUDGET_STOPPED; FAILED;
+    CANCELLED; PENDING."""
+    detail: str = ""
+    error_type: str | None = None
+    error: str | None = None
+    record: JobRecord | None = None
+
+
 class AssetOutcome(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -107,6 +124,13 @@ class AssetOutcome(BaseModel):
     chosen_draft: int | None = None
     drafts: JobRecord | None = None
     final: JobRecord | None = None
+    adaptations: list[AdaptationOutcome] = Field(
+        default_factory=list,
+        description="the adaptations of the final, once it is stored (in the brief's order)",
+    )
+
+    def adaptation(self, adaptation_id: str) -> AdaptationOutcome | None:
+        return next((a for a in self.adaptations if a.id == adaptation_id), None)
 
 
 class CampaignTotals(BaseModel):
@@ -167,10 +191,27 @@ class CampaignManifest(BaseModel):
     rebuilt_at: datetime | None = Field(
         default=None, description="set when rebuilt from the job records in storage"
     )
+    adaptations_from_scratch_usd: str | None = Field(
+        default=None,
+        description=(
+            "what the stored adaptations' formats would have cost made from scratch, each with "
+            "drafts and a final of its own (the adaptations comparison); None: no adaptations"
+        ),
+    )
 
     @property
     def failed_assets(self) -> list[AssetOutcome]:
         return [outcome for outcome in self.assets if outcome.status in FAILING_STATUSES]
+
+    @property
+    def failed_adaptations(self) -> list[tuple[str, AdaptationOutcome]]:
+        """(asset, adaptation) for every adaptation that failed, was stopped or not finished."""
+        return [
+            (outcome.asset, adaptation)
+            for outcome in self.assets
+            for adaptation in outcome.adaptations
+            if adaptation.status in FAILING_STATUSES
+        ]
 
 
 def job_row(
@@ -287,7 +328,8 @@ def totals(rows: Sequence[JobRow]) -> CampaignTotals:
             amount = Decimal(row.billed_usd)
             credits += Decimal(row.billed_credits or 0)
         billed += amount
-        by_stage[row.stage] = by_stage.get(row.stage, Decimal(0)) + amount
+        kind = stage_kind(row.stage)  # every adaptation's job under "adaptation"
+        by_stage[kind] = by_stage.get(kind, Decimal(0)) + amount
     return CampaignTotals(
         estimated_usd=str(sum((Decimal(r.estimated_usd) for r in rows), Decimal(0))),
         billed_usd=str(billed),
@@ -333,35 +375,69 @@ def load_selector(path: str) -> Selector:
 # --- estimate sums ---------------------------------------------------------------------------
 
 
-def asset_estimate_usd(plan: AssetPlan) -> Decimal:
-    """What an asset's drafts and its final are estimated to cost together."""
+def draft_first_usd(plan: AssetPlan) -> Decimal:
+    """What an asset's drafts and its final are estimated to cost (the draft-first way)."""
     return plan.draft_estimate.usd + plan.final_estimate.usd
 
 
+def asset_estimate_usd(plan: AssetPlan) -> Decimal:
+    """What an asset's drafts, its final and its adaptations are estimated to cost together."""
+    return plan.draft_estimate.usd + plan.final_estimate.usd + plan.adaptations_usd
+
+
 def campaign_estimate_usd(plans: Sequence[AssetPlan]) -> Decimal:
-    """The pre-flight estimate of a campaign: every asset's drafts and final."""
+    """The pre-flight estimate of a campaign: every asset's drafts, final and adaptations."""
     return sum((asset_estimate_usd(plan) for plan in plans), Decimal(0))
 
 
 def draft_first_saving(plans: Sequence[AssetPlan]) -> tuple[Decimal, Decimal]:
-    """(draft-first estimate, k-high-variants estimate) over the whole campaign."""
+    """(draft-first estimate, k-high-variants estimate) of the drafts and finals over the
+    whole campaign (adaptations have a comparison of their own: `adaptations_saving`)."""
+    ours = sum((draft_first_usd(p) for p in plans), Decimal(0))
     variants = sum((plan.high_variants_estimate.usd for plan in plans), Decimal(0))
-    return campaign_estimate_usd(plans), variants
+    return ours, variants
+
+
+def adaptations_saving(
+    plans: Sequence[AssetPlan], made: Callable[[str, str], bool] | None = None
+) -> tuple[Decimal, Decimal] | None:
+    """(adaptations estimate, the same formats from scratch with drafts) over the adaptations
+    `made(asset, adaptation)` says count (all by default); None when the brief has none."""
+    pairs = [
+        (p.asset.id, a)
+        for p in plans
+        for a in p.adaptations
+        if made is None or made(p.asset.id, a.id)
+    ]
+    if not any(p.adaptations for p in plans):
+        return None
+    ours = sum((a.estimate.usd for _, a in pairs), Decimal(0))
+    scratch = sum((a.from_scratch_usd for _, a in pairs), Decimal(0))
+    return ours, scratch
 
 
 def budget_refusal(brief: CampaignBrief, plans: Sequence[AssetPlan]) -> str | None:
-    """The refusal message when drafts + finals cannot fit the budget, else None."""
+    """The refusal message when drafts, finals and adaptations cannot fit the budget, else
+    None."""
     total = campaign_estimate_usd(plans)
     if total <= brief.budget_usd:
         return None
+
+    def line(p: AssetPlan) -> str:
+        adaptations = (
+            f"+ {len(p.adaptations)} adaptation(s) {usd(p.adaptations_usd)} "
+            if p.adaptations
+            else ""
+        )
+        return (
+            f"  {p.asset.id}: drafts {usd(p.draft_estimate.usd)} ({p.draft.n}× {p.draft.quality}) "
+            f"+ final {usd(p.final_estimate.usd)} ({p.final_quality}) {adaptations}"
+            f"= {usd(asset_estimate_usd(p))}"
+        )
+
     lines = [
         f"campaign {brief.campaign!r} is estimated at {usd(total)}, over its budget of "
         f"{usd(brief.budget_usd)}; nothing was sent. Estimate per asset:",
-        *(
-            f"  {p.asset.id}: drafts {usd(p.draft_estimate.usd)} ({p.draft.n}× {p.draft.quality}) "
-            f"+ final {usd(p.final_estimate.usd)} ({p.final_quality}) "
-            f"= {usd(asset_estimate_usd(p))}"
-            for p in plans
-        ),
+        *(line(p) for p in plans),
     ]
     return "\n".join(lines)

@@ -151,6 +151,17 @@ class CampaignRun:
         """The final of every asset whose draft was chosen, each inside the asset boundary."""
         await self.assets.each_asset("final", self.stages.final)
 
+    @property
+    def adapted(self) -> list[AssetPlan]:
+        """The plans of the assets that have adaptations."""
+        return [plan for plan in self.assets.plans if plan.adaptations]
+
+    async def adaptations(self) -> None:
+        """The adaptations of every asset whose final is stored, each asset inside the asset
+        boundary and each adaptation inside its own."""
+        if self.adapted:
+            await self.assets.each_asset("adaptation", self.stages.adaptations, self.adapted)
+
 
 @sync_or_async_flow(name="evolink-campaign", log_prints=True)
 async def run_campaign(
@@ -277,7 +288,9 @@ async def run_campaign(
     credentials, asset_storage = blocks.credentials, blocks.storage
     references = await resolve_references(brief, loaded.base_dir, asset_storage)
     plans = check_plans(
-        brief, {a: (r.urls, r.mask.url if r.mask else None) for a, r in references.items()}
+        brief,
+        {a: (r.urls, r.mask.url if r.mask else None) for a, r in references.items()},
+        next(iter(references.values())).brand_urls if references else [],
     )
     refusal = budget_refusal(brief, plans)
     if refusal:
@@ -318,7 +331,9 @@ async def run_campaign(
     )
     paused = False
     try:
-        run.assets.progress = await Progress.start(brief.campaign, 2 * len(plans))
+        run.assets.progress = await Progress.start(
+            brief.campaign, 2 * len(plans) + len(run.adapted)
+        )
         await run.record.checkpoint(selection, started_at)
         await run.drafts()
         await run.record.checkpoint(selection, started_at)  # a review may take a day
@@ -332,6 +347,7 @@ async def run_campaign(
             run.auto_select(chosen_selector)
         if reviewed:
             await run.finals()
+            await run.adaptations()
     except Pause:
         # Suspended for review (a deployed run): the process exits, no worker is held. The
         # manifest says what holds if nobody answers in time (no finals); a resume reruns the
@@ -356,15 +372,36 @@ async def run_campaign(
         if not paused:  # the uploads whose jobs are stored are deleted (never raises)
             await run.delivery.cleanup()
 
-    failing = any(o.status in FAILING_STATUSES for o in run.assets.outcomes.values())
+    failing = any(
+        o.status in FAILING_STATUSES or any(a.status in FAILING_STATUSES for a in o.adaptations)
+        for o in run.assets.outcomes.values()
+    )
     state: RunState = "failed" if failing else "completed"
     manifest, uri = await run.record.finish(selection, started_at, state)
-    if manifest.failed_assets:
+    if manifest.failed_assets or manifest.failed_adaptations:
         raise CampaignIncompleteError(
-            f"{len(manifest.failed_assets)} of {len(plans)} asset(s) did not get a final: "
-            + "; ".join(f"{o.asset} ({o.status.value}: {o.detail})" for o in manifest.failed_assets)
-            + f". Manifest: {uri}",
+            _incomplete(manifest, len(plans)) + f". Manifest: {uri}",
             manifest=manifest,
             manifest_uri=uri,
         )
     return manifest
+
+
+def _incomplete(manifest: CampaignManifest, assets: int) -> str:
+    """What `CampaignIncompleteError` says: the assets without a final, the adaptations not
+    made."""
+    parts = []
+    if manifest.failed_assets:
+        parts.append(
+            f"{len(manifest.failed_assets)} of {assets} asset(s) did not get a final: "
+            + "; ".join(f"{o.asset} ({o.status.value}: {o.detail})" for o in manifest.failed_assets)
+        )
+    if manifest.failed_adaptations:
+        parts.append(
+            f"{len(manifest.failed_adaptations)} adaptation(s) not made: "
+            + "; ".join(
+                f"{asset}/{a.id} ({a.status.value}: {a.detail})"
+                for asset, a in manifest.failed_adaptations
+            )
+        )
+    return "; ".join(parts)

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from prefect import get_run_logger
 
+from evolink.adaptations import adaptation_of_stage
 from evolink.brief import AssetPlan, CampaignBrief
 from evolink.budget import Budget
 from evolink.campaign import (
@@ -104,14 +105,15 @@ class Booking:
         amount = await self.budget.reserve(estimate.usd)
         if amount is None:
             needed = estimate.usd * self.budget.calibration
-            self.assets.update(
-                asset,
-                status=AssetStatus.BUDGET_STOPPED,
-                detail=f"{stage} needs ≈{usd(needed)}, {usd(self.budget.left_usd)} left",
-            )
-            self.logger.warning(
-                "Budget: %s %s not sent (%s)", asset, stage, self.assets.outcomes[asset].detail
-            )
+            detail = f"{stage} needs ≈{usd(needed)}, {usd(self.budget.left_usd)} left"
+            adaptation = adaptation_of_stage(stage)
+            if adaptation is None:
+                self.assets.update(asset, status=AssetStatus.BUDGET_STOPPED, detail=detail)
+            else:  # the final is stored: only this adaptation is stopped
+                self.assets.update_adaptation(
+                    asset, adaptation, status=AssetStatus.BUDGET_STOPPED, detail=detail
+                )
+            self.logger.warning("Budget: %s %s not sent (%s)", asset, stage, detail)
             return None
         trail = trail if trail is not None else JobTrail()
         try:

@@ -16,7 +16,7 @@ from typing import Any
 from prefect import get_run_logger
 
 from evolink.brief import AssetPlan
-from evolink.campaign import AssetOutcome, AssetStatus, failure_detail
+from evolink.campaign import AdaptationOutcome, AssetOutcome, AssetStatus, failure_detail
 from prefect_evolink.tasks.campaign_progress import Progress
 
 
@@ -40,7 +40,12 @@ class AssetBoundary:
         self.progress: Progress | None = None
         self.logger = get_run_logger()
 
-    async def each_asset(self, stage: str, work: Callable[[AssetPlan], Awaitable[None]]) -> None:
+    async def each_asset(
+        self,
+        stage: str,
+        work: Callable[[AssetPlan], Awaitable[None]],
+        plans: list[AssetPlan] | None = None,
+    ) -> None:
         """Run one stage for every asset, each inside the asset boundary, `workers` at a time.
 
         A fixed pool of workers pulls the next plan from one shared iterator, so the run holds
@@ -51,13 +56,14 @@ class AssetBoundary:
         recorded by `interrupt`.
         """
         self.stage = stage
-        queue = iter(self.plans)
+        chosen = self.plans if plans is None else plans
+        queue = iter(chosen)
 
         async def worker() -> None:
             for plan in queue:  # one iterator shared by every worker: each plan runs once
                 await self.guarded(stage, plan, work)
 
-        await asyncio.gather(*(worker() for _ in range(min(self.workers, len(self.plans)))))
+        await asyncio.gather(*(worker() for _ in range(min(self.workers, len(chosen)))))
 
     async def guarded(
         self, stage: str, plan: AssetPlan, work: Callable[[AssetPlan], Awaitable[None]]
@@ -77,6 +83,42 @@ class AssetBoundary:
 
     def update(self, asset: str, **changes: Any) -> None:
         self.outcomes[asset] = self.outcomes[asset].model_copy(update=changes)
+
+    def update_adaptation(self, asset: str, adaptation: str, **changes: Any) -> None:
+        """Change (or start, as PENDING) the outcome of one adaptation of `asset`."""
+        current = self.outcomes[asset].adaptations
+        found = next((a for a in current if a.id == adaptation), None)
+        if found is None:
+            found = AdaptationOutcome(id=adaptation, status=AssetStatus.PENDING)
+            current = [*current, found]
+        changed = found.model_copy(update=changes)
+        self.update(asset, adaptations=[changed if a.id == adaptation else a for a in current])
+
+    def fail_adaptation(self, asset: str, adaptation: str, error: BaseException) -> None:
+        """End one adaptation as FAILED, naming the error; the asset's final and its other
+        adaptations are untouched (the adaptations' own boundary)."""
+        self.update_adaptation(
+            asset,
+            adaptation,
+            status=AssetStatus.FAILED,
+            detail=failure_detail(f"adaptation {adaptation}", error),
+            error_type=type(error).__name__,
+            error=str(error),
+        )
+        self.logger.error(
+            "Adaptation %s of %s failed: %s: %s", adaptation, asset, type(error).__name__, error
+        )
+
+    def cancel_adaptation(self, asset: str, adaptation: str, error: BaseException) -> None:
+        name = type(error).__name__
+        self.update_adaptation(
+            asset,
+            adaptation,
+            status=AssetStatus.CANCELLED,
+            detail=f"the run was cancelled ({name}) before this adaptation finished",
+            error_type=name,
+            error=str(error) or name,
+        )
 
     def fail(self, asset: str, stage: str, error: BaseException) -> None:
         """End one asset as FAILED, naming the error; the others carry on."""
@@ -105,6 +147,13 @@ class AssetBoundary:
         """The run itself stopped: every asset not yet settled is recorded as stopped by it."""
         name = type(error).__name__
         for asset, outcome in self.outcomes.items():
+            for adaptation in outcome.adaptations:
+                if adaptation.status is not AssetStatus.PENDING:
+                    continue
+                if isinstance(error, Exception):
+                    self.fail_adaptation(asset, adaptation.id, error)
+                else:
+                    self.cancel_adaptation(asset, adaptation.id, error)
             if outcome.status is not AssetStatus.PENDING:
                 continue
             if isinstance(error, Exception):

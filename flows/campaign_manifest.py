@@ -18,11 +18,14 @@ from typing import cast
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 
+from evolink.adaptations import stage_kind
 from evolink.brief import CampaignBrief
 from evolink.campaign import (
+    AdaptationOutcome,
     AssetStatus,
     CampaignManifest,
     RunState,
+    adaptations_saving,
     campaign_estimate_usd,
     draft_first_saving,
     totals,
@@ -98,8 +101,17 @@ class ManifestWriter:
         delivered = [p for p in plans if outcomes[p.asset.id].status is AssetStatus.FINAL]
         _, variants = draft_first_saving(delivered)  # what the finals we have would have cost
         order = {p.asset.id: i for i, p in enumerate(plans)}
-        rows = sorted(self.booking.rows, key=lambda r: (order[r.asset], r.stage != "draft"))
+        rank = {"draft": 0, "final": 1, "adaptation": 2}
+        rows = sorted(
+            self.booking.rows, key=lambda r: (order[r.asset], rank.get(stage_kind(r.stage), 3))
+        )
         summed = totals(rows)
+
+        def made(asset: str, adaptation: str) -> bool:
+            found: AdaptationOutcome | None = outcomes[asset].adaptation(adaptation)
+            return found is not None and found.record is not None
+
+        adapted = adaptations_saving(plans, made)
         left = budget.limit_usd - Decimal(summed.billed_usd) - budget.reserved_usd
         return CampaignManifest(
             campaign=self.brief.campaign,
@@ -116,6 +128,7 @@ class ManifestWriter:
             jobs=rows,
             run_state=state,
             submissions_unknown=list(self.booking.uncertain),
+            adaptations_from_scratch_usd=None if adapted is None else str(adapted[1]),
         )
 
 

@@ -1,21 +1,25 @@
-"""The stages of a campaign run: drafts, the choice of a draft, finals.
+"""The stages of a campaign run: drafts, the choice of a draft, finals, adaptations.
 
 One concept: what is made for each asset, in order. `drafts` pays for an asset's cheap drafts
 (or finds them stored, and a redo's newer ones: `--redo-drafts`), `select`/`auto_select` choose
 one (a reviewer chooses in `campaign_review` instead, from `suggestions`), `final` makes the
 high-quality final from the chosen draft — its draft URL made only when the final is really
-sent (`draft_url`). Every paid job goes through the run's books (`campaign_booking`); every
-outcome is recorded in its asset boundary (`campaign_boundary`).
+sent (`draft_url`) — and `adaptations` makes each adaptation of a stored final, one edit job
+each, isolated from the others (`evolink.adaptations`). Every paid job goes through the run's
+books (`campaign_booking`); every outcome is recorded in its asset boundary
+(`campaign_boundary`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from decimal import Decimal
 from typing import Any, Final, cast
 
 from prefect import get_run_logger
 
+from evolink.adaptations import AdaptationPlan
 from evolink.brief import PLACEHOLDER_DRAFT_URL, AssetPlan, CampaignBrief
 from evolink.campaign import AssetStatus, Selector, campaign_namespace
 from evolink.cost import usd
@@ -74,6 +78,8 @@ class CampaignStages:
         self.redo_drafts = redo_drafts
         """Assets whose drafts are no longer at EvoLink to make again (`--redo-drafts`)."""
         self.draft_links: dict[str, tuple[float, list[str]]] = {}
+        self.final_links: dict[str, tuple[float, list[str]]] = {}
+        """Per asset, when its final completed and its result link, for its adaptations."""
         self.logger = get_run_logger()
 
     def namespace(self, asset: str, stage: str) -> str:
@@ -219,6 +225,8 @@ class CampaignStages:
             self.draft_links.pop(plan.asset.id, None)
             forget_results(*links)  # the look-up's result: see `forget_results`
         if record is not None:
+            if plan.adaptations and trail.result_links is not None and trail.completed_at:
+                self.final_links[plan.asset.id] = (trail.completed_at, trail.result_links)
             self.assets.update(plan.asset.id, status=AssetStatus.FINAL, final=record, detail="")
 
     def final_job(self, plan: AssetPlan, image: StoredImage) -> tuple[ImageRequest, dict[str, Any]]:
@@ -235,12 +243,24 @@ class CampaignStages:
     async def draft_url(
         self, plan: AssetPlan, drafts: JobRecord, image: StoredImage, job: str | None = None
     ) -> str:
-        """A URL EvoLink can fetch the chosen draft from, by the one rule of
-        `tasks.image_delivery`: presigned S3, else its result link — the one its poll returned
-        while fresh (`DRAFT_LINK_REUSE_SECONDS`), else looked up while EvoLink still keeps it
-        (`DRAFT_LINK_USABLE_SECONDS`) — else the stored draft uploaded to the Files API."""
-        asset = plan.asset.id
-        fresh = self.draft_links.pop(asset, None)
+        """A URL EvoLink can fetch the chosen draft from (`stored_image_url`)."""
+        fresh = self.draft_links.pop(plan.asset.id, None)
+        return await self.stored_image_url(plan.asset.id, "draft", drafts, image, fresh, job)
+
+    async def stored_image_url(
+        self,
+        asset: str,
+        what: str,
+        made_by: JobRecord,
+        image: StoredImage,
+        fresh: tuple[float, list[str]] | None,
+        job: str | None = None,
+    ) -> str:
+        """A URL EvoLink can fetch a stored image of ours from (a chosen draft for its final, a
+        final for its adaptations), by the one rule of `tasks.image_delivery`: presigned S3,
+        else its result link — the one its poll returned while fresh
+        (`DRAFT_LINK_REUSE_SECONDS`), else looked up while EvoLink still keeps it
+        (`DRAFT_LINK_USABLE_SECONDS`) — else the stored image uploaded to the Files API."""
 
         async def result_link() -> str | None:
             if fresh is not None:
@@ -250,33 +270,102 @@ class CampaignStages:
                     and 0 <= image.index < len(links)
                 ):
                     return links[image.index]
-            age = (utcnow() - drafts.completed_at).total_seconds()
+            age = (utcnow() - made_by.completed_at).total_seconds()
             if age >= DRAFT_LINK_USABLE_SECONDS:
                 self.logger.info(
-                    "%s: draft image-%d was made %.1f h ago (EvoLink keeps links 24 h): the "
-                    "stored draft is sent instead",
+                    "%s: %s image-%d was made %.1f h ago (EvoLink keeps links 24 h): the "
+                    "stored %s is sent instead",
                     asset,
+                    what,
                     image.index,
                     age / 3600,
+                    what,
                 )
                 return None
             try:
                 return cast(
-                    str, await lookup_result_url(drafts.task_id, image.index, self.credentials)
+                    str, await lookup_result_url(made_by.task_id, image.index, self.credentials)
                 )
             except (NotFoundError, ResultExpiredError) as error:
                 self.logger.info(
-                    "%s: EvoLink no longer has draft image-%d (%s): the stored draft is sent "
-                    "instead",
+                    "%s: EvoLink no longer has %s image-%d (%s): the stored %s is sent instead",
                     asset,
+                    what,
                     image.index,
                     type(error).__name__,
+                    what,
                 )
                 return None
 
         return await self.delivery.stored_image(
             image.key, image.sha256, job=job, fresh_link=result_link
         )
+
+    async def adaptations(self, plan: AssetPlan) -> None:
+        """Every adaptation of an asset whose final is stored, at once; each one isolated: a
+        failure ends that adaptation only (`adaptation`)."""
+        asset = plan.asset.id
+        outcome = self.assets.outcomes[asset]
+        if (
+            outcome.status is not AssetStatus.FINAL
+            or outcome.final is None
+            or not outcome.final.images
+            or not plan.adaptations
+        ):
+            return
+        for adaptation in plan.adaptations:
+            self.assets.update_adaptation(asset, adaptation.id, status=AssetStatus.PENDING)
+        final = outcome.final
+        try:
+            await asyncio.gather(*(self.adaptation(plan, a, final) for a in plan.adaptations))
+        finally:
+            self.final_links.pop(asset, None)
+
+    async def adaptation(
+        self, plan: AssetPlan, adaptation: AdaptationPlan, final: JobRecord
+    ) -> None:
+        """One adaptation: an edit job whose first reference is the stored final. Its key comes
+        from the request without URLs, the final's sha256 and the brand references, so a rerun
+        (also a day later, on another machine) finds it stored and pays nothing; the final's
+        URL is made only when the adaptation is really sent."""
+        asset = plan.asset.id
+        image = final.images[0]
+        references = self.references[asset]
+        identity = adaptation.identity(image.sha256, references.brand_identities)
+        trail = JobTrail()
+        links: list[str] = []
+
+        async def prepare() -> ImageRequest:
+            fresh = self.final_links.get(asset)
+            links.append(
+                await self.stored_image_url(asset, "final", final, image, fresh, trail.sending)
+            )
+            return await self.delivery.deliver_request(
+                adaptation.request_for(links[-1]), references.pending, job=trail.sending
+            )
+
+        try:
+            record = await self.booking.paid_job(
+                plan,
+                adaptation.stage,
+                adaptation.request,
+                adaptation.estimate,
+                identity,
+                prepare=prepare,
+                trail=trail,
+            )
+        except Exception as error:  # noqa: BLE001 — the adaptation's own boundary
+            self.assets.fail_adaptation(asset, adaptation.id, error)
+            return
+        except BaseException as error:
+            self.assets.cancel_adaptation(asset, adaptation.id, error)
+            raise
+        finally:
+            forget_results(*links)
+        if record is not None:
+            self.assets.update_adaptation(
+                asset, adaptation.id, status=AssetStatus.FINAL, record=record, detail=""
+            )
 
     def suggestions(self, selector: Selector) -> dict[str, int | None]:
         """The selector's choice for every asset it could choose for — a reviewer's defaults.

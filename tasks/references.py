@@ -92,22 +92,38 @@ class ResolvedReference:
 
 @dataclass(frozen=True, slots=True)
 class AssetReferences:
+    """An asset's references, its mask, and the brand kit's style references (the same for
+    every asset, sent after the asset's own: `evolink.adaptations`)."""
+
     images: list[ResolvedReference]
     mask: ResolvedReference | None
+    brand: tuple[ResolvedReference, ...] = ()
 
     @property
     def urls(self) -> list[str]:
-        return [ref.url for ref in self.images]
+        """What a draft or a final sends: the asset's references, then the brand's."""
+        return [ref.url for ref in (*self.images, *self.brand)]
+
+    @property
+    def brand_urls(self) -> list[str]:
+        return [ref.url for ref in self.brand]
 
     @property
     def pending(self) -> dict[str, PendingImage]:
         """Placeholder URL → the image it stands for (`ImageDelivery.deliver_request`)."""
-        refs = [*self.images, *([self.mask] if self.mask else [])]
+        refs = [*self.images, *([self.mask] if self.mask else []), *self.brand]
         return {ref.url: ref.pending for ref in refs if ref.pending is not None}
 
     @property
     def identities(self) -> list[str]:
-        return [ref.identity for ref in self.images] + ([self.mask.identity] if self.mask else [])
+        """What the job keys are made of (the brand's last: keys without a brand kit are the
+        ones they always were)."""
+        mask = [self.mask.identity] if self.mask else []
+        return [ref.identity for ref in self.images] + mask + self.brand_identities
+
+    @property
+    def brand_identities(self) -> list[str]:
+        return [ref.identity for ref in self.brand]
 
 
 def _presign(storage: AssetStorage, key: str, spec: str) -> str:
@@ -141,6 +157,10 @@ def reference_format_problems(brief: CampaignBrief) -> list[str]:
     """The extension rule for every reference of `brief`, without resolving anything (the CLI
     checks a brief with it before any Prefect server starts); each problem names asset and field."""
     problems: list[str] = []
+    for index, spec in enumerate(_brand_references(brief)):
+        problem = format_problem(spec, REFERENCE_EXTENSIONS)
+        if problem:
+            problems.append(f"brand: references.{index}: {problem}")
     for asset in brief.assets:
         for index, spec in enumerate(asset.reference_images):
             problem = format_problem(spec, REFERENCE_EXTENSIONS)
@@ -150,6 +170,10 @@ def reference_format_problems(brief: CampaignBrief) -> list[str]:
         if mask_problem:
             problems.append(f"asset {asset.id!r}: mask: {mask_problem}")
     return problems
+
+
+def _brand_references(brief: CampaignBrief) -> list[str]:
+    return list(brief.defaults.brand.references) if brief.defaults.brand else []
 
 
 def _resolve_one(
@@ -216,6 +240,12 @@ def _resolve_all(
 ) -> dict[str, AssetReferences]:
     resolved: dict[str, AssetReferences] = {}
     problems: list[str] = []
+    brand: list[ResolvedReference] = []
+    for index, spec in enumerate(_brand_references(brief)):
+        try:
+            brand.append(_resolve_checked(spec, REFERENCE_EXTENSIONS, brief, base_dir, storage))
+        except ValueError as error:
+            problems.append(f"brand: references.{index}: {error}")
     for asset in brief.assets:
         images: list[ResolvedReference] = []
         mask = None
@@ -231,7 +261,7 @@ def _resolve_all(
                 mask = _resolve_checked(asset.mask, MASK_EXTENSIONS, brief, base_dir, storage)
             except ValueError as error:
                 problems.append(f"asset {asset.id!r}: mask: {error}")
-        resolved[asset.id] = AssetReferences(images, mask)
+        resolved[asset.id] = AssetReferences(images, mask, tuple(brand))
     if problems:
         raise BriefError(problems)
     return resolved
@@ -383,7 +413,10 @@ async def _check_one(
 async def check_reference_content(brief: CampaignBrief) -> None:
     """The content check of the module docstring for every https (or test http) reference of
     `brief`; raises `BriefError` naming each refused reference's asset and field."""
-    wanted: list[tuple[str, str, tuple[str, ...]]] = []  # (where, url, extensions)
+    wanted: list[tuple[str, str, tuple[str, ...]]] = [  # (where, url, extensions)
+        (f"brand: references.{index}", spec, REFERENCE_EXTENSIONS)
+        for index, spec in enumerate(_brand_references(brief))
+    ]
     for asset in brief.assets:
         for index, spec in enumerate(asset.reference_images):
             wanted.append(

@@ -38,10 +38,12 @@ client (uploads used as references)."""
 
 DOMAIN = frozenset(
     {
+        "evolink.adaptations",
         "evolink.brief",
         "evolink.budget",
         "evolink.callbacks",
         "evolink.campaign",
+        "evolink.forms",
         "evolink.jobs",
         "evolink.keys",
         "evolink.layout",

@@ -163,15 +163,20 @@ def check_brief(path: Path) -> None:
         raise BriefError([f"{path}: cannot read the brief ({error.strerror or error})"]) from None
     problems = reference_format_problems(brief)
     references: dict[str, tuple[list[str], str | None]] = {}
+    brand_kit = brief.defaults.brand.references if brief.defaults.brand else []
+    brand = [
+        stand_in(spec, f"brand/{index}", REFERENCE_EXTENSIONS)
+        for index, spec in enumerate(brand_kit)
+    ]
     for asset in brief.assets:
         urls = [
             stand_in(spec, f"{asset.id}/{index}", REFERENCE_EXTENSIONS)
             for index, spec in enumerate(asset.reference_images)
         ]
         mask = asset.mask and stand_in(asset.mask, f"{asset.id}/mask", MASK_EXTENSIONS)
-        references[asset.id] = (urls, mask)
+        references[asset.id] = ([*urls, *brand], mask)
     try:
-        plans = check_plans(brief, references)
+        plans = check_plans(brief, references, brand)
     except BriefError as error:
         raise BriefError(problems + error.problems) from None
     if problems:
