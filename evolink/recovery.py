@@ -39,7 +39,9 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from evolink.adaptations import ADAPTATION_STAGE_PREFIX, adaptation_of_stage, stage_kind
 from evolink.campaign import (
+    AdaptationOutcome,
     AssetOutcome,
     AssetStatus,
     CampaignManifest,
@@ -270,6 +272,55 @@ def _collect(
 
 
 def _outcome(asset: str, found: _Asset, before: AssetOutcome | None) -> AssetOutcome:
+    """The asset's outcome: its master (drafts and final) and its adaptations."""
+    master = _master_outcome(asset, found, before)
+    return master.model_copy(update={"adaptations": _adaptations(found, before)})
+
+
+def _adaptations(found: _Asset, before: AssetOutcome | None) -> list[AdaptationOutcome]:
+    """Each adaptation of the asset the records or the last manifest know: stored (FINAL, or
+    the reviewer's word on that very job when the manifest has it), failed, or not finished;
+    one the records do not know keeps the manifest's account (stopped by the budget, …)."""
+    earlier = {a.id: a for a in before.adaptations} if before else {}
+    ids = list(earlier)
+    for job in sorted(found.jobs, key=lambda j: j.when):
+        adaptation = adaptation_of_stage(job.stage)
+        if adaptation is not None and adaptation not in ids:
+            ids.append(adaptation)
+    outcomes = []
+    for adaptation in ids:
+        jobs = found.stage(f"{ADAPTATION_STAGE_PREFIX}{adaptation}")
+        kept = earlier.get(adaptation)
+        stored = [j for j in jobs if j.result is not None]
+        record = stored[-1].result if stored else None
+        if record is not None:
+            if kept is not None and kept.record is not None:
+                same_job = kept.record.task_id == record.task_id
+            else:
+                same_job = False
+            if same_job and kept is not None:
+                outcomes.append(kept)  # the reviewer's word on this very job stays
+            else:
+                outcomes.append(
+                    AdaptationOutcome(id=adaptation, status=AssetStatus.FINAL, record=record)
+                )
+        elif not jobs:
+            if kept is not None:
+                outcomes.append(kept)
+        elif jobs[-1].state == "failed":
+            outcomes.append(
+                AdaptationOutcome(id=adaptation, status=AssetStatus.FAILED, detail=jobs[-1].note)
+            )
+        elif kept is not None and kept.status in FAILED_OR_CANCELLED:
+            outcomes.append(kept)
+        else:
+            outcomes.append(
+                AdaptationOutcome(id=adaptation, status=AssetStatus.PENDING, detail=jobs[-1].note)
+            )
+    return outcomes
+
+
+def _master_outcome(asset: str, found: _Asset, before: AssetOutcome | None) -> AssetOutcome:
     drafts = [j for j in found.stage("draft") if j.result is not None]
     finals = [j for j in found.stage("final") if j.result is not None]
     draft_record = drafts[-1].result if drafts else None
@@ -340,7 +391,8 @@ def rebuild_manifest(
     outcomes = [_outcome(a, found.get(a, _Asset()), before.get(a)) for a in order]
     position = {asset: i for i, asset in enumerate(order)}
     every = [job for asset in found.values() for job in asset.jobs]
-    every.sort(key=lambda j: (position[j.asset], j.stage != "draft", j.when))
+    rank = {"draft": 0, "final": 1, "adaptation": 2}
+    every.sort(key=lambda j: (position[j.asset], rank.get(stage_kind(j.stage), 3), j.when))
     rows = [job.row for job in every if job.row is not None]
     summed = totals(rows)
     budget = previous.budget_usd if previous else "0"

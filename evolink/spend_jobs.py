@@ -16,6 +16,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from evolink.adaptations import stage_kind
 from evolink.campaign import CampaignManifest, JobRow, parse_campaign_namespace
 from evolink.endpoint import made_on_simulator
 from evolink.jobs import JobRecord, SubmitRecord, utcnow
@@ -187,7 +188,7 @@ def _deployment(files: JobFiles | None) -> tuple[str, str | None]:
 
 def _stage(namespace: str | None) -> str:
     parsed = parse_campaign_namespace(namespace) if namespace else None
-    return parsed[2] if parsed else SINGLE_STAGE
+    return stage_kind(parsed[2]) if parsed else SINGLE_STAGE
 
 
 def _reading_bill(reading: TaskReading | None) -> tuple[bool, str | None]:
@@ -241,7 +242,7 @@ def _from_row(
         asset=row.asset,
         deployment=deployment,
         flow_run_id=run_id,
-        stage=row.stage,
+        stage=stage_kind(row.stage),  # every adaptation under "adaptation"
         quality=row.quality,
         submitted_at=submitted or manifest.started_at,
         estimated_usd=row.estimated_usd,

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
 
 from evolink.adaptations import KEEP_INSTRUCTION, adaptation_stage
 from evolink.brief import check_plans, parse_brief
@@ -24,7 +25,9 @@ from evolink.errors import BriefError, BudgetExceededError, CampaignIncompleteEr
 from evolink.jobs import job_key
 from evolink.models import MAX_REFERENCE_IMAGES
 from evolink.simulator import EvoLinkSimulator, Fault, render_png
+from prefect_evolink.blocks import EvoLinkCredentials, LocalAssetStorage
 from prefect_evolink.flows.campaign import manifest_key, run_campaign
+from prefect_evolink.tasks.recovery import rebuild_campaign
 
 GERMAN = "Translate every visible text into German, same layout"
 
@@ -203,6 +206,7 @@ def test_masters_and_adaptations_end_to_end_and_a_day_two_rerun_makes_nothing(
         # the first reference is the final (its fresh result link), and it is billed as one
         assert entry.request["image_urls"][0] == final_task["results"][0]
         assert entry.image_input_tokens > 0 and entry.billed_usd > 0
+        assert Decimal(adaptation.record.estimated_usd) == entry.billed_usd  # the edit's price
         assert entry.request["prompt"].startswith(KEEP_INSTRUCTION)
 
     rows = [r for r in manifest.jobs if r.stage.startswith("adapt-")]
@@ -258,6 +262,26 @@ def test_an_adaptation_that_fails_fails_only_itself_and_a_reworded_one_is_all_th
     assert [(asset, a.id) for asset, a in manifest.failed_adaptations] == [("hero", "de")]
     creates = evolink_env.request_counts["create"]
 
+    # `prefect-evolink report` rebuilds the adaptations from the job records alone.
+    storage = LocalAssetStorage(base_dir=str(assets_dir))
+    (assets_dir / manifest_key("adapt")).unlink()
+    key = SecretStr(evolink_env.api_key)
+    asked = EvoLinkCredentials(api_key=key, base_url=evolink_env.base_url)
+    rebuilt = asyncio.run(rebuild_campaign("adapt", storage, asked, write=False)).manifest
+    assert {row.task_id for row in rebuilt.jobs} >= {row.task_id for row in manifest.jobs}
+    assert rebuilt.totals.billed_usd == manifest.totals.billed_usd  # + the refused one, unpaid
+    assert sorted(  # no brief: in the order the records were made
+        (o.asset, a.id, a.status, a.record.task_id if a.record else "")
+        for o in rebuilt.assets
+        for a in o.adaptations
+    ) == sorted(
+        (o.asset, a.id, a.status, a.record.task_id if a.record else "")
+        for o in manifest.assets
+        for a in o.adaptations
+    )
+    rebuilt_de = rebuilt.assets[[o.asset for o in rebuilt.assets].index("hero")].adaptation("de")
+    assert rebuilt_de is not None and "content_policy_violation" in rebuilt_de.detail
+
     # The user rewords the refused adaptation: only it is new; the rest is found stored.
     data = brief_data()
     data["defaults"]["adaptations"][1]["prompt"] = "Use German for every visible text"
@@ -301,3 +325,13 @@ def test_brand_references_go_with_every_draft_final_and_adaptation(
     assert len(uploaded) == 1 and uploaded.pop().startswith(evolink_env.files_base_url)
     assert [len(e.request["image_urls"]) for e in ledger] == [1, 2, 2]
     assert evolink_env.file_request_counts["upload"] == 1
+
+
+def test_spend_reports_group_every_adaptation_under_one_stage() -> None:
+    """`prefect-evolink spend` groups by stage: draft, final, adaptation (the adaptation's id
+    stays in the job's namespace and its campaign's cost rows)."""
+    from evolink.spend_jobs import _stage
+
+    assert _stage("campaign/spring/hero/adapt-story") == "adaptation"
+    assert _stage("campaign/spring/hero/final") == "final"
+    assert _stage("campaign/spring/hero/draft") == "draft"
