@@ -9,10 +9,12 @@ from the simulator's ledger.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from pydantic import SecretStr
@@ -25,7 +27,7 @@ from evolink.errors import BriefError, BudgetExceededError, CampaignIncompleteEr
 from evolink.jobs import job_key
 from evolink.models import MAX_REFERENCE_IMAGES
 from evolink.simulator import EvoLinkSimulator, Fault, render_png
-from prefect_evolink.blocks import EvoLinkCredentials, LocalAssetStorage
+from prefect_evolink.blocks import EvoLinkCredentials, LocalAssetStorage, S3AssetStorage
 from prefect_evolink.flows.campaign import manifest_key, run_campaign
 from prefect_evolink.tasks.recovery import rebuild_campaign
 
@@ -335,3 +337,59 @@ def test_spend_reports_group_every_adaptation_under_one_stage() -> None:
     assert _stage("campaign/spring/hero/adapt-story") == "adaptation"
     assert _stage("campaign/spring/hero/final") == "final"
     assert _stage("campaign/spring/hero/draft") == "draft"
+
+
+# --- the final as the first reference: S3, and a day later on local storage -------------------
+
+
+def one_asset(adaptations: list[dict[str, Any]] | None) -> dict[str, Any]:
+    data = brief_data()
+    data["assets"] = data["assets"][:1]
+    data["defaults"]["adaptations"] = adaptations or []
+    return data
+
+
+def test_on_s3_the_adaptation_gets_the_stored_final_presigned(
+    evolink_env: EvoLinkSimulator,
+    s3_server: str,
+    s3_storage: Callable[..., S3AssetStorage],
+    tmp_path: Path,
+) -> None:
+    storage = s3_storage("adaptations", "adaptations-s3", "mkt")
+    manifest = campaign(
+        write_brief(tmp_path, one_asset([{"id": "story", "size": "9:16"}])),
+        storage=S3AssetStorage.load("adaptations-s3"),
+    )
+    [outcome] = manifest.assets
+    adaptation = outcome.adaptation("story")
+    assert outcome.final is not None and adaptation is not None and adaptation.record
+    entry = next(e for e in evolink_env.ledger() if e.task_id == adaptation.record.task_id)
+    sent = entry.request["image_urls"][0]
+    assert sent.startswith(f"{s3_server}/adaptations/mkt/") and "Signature" in sent
+    assert httpx.get(sent).content == storage.get_bytes(outcome.final.images[0].key)
+
+
+def test_adaptations_added_a_day_later_are_made_from_the_uploaded_stored_final(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
+) -> None:
+    """Day one: the master is made and approved. Day two: EvoLink forgot its tasks and links,
+    the team adds adaptations to the brief and runs it again: no draft and no final is paid
+    again; the stored final goes to EvoLink through the Files API, once, and is deleted after."""
+    first = campaign(write_brief(tmp_path, one_asset(None)))
+    assert len(evolink_env.ledger()) == 2 and first.assets[0].adaptations == []
+    evolink_env.age()
+
+    later = campaign(
+        write_brief(
+            tmp_path, one_asset([{"id": "story", "size": "9:16"}, {"id": "de", "prompt": GERMAN}])
+        )
+    )
+    ledger = evolink_env.ledger()
+    assert len(ledger) == 2 + 2  # the two adaptations only
+    [outcome] = later.assets
+    assert [a.status for a in outcome.adaptations] == [AssetStatus.FINAL] * 2
+    firsts = {e.request["image_urls"][0] for e in ledger[2:]}
+    assert len(firsts) == 1 and firsts.pop().startswith(evolink_env.files_base_url)
+    counts = evolink_env.file_request_counts
+    assert counts["upload"] == 1 and counts["delete"] == 1
+    assert Decimal(later.totals.billed_usd) == sum((e.billed_usd for e in ledger), Decimal(0))
