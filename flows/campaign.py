@@ -48,7 +48,7 @@ from prefect_evolink.blocks import (
 )
 from prefect_evolink.flows import campaign_review
 from prefect_evolink.flows.campaign_booking import RESUBMITS, Booking
-from prefect_evolink.flows.campaign_boundary import AssetBoundary
+from prefect_evolink.flows.campaign_boundary import ADAPTATION_STAGE, AssetBoundary
 from prefect_evolink.flows.campaign_manifest import ManifestWriter, previous_manifest
 from prefect_evolink.flows.campaign_review import (
     DEFAULT_APPROVAL_TIMEOUT_SECONDS,
@@ -160,7 +160,7 @@ class CampaignRun:
         """The adaptations of every asset whose final is stored, each asset inside the asset
         boundary and each adaptation inside its own."""
         if self.adapted:
-            await self.assets.each_asset("adaptation", self.stages.adaptations, self.adapted)
+            await self.assets.each_asset(ADAPTATION_STAGE, self.stages.adaptations, self.adapted)
 
 
 @sync_or_async_flow(name="evolink-campaign", log_prints=True)

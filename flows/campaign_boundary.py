@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from prefect import get_run_logger
 
 from evolink.brief import AssetPlan
 from evolink.campaign import AdaptationOutcome, AssetOutcome, AssetStatus, failure_detail
 from prefect_evolink.tasks.campaign_progress import Progress
+
+ADAPTATION_STAGE: Final = "adaptation"
+"""The stage that makes the adaptations of stored finals: what goes wrong in it ends the
+asset's adaptations, never its final."""
 
 
 class AssetBoundary:
@@ -73,9 +77,15 @@ class AssetBoundary:
         try:
             await work(plan)
         except Exception as error:  # noqa: BLE001 — the asset boundary
-            self.fail(asset, stage, error)
+            if stage == ADAPTATION_STAGE:  # the final is stored: only its adaptations end
+                self.end_adaptations(asset, error)
+            else:
+                self.fail(asset, stage, error)
         except BaseException as error:  # cancellation: recorded, then on its way
-            self.cancelled(asset, stage, error)
+            if stage == ADAPTATION_STAGE:
+                self.end_adaptations(asset, error)
+            else:
+                self.cancelled(asset, stage, error)
             raise
         finally:
             if self.progress is not None:
@@ -93,6 +103,17 @@ class AssetBoundary:
             current = [*current, found]
         changed = found.model_copy(update=changes)
         self.update(asset, adaptations=[changed if a.id == adaptation else a for a in current])
+
+    def end_adaptations(self, asset: str, error: BaseException) -> None:
+        """Every adaptation of `asset` not yet settled ends with `error` (failed, or cancelled
+        by a cancellation); the asset's final stays as it is."""
+        for adaptation in self.outcomes[asset].adaptations:
+            if adaptation.status is not AssetStatus.PENDING:
+                continue
+            if isinstance(error, Exception):
+                self.fail_adaptation(asset, adaptation.id, error)
+            else:
+                self.cancel_adaptation(asset, adaptation.id, error)
 
     def fail_adaptation(self, asset: str, adaptation: str, error: BaseException) -> None:
         """End one adaptation as FAILED, naming the error; the asset's final and its other
@@ -147,13 +168,7 @@ class AssetBoundary:
         """The run itself stopped: every asset not yet settled is recorded as stopped by it."""
         name = type(error).__name__
         for asset, outcome in self.outcomes.items():
-            for adaptation in outcome.adaptations:
-                if adaptation.status is not AssetStatus.PENDING:
-                    continue
-                if isinstance(error, Exception):
-                    self.fail_adaptation(asset, adaptation.id, error)
-                else:
-                    self.cancel_adaptation(asset, adaptation.id, error)
+            self.end_adaptations(asset, error)
             if outcome.status is not AssetStatus.PENDING:
                 continue
             if isinstance(error, Exception):

@@ -393,3 +393,55 @@ def test_adaptations_added_a_day_later_are_made_from_the_uploaded_stored_final(
     counts = evolink_env.file_request_counts
     assert counts["upload"] == 1 and counts["delete"] == 1
     assert Decimal(later.totals.billed_usd) == sum((e.billed_usd for e in ledger), Decimal(0))
+
+
+def test_an_error_in_the_adaptation_stage_ends_the_adaptations_never_the_final() -> None:
+    """Whatever escapes an asset's adaptation stage (a bug, storage) fails its unsettled
+    adaptations and leaves its stored final as it is; a cancellation cancels them."""
+    from prefect import flow
+
+    from evolink.jobs import JobRecord
+    from prefect_evolink.flows.campaign_boundary import ADAPTATION_STAGE, AssetBoundary
+
+    plans = check_plans(parse_brief(brief_data()), {})
+
+    @flow
+    def stage(error: BaseException) -> AssetBoundary:
+        boundary = AssetBoundary(plans, 2)
+        final = JobRecord.model_construct(task_id="task-final")
+        for plan in plans:
+            boundary.update(plan.asset.id, status=AssetStatus.FINAL, final=final)
+
+        async def work(plan: Any) -> None:
+            for adaptation in plan.adaptations:
+                boundary.update_adaptation(plan.asset.id, adaptation.id)
+            if plan.adaptations:
+                boundary.update_adaptation(plan.asset.id, plan.adaptations[0].id, detail="made")
+                boundary.update_adaptation(
+                    plan.asset.id, plan.adaptations[0].id, status=AssetStatus.FINAL
+                )
+            raise error
+
+        try:
+            asyncio.run(boundary.each_asset(ADAPTATION_STAGE, work, plans[:2]))
+        except BaseException as raised:
+            assert raised is error
+        return boundary
+
+    failed = stage(RuntimeError("disk full"))
+    assert {o.asset: o.status for o in failed.outcomes.values()} == {
+        "hero": AssetStatus.FINAL,
+        "square": AssetStatus.FINAL,
+        "plain": AssetStatus.FINAL,
+    }
+    hero = failed.outcomes["hero"]
+    assert [(a.id, a.status) for a in hero.adaptations] == [
+        ("story", AssetStatus.FINAL),
+        ("de", AssetStatus.FAILED),
+    ]
+    assert "disk full" in (hero.adaptation("de") or hero).detail
+
+    cancelled = stage(asyncio.CancelledError())
+    assert cancelled.outcomes["hero"].status is AssetStatus.FINAL
+    de = cancelled.outcomes["hero"].adaptation("de")
+    assert de is not None and de.status is AssetStatus.CANCELLED
