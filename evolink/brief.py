@@ -91,6 +91,7 @@ class CampaignDefaults(BaseModel):
         default=None,
         title="Brand kit",
         description="Style references, a style line and what to avoid, for every job.",
+        json_schema_extra=form_optional,
     )
 
     @model_serializer(mode="wrap")
