@@ -376,7 +376,8 @@ def count_stored(
     records = {}
     if manifest is not None:
         for outcome in manifest.assets:
-            for record in (outcome.drafts, outcome.final):
+            adaptations = [a.record for a in outcome.adaptations]
+            for record in (outcome.drafts, outcome.final, *adaptations):
                 if record is not None:
                     records[record.task_id] = record
     stored = 0

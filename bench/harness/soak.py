@@ -22,9 +22,10 @@ the manifest, the flow run's state), five invariants:
   or a cancellation), at most one resubmission;
 - **images stored or listed lost**: every image of every completed task is in storage with the
   bytes the simulator served, or the manifest's cost row for its task says why not (`failed`);
-- **final state**: Completed when every asset ended with a final (or a rejection), Failed with
-  `CampaignIncompleteError` naming them when any asset failed or was stopped by the budget
-  (README "Run states"); an auto run leaves no asset unreviewed.
+- **final state**: Completed when every asset ended with a final (or a rejection) and every
+  adaptation of a final was made, Failed with `CampaignIncompleteError` naming them when any
+  asset or adaptation failed or was stopped by the budget (README "Run states"); an auto run
+  leaves no asset or adaptation unreviewed.
 
 A seed's result names each broken invariant with its evidence, and the flow's own exception
 (with where it was raised) when the run did not end as documented.
@@ -51,6 +52,7 @@ from botocore.exceptions import ClientError
 from pydantic import Field, SecretStr
 
 from bench.harness.fault_matrix import count_stored, logical_job, write_brief
+from evolink.adaptations import KEEP_INSTRUCTION
 from evolink.campaign import FAILING_STATUSES, AssetStatus, CampaignManifest
 from evolink.errors import NOT_WORTH_RESUBMITTING
 from evolink.simulator import EvoLinkSimulator, FaultRates, LedgerEntry
@@ -355,7 +357,12 @@ class SoakLab:
 
     def job_name(self, entry: LedgerEntry) -> str:
         prompt = " ".join(str(entry.request.get("prompt", "")).split())
-        asset = self.asset_of_prompt.get(prompt, prompt[:30] + "…")
+        asset = next(  # a brand kit appends its lines to the asset's prompt
+            (a for known, a in self.asset_of_prompt.items() if prompt.startswith(known)),
+            prompt[:30] + "…",
+        )
+        if prompt.startswith(KEEP_INSTRUCTION):  # an adaptation of a final
+            return f"adaptation: {prompt[len(KEEP_INSTRUCTION) :][:40]}…"
         stage = "draft" if entry.request.get("quality") == "low" else "final"
         return f"{asset} {stage}"
 
@@ -559,7 +566,15 @@ def _check_final_state(
             problems.append(
                 f"asset {outcome.asset} ended {outcome.status.value} in an auto-selection run"
             )
-    failing = [o.asset for o in manifest.assets if o.status in FAILING_STATUSES]
+        for adaptation in outcome.adaptations:
+            if adaptation.status not in _OK_STATUSES or adaptation.status is AssetStatus.REJECTED:
+                problems.append(
+                    f"adaptation {outcome.asset}/{adaptation.id} ended "
+                    f"{adaptation.status.value} in an auto-selection run"
+                )
+    failing = [o.asset for o in manifest.assets if o.status in FAILING_STATUSES] + [
+        f"{asset}/{adaptation.id}" for asset, adaptation in manifest.failed_adaptations
+    ]
     expected = "FAILED" if failing else "COMPLETED"
     if result.state_type != expected:
         problems.append(
