@@ -467,3 +467,32 @@ def test_an_adaptations_review_nobody_answers_leaves_them_not_reviewed_and_the_r
     assert feed.status is AssetStatus.NOT_REVIEWED and feed.record is not None
     assert feed.detail == "no review within 2s: stored, not approved"
     assert len(evolink_env.ledger()) == 2 * 2 + 1
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_review_of_many_adaptations_is_one_list_of_those_to_reject(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `REVIEW_FIELDS_MAX` adaptations (lowered so 2 count as many) the Resume form is one
+    pick list of the run's own adaptations to reject; the server refuses one that does not
+    exist, and every adaptation not listed is approved."""
+    from prefect_evolink.flows import campaign_review_form
+
+    monkeypatch.setattr(campaign_review_form, "REVIEW_FIELDS_MAX", 1)
+    data = brief_data()
+    data["assets"] = data["assets"][:1]
+    thread, outcome = start_in_thread(
+        write_brief(tmp_path, data), adaptation_selection="approval", approval_timeout_seconds=300
+    )
+    review = wait_for_pause(ADAPTATION_REVIEW_KEY)
+    assert "Reject adaptations" in run_input(review, "description")
+    with pytest.raises(RuntimeError, match="Cannot resume this run"):
+        resume_flow_run(review.id, run_input={"reject": ["hero · stroy (9:16)"]})
+    resume_flow_run(review.id, run_input={"reject": ["hero · story (9:16)"]})
+    thread.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    [hero] = outcome["manifest"].assets
+    assert [(a.id, a.status, a.detail) for a in hero.adaptations] == [
+        ("story", AssetStatus.REJECTED, "rejected by reviewer"),
+        ("de", AssetStatus.FINAL, "approved by reviewer"),
+    ]
