@@ -4,17 +4,20 @@ Run states (documented in the README): the run is **Completed** when every asset
 final, a reviewer's rejection, or an approval timeout (a *suspended* run that times out is
 failed by the Prefect server instead: nothing of ours runs then); it is **Failed**
 (`CampaignIncompleteError`, after writing the manifest and every artifact) when any asset
-failed, was stopped by the budget or did not finish. One asset's failure — of any kind —
-never stops the others (`AssetBoundary`). A run that fails or is cancelled mid-stage still
-writes its manifest and artifacts, then re-raises; a run killed outright leaves its job
-records, from which `prefect-evolink report` rebuilds the manifest
+failed, was stopped by the budget or did not finish. The same holds per adaptation: a
+reviewer's rejection or a review's timeout (`not_reviewed`) leaves the run Completed, a
+failed, budget-stopped or unfinished adaptation fails it (`FAILING_STATUSES`, for both). One
+asset's failure — of any kind — never stops the others (`AssetBoundary`). A run that fails or
+is cancelled mid-stage still writes its manifest and artifacts, then re-raises; a run killed
+outright leaves its job records, from which `prefect-evolink report` rebuilds the manifest
 (`prefect_evolink.tasks.recovery`).
 
 The run is put together from one module per concept: `campaign_boundary` (each asset's outcome
 and the boundary around the work on it), `campaign_stages` (drafts, selection, finals),
 `campaign_booking` (budget, cost rows, journal), `campaign_review` (the review sheet, its form
-and the approval step) and `campaign_manifest` (the run's record). This module holds the flow
-and `CampaignRun`, which assembles them; the names users import from here are re-exported.
+and the approval step), `campaign_adaptation_review` (the adaptations' review) and
+`campaign_manifest` (the run's record). This module holds the flow and `CampaignRun`, which
+assembles them; the names users import from here are re-exported.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ from prefect_evolink.blocks import (
     load_storage,
 )
 from prefect_evolink.flows import campaign_review
+from prefect_evolink.flows.campaign_adaptation_review import (
+    ADAPTATION_REVIEW_KEY,
+    approve_adaptations,
+)
 from prefect_evolink.flows.campaign_booking import RESUBMITS, Booking
 from prefect_evolink.flows.campaign_boundary import ADAPTATION_STAGE, AssetBoundary
 from prefect_evolink.flows.campaign_manifest import ManifestWriter, previous_manifest
@@ -77,6 +84,7 @@ from prefect_evolink.tasks.spend import reserve_spend
 DEFAULT_SELECTOR = "evolink.campaign:largest_file"
 
 __all__ = [  # the flow, the run, and what users and tests import from here
+    "ADAPTATION_REVIEW_KEY",
     "DEFAULT_APPROVAL_TIMEOUT_SECONDS",
     "DEFAULT_SELECTOR",
     "DRAFT_LINK_REUSE_SECONDS",
@@ -162,11 +170,20 @@ class CampaignRun:
         if self.adapted:
             await self.assets.each_asset(ADAPTATION_STAGE, self.stages.adaptations, self.adapted)
 
+    async def approve_adaptations(self, timeout: int, poll_seconds: int) -> None:
+        """A reviewer approves or rejects each adaptation made (adaptation_selection
+        'approval'); a timeout leaves them not reviewed."""
+        self.assets.stage = "adaptation review"
+        await approve_adaptations(
+            self.assets, self.brief.campaign, self.storage, timeout, poll_seconds
+        )
+
 
 @sync_or_async_flow(name="evolink-campaign", log_prints=True)
 async def run_campaign(
     brief: CampaignBriefParameter,
     selection: Literal["auto", "approval"] = "auto",
+    adaptation_selection: Literal["auto", "approval"] = "auto",
     selector: str = DEFAULT_SELECTOR,
     max_concurrent_assets: int = 4,
     approval_timeout_seconds: int = DEFAULT_APPROVAL_TIMEOUT_SECONDS,
@@ -204,11 +221,19 @@ async def run_campaign(
             a reviewer picks a draft (or rejects the asset) in the Prefect UI: a deployed run
             suspends (its process exits; the resume reruns it from the top, reattaching the
             drafts), a local run pauses in its process.
+        adaptation_selection: 'auto' keeps every adaptation made; 'approval' waits, after the
+            adaptations, until a reviewer approves or rejects each one in the Prefect UI (one
+            approve/reject field per adaptation; past `REVIEW_FIELDS_MAX`, a list of those to
+            reject), the same way as the drafts' review and under its own pause key (a deployed
+            run suspends once per review). A rejected adaptation stays stored and paid, marked
+            `rejected`; the final and the other adaptations are untouched. Nobody answering
+            within `approval_timeout_seconds` leaves them `not_reviewed`, which (as for
+            drafts) does not fail the run.
         selector: The function that picks a draft, as 'package.module:function'; with
             'approval' it only suggests the form's defaults.
         max_concurrent_assets: Most assets worked on at once in this run (the provider limits
             still bound jobs across all runs).
-        approval_timeout_seconds: How long an 'approval' run waits for the review; after it
+        approval_timeout_seconds: How long an 'approval' run waits for each review; after it
             no final is sent: a paused run completes without them, a suspended one is failed
             by the Prefect server ("never resumed"). The default, 20 h, keeps the review
             inside the drafts' life at EvoLink (result links last 24 h); after that, on local
@@ -348,6 +373,9 @@ async def run_campaign(
         if reviewed:
             await run.finals()
             await run.adaptations()
+            if adaptation_selection == "approval" and run.adapted:
+                await run.record.checkpoint(selection, started_at)  # a review may take a day
+                await run.approve_adaptations(approval_timeout_seconds, approval_poll_seconds)
     except Pause:
         # Suspended for review (a deployed run): the process exits, no worker is held. The
         # manifest says what holds if nobody answers in time (no finals); a resume reruns the

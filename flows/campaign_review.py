@@ -43,6 +43,7 @@ __all__ = [
     "REVIEW_FIELDS_MAX",
     "REVIEW_KEY",
     "Decision",
+    "answered_before",
     "approval_wait",
     "approve",
     "compact_review_input",
@@ -84,7 +85,7 @@ async def approve(
     context = FlowRunContext.get()
     current = context.flow_run if context is not None else None
     wait = approval_wait(current)
-    resumed = wait == "suspend" and _answered_before(current)
+    resumed = wait == "suspend" and answered_before(current)
     description = None
     if not resumed:  # a resumed rerun only reads the answer: no new review sheet
         description = await publish_review_sheet(
@@ -167,9 +168,13 @@ def approval_wait(run: FlowRun | None = None) -> Literal["suspend", "pause"]:
     return "suspend" if run is not None and run.deployment_id is not None else "pause"
 
 
-def _answered_before(run: FlowRun | None) -> bool:
-    """The run was suspended for review and has been resumed: this is its rerun."""
-    return run is not None and REVIEW_KEY in (run.empirical_policy.pause_keys or set())
+def answered_before(run: FlowRun | None, key: str = REVIEW_KEY) -> bool:
+    """The run was suspended for the review under `key` and has been resumed: this is its
+    rerun. Prefect keeps every pause key that fired in the run's policy (`pause_keys`), so a
+    run with two reviews (drafts `REVIEW_KEY`, adaptations `ADAPTATION_REVIEW_KEY`) knows, on
+    each rerun, which answers it already has: a fired key's suspension is rejected and the
+    input saved under it (`suspended-<key>-response`) is read instead."""
+    return run is not None and key in (run.empirical_policy.pause_keys or set())
 
 
 def deadline_rule(storage: AssetStorage, timeout: int) -> str:

@@ -94,7 +94,7 @@ def review_input(
             ),
         )
         names[name] = plan.asset.id
-    return _form("CampaignReview", fields, description), names
+    return form_model("CampaignReview", fields, description), names
 
 
 def compact_review_input(
@@ -167,7 +167,7 @@ def compact_review_input(
                 decisions[asset] = (suggestion, f"approved: image-{suggestion} (suggested)")
         return decisions
 
-    return _form("CampaignReviewMany", fields, description), read
+    return form_model("CampaignReviewMany", fields, description), read
 
 
 def reviewable(
@@ -184,7 +184,9 @@ def many_to_review(
     return sum(reviewable(p, outcomes, suggested) for p in plans) > REVIEW_FIELDS_MAX
 
 
-def _form(name: str, fields: dict[str, Any], description: str | None) -> type[RunInput]:
+def form_model(name: str, fields: dict[str, Any], description: str | None) -> type[RunInput]:
+    """A Resume form (RunInput model) of `fields`, with `description` shown above them (the
+    drafts' or the adaptations' thumbnails; see `review_input` for why without field values)."""
     form: type[RunInput] = create_model(name, __base__=RunInput, **fields)
     if description is not None:
         form = form.with_initial_data(description=description)

@@ -3,6 +3,7 @@
     prefect-evolink demo                 the example campaign, auto selection
     prefect-evolink demo --single        one image job end to end
     prefect-evolink campaign BRIEF       any brief; `--selection approval` pauses for a reviewer
+                                         (of the adaptations too: `--adaptation-selection approval`)
     prefect-evolink simulator            the bundled EvoLink simulator on 127.0.0.1:8787
     prefect-evolink deploy               work pool, provider limits and deployments (prefect.yaml)
     prefect-evolink brief put BRIEF      check a brief and put it into the storage block, where
@@ -197,6 +198,14 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         "Prefect UI (default %(default)s)",
     )
     campaign.add_argument(
+        "--adaptation-selection",
+        choices=["auto", "approval"],
+        default="auto",
+        help="auto: every adaptation made is kept; approval: after the adaptations a reviewer "
+        "approves or rejects each in the Prefect UI (a rejected one stays stored, marked) "
+        "(default %(default)s)",
+    )
+    campaign.add_argument(
         "--selector",
         default=None,
         help="package.module:function for auto (default: evolink.campaign:largest_file)",
@@ -206,9 +215,9 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=20 * 3600,
         metavar="SECONDS",
-        help="seconds an approval run waits for its reviewer's answer before it ends with no "
-        "final sent (default %(default)s = 20 h: inside the 24 h EvoLink keeps drafts' links; "
-        "longer is warned about on local storage)",
+        help="seconds an approval run waits for its reviewer's answer (each review: drafts, "
+        "adaptations) before it ends with no final sent (default %(default)s = 20 h: inside "
+        "the 24 h EvoLink keeps drafts' links; longer is warned about on local storage)",
     )
     commands.add_parser(
         "deploy", help="work pool, limits, deployments (prefect-evolink deploy --help)"
@@ -346,7 +355,11 @@ def _run(args: argparse.Namespace) -> int:
             brief = files_open.enter_context(as_file(EXAMPLE_BRIEF))
         else:
             brief = args.brief
-        print(f"Campaign brief: {brief} (selection: {selection})")
+        adaptation_selection = getattr(args, "adaptation_selection", "auto")
+        print(
+            f"Campaign brief: {brief} (selection: {selection}"
+            + (", adaptations: approval)" if adaptation_selection == "approval" else ")")
+        )
         check_brief(Path(brief))  # before any Prefect server: exit 2 or 3, nothing started
         _announce_api(args)
 
@@ -355,6 +368,7 @@ def _run(args: argparse.Namespace) -> int:
             done: CampaignManifest = await run_campaign(
                 str(brief),
                 selection=selection,
+                adaptation_selection=adaptation_selection,
                 selector=getattr(args, "selector", None) or DEFAULT_SELECTOR,
                 approval_timeout_seconds=getattr(
                     args, "approval_timeout", DEFAULT_APPROVAL_TIMEOUT_SECONDS

@@ -9,6 +9,9 @@ from the simulator's ledger.
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -17,6 +20,14 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import resume_flow_run
 from pydantic import SecretStr
 
 from evolink.adaptations import KEEP_INSTRUCTION, adaptation_stage
@@ -28,8 +39,14 @@ from evolink.jobs import job_key
 from evolink.models import MAX_REFERENCE_IMAGES
 from evolink.simulator import EvoLinkSimulator, Fault, render_png
 from prefect_evolink.blocks import EvoLinkCredentials, LocalAssetStorage, S3AssetStorage
-from prefect_evolink.flows.campaign import manifest_key, run_campaign
+from prefect_evolink.flows.campaign import (
+    ADAPTATION_REVIEW_KEY,
+    REVIEW_KEY,
+    manifest_key,
+    run_campaign,
+)
 from prefect_evolink.tasks.recovery import rebuild_campaign
+from tests.conftest import artifacts_with_prefix
 
 GERMAN = "Translate every visible text into German, same layout"
 
@@ -445,3 +462,181 @@ def test_an_error_in_the_adaptation_stage_ends_the_adaptations_never_the_final()
     assert cancelled.outcomes["hero"].status is AssetStatus.FINAL
     de = cancelled.outcomes["hero"].adaptation("de")
     assert de is not None and de.status is AssetStatus.CANCELLED
+
+
+# --- the adaptations' review (adaptation_selection="approval") ------------------------------
+
+
+def start_in_thread(brief: Path, **kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["manifest"] = campaign(brief, approval_poll_seconds=1, **kwargs)
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def wait_for_pause(key: str, timeout: float = 120) -> Any:
+    """The flow run paused under the pause key `key` (the drafts' or the adaptations')."""
+
+    async def paused() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                )
+            )
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [r for r in asyncio.run(paused()) if r.state.state_details.pause_key == key]
+        if runs:
+            return runs[0]
+        time.sleep(0.5)
+    raise AssertionError(f"the campaign never paused for review {key!r}")
+
+
+def run_input(run: Any, name: str) -> Any:
+    async def read() -> Any:
+        async with get_client() as client:
+            keyset = run.state.state_details.run_input_keyset
+            return await client.read_flow_run_input(run.id, keyset[name])
+
+    return asyncio.run(read())
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_both_reviews_pause_in_turn_and_a_rejected_adaptation_touches_nothing_else(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
+) -> None:
+    """selection and adaptation_selection 'approval': the run pauses for its drafts (key
+    'review'), then, after the finals and adaptations, for its adaptations (its own key). The
+    reviewer rejects one adaptation and approves another; the rejected one stays stored and
+    paid, marked; nothing more is sent; a rerun pays nothing."""
+    brief = write_brief(tmp_path)
+    thread, outcome = start_in_thread(
+        brief, selection="approval", adaptation_selection="approval", approval_timeout_seconds=300
+    )
+    drafts_review = wait_for_pause(REVIEW_KEY)
+    assert len(evolink_env.ledger()) == 3  # drafts only
+    resume_flow_run(
+        drafts_review.id, run_input={"hero": "image-1", "square": "image-0", "plain": "reject"}
+    )
+
+    review = wait_for_pause(ADAPTATION_REVIEW_KEY)
+    assert review.id == drafts_review.id  # the same run, paused a second time
+    assert len(evolink_env.ledger()) == 3 + 2 + 3  # + finals of hero and square + adaptations
+    description = run_input(review, "description")
+    assert "**hero** — master and adaptations" in description
+    assert description.count("](data:image/jpeg;base64,") == 2 + 3  # 2 masters, 3 adaptations
+    fields = json.loads(run_input(review, "schema"))["properties"]
+    assert {name: f["title"] for name, f in fields.items()} == {
+        "hero__story": "hero · story (9:16)",
+        "hero__de": "hero · de (16:9)",
+        "square__feed": "square · feed (4:5)",
+    }
+    assert all(f["default"] == "approve" for f in fields.values())
+    sheet = asyncio.run(artifacts_with_prefix("adapt-adaptations-review"))
+    assert "data:image/jpeg;base64," in sheet["adapt-adaptations-review"].data
+    creates = evolink_env.request_counts["create"]
+
+    resume_flow_run(review.id, run_input={"hero__story": "reject", "hero__de": "approve"})
+    thread.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    manifest: CampaignManifest = outcome["manifest"]
+    assert manifest.run_state == "completed" and not manifest.failed_adaptations
+    assert evolink_env.request_counts["create"] == creates  # the review sends nothing
+    hero, square, plain = manifest.assets
+    assert (hero.status, hero.chosen_draft, plain.status) == (
+        AssetStatus.FINAL,
+        1,
+        AssetStatus.REJECTED,
+    )
+    story, de = hero.adaptations
+    assert (story.status, story.detail) == (AssetStatus.REJECTED, "rejected by reviewer")
+    assert (de.status, de.detail) == (AssetStatus.FINAL, "approved by reviewer")
+    [feed] = square.adaptations
+    assert (feed.status, feed.detail) == (AssetStatus.FINAL, "approved by reviewer")
+    # the rejected adaptation stays stored and on the books
+    assert story.record is not None
+    assert Path(story.record.images[0].uri.removeprefix("file://")).is_file()
+    assert ("hero", "adapt-story") in {(r.asset, r.stage) for r in manifest.jobs}
+    assert Decimal(manifest.totals.billed_usd) == sum(
+        (e.billed_usd for e in evolink_env.ledger()), Decimal(0)
+    )
+    assert stored_manifest(assets_dir) == manifest
+
+    # A rerun is a new run with new reviews; every job is reused: nothing is created. This
+    # time the reviewer approves every adaptation (the fields' defaults).
+    thread, outcome = start_in_thread(
+        brief, selection="approval", adaptation_selection="approval", approval_timeout_seconds=300
+    )
+    drafts_review = wait_for_pause(REVIEW_KEY)
+    resume_flow_run(
+        drafts_review.id, run_input={"hero": "image-1", "square": "image-0", "plain": "reject"}
+    )
+    resume_flow_run(wait_for_pause(ADAPTATION_REVIEW_KEY).id, run_input={})
+    thread.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    assert evolink_env.request_counts["create"] == creates
+    again: CampaignManifest = outcome["manifest"]
+    assert [(a.id, a.status) for o in again.assets for a in o.adaptations] == [
+        ("story", AssetStatus.FINAL),
+        ("de", AssetStatus.FINAL),
+        ("feed", AssetStatus.FINAL),
+    ]
+    assert again.totals.billed_usd == manifest.totals.billed_usd
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_adaptations_review_nobody_answers_leaves_them_not_reviewed_and_the_run_completed(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
+) -> None:
+    data = brief_data()
+    data["assets"] = data["assets"][1:]  # square (1 adaptation) and plain (none)
+    thread, outcome = start_in_thread(
+        write_brief(tmp_path, data), adaptation_selection="approval", approval_timeout_seconds=2
+    )
+    thread.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    manifest: CampaignManifest = outcome["manifest"]
+    assert manifest.run_state == "completed" and not manifest.failed_adaptations
+    assert [o.status for o in manifest.assets] == [AssetStatus.FINAL] * 2
+    [feed] = manifest.assets[0].adaptations
+    assert feed.status is AssetStatus.NOT_REVIEWED and feed.record is not None
+    assert feed.detail == "no review within 2s: stored, not approved"
+    assert len(evolink_env.ledger()) == 2 * 2 + 1
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_review_of_many_adaptations_is_one_list_of_those_to_reject(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `REVIEW_FIELDS_MAX` adaptations (lowered so 2 count as many) the Resume form is one
+    pick list of the run's own adaptations to reject; the server refuses one that does not
+    exist, and every adaptation not listed is approved."""
+    from prefect_evolink.flows import campaign_review_form
+
+    monkeypatch.setattr(campaign_review_form, "REVIEW_FIELDS_MAX", 1)
+    data = brief_data()
+    data["assets"] = data["assets"][:1]
+    thread, outcome = start_in_thread(
+        write_brief(tmp_path, data), adaptation_selection="approval", approval_timeout_seconds=300
+    )
+    review = wait_for_pause(ADAPTATION_REVIEW_KEY)
+    assert "Reject adaptations" in run_input(review, "description")
+    with pytest.raises(RuntimeError, match="Cannot resume this run"):
+        resume_flow_run(review.id, run_input={"reject": ["hero · stroy (9:16)"]})
+    resume_flow_run(review.id, run_input={"reject": ["hero · story (9:16)"]})
+    thread.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    [hero] = outcome["manifest"].assets
+    assert [(a.id, a.status, a.detail) for a in hero.adaptations] == [
+        ("story", AssetStatus.REJECTED, "rejected by reviewer"),
+        ("de", AssetStatus.FINAL, "approved by reviewer"),
+    ]

@@ -185,3 +185,124 @@ def test_a_suspended_review_that_times_out_fails_the_run_and_sends_no_final(
     assert manifest["flow_run_id"] == str(flow_run_id)
     assert {a["status"] for a in manifest["assets"]} == {"not_reviewed"}
     assert {j["stage"] for j in manifest["jobs"]} == {"draft"}
+
+
+ADAPT_BRIEF = {
+    "campaign": "adapt-deployed",
+    "budget_usd": 3,
+    "defaults": {"drafts": 2, "size": "16:9"},
+    "assets": [
+        {
+            "id": "hero",
+            "prompt": "An earbuds case on a lake at dawn, headline 'Aurora'",
+            "adaptations": [{"id": "story", "size": "9:16"}, {"id": "feed", "size": "1:1"}],
+        },
+        {"id": "square", "size": "1:1", "prompt": "The case on grey"},
+    ],
+}
+
+
+def _wait_until_suspended_for(stack: Stack, flow_run_id: Any, key: str) -> Any:
+    def suspended() -> Any:
+        run = _read_run(stack, flow_run_id)
+        if run.state.is_final():
+            raise AssertionError(
+                f"{run.state.type}: {run.state.message}\n{_tail(stack.logs / 'worker.log', 80)}"
+            )
+        paused = run.state.is_paused() and run.state.state_details.pause_key == key
+        return run if paused else None
+
+    return _wait_for(suspended, timeout=120, what=f"the run to suspend for {key!r}", interval=0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to find flow-run processes")
+def test_a_deployed_run_suspends_for_its_drafts_then_its_adaptations_and_reads_both_answers(
+    e2e_stack: Stack,  # noqa: F811 — the imported fixture
+) -> None:
+    """selection and adaptation_selection 'approval' on a deployment: two suspensions in
+    sequence, each under its own pause key, the process gone each time; each rerun reattaches
+    every job (0 new creates for what was made) and reads the answers it already has. The
+    reviewer rejects one adaptation: it is marked rejected, stays stored and on the books."""
+    import yaml
+    from prefect.flow_runs import resume_flow_run
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    stack = e2e_stack
+    stack.simulator.generation_seconds = 0.05
+    stack.s3().put_object(
+        Bucket=BUCKET, Key="evolink/briefs/adapt-deployed.yaml", Body=yaml.safe_dump(ADAPT_BRIEF)
+    )
+
+    async def start(client: Any) -> Any:
+        deployment = await client.read_deployment_by_name(CAMPAIGN_DEPLOYMENT)
+        return await client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={
+                "brief": "storage:briefs/adapt-deployed.yaml",
+                "selection": "approval",
+                "adaptation_selection": "approval",
+                "approval_timeout_seconds": 600,
+            },
+        )
+
+    def manifest() -> dict[str, Any]:
+        key = "evolink/adapt-deployed/manifest.json"
+        return json.loads(stack.s3().get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+    before = len(stack.simulator.ledger())
+    flow_run_id = stack.call(start).id
+    _wait_until_suspended_for(stack, flow_run_id, "review")
+    assert len(stack.simulator.ledger()) == before + 2  # drafts of both assets
+    with temporary_settings({PREFECT_API_URL: stack.api_url}):
+        resume_flow_run(flow_run_id, run_input={"hero": "image-1", "square": "reject"})
+
+    run = _wait_until_suspended_for(stack, flow_run_id, "review-adaptations")
+    _wait_for(
+        lambda: not _flow_run_pids(flow_run_id), timeout=30, what="the flow-run process to exit"
+    )
+    made = stack.simulator.ledger()[before:]
+    assert len(made) == 2 + 1 + 2  # drafts, hero's final, its 2 adaptations: nothing twice
+    keyset = run.state.state_details.run_input_keyset
+    description = stack.call(
+        lambda client: client.read_flow_run_input(flow_run_id, keyset["description"])
+    )
+    assert "hero" in description and "story (9:16)" in description and "data:image" in description
+    suspended = manifest()
+    assert suspended["run_state"] == "running"
+    [hero, square] = suspended["assets"]
+    assert (hero["status"], hero["chosen_draft"], square["status"]) == ("final", 1, "rejected")
+    assert {a["status"] for a in hero["adaptations"]} == {"not_reviewed"}
+    assert all("suspended for review until" in a["detail"] for a in hero["adaptations"])
+
+    with temporary_settings({PREFECT_API_URL: stack.api_url}):
+        resume_flow_run(flow_run_id, run_input={"hero__story": "reject"})
+
+    def finished() -> Any:
+        run = _read_run(stack, flow_run_id)
+        return run if run.state.is_final() else None
+
+    run = _wait_for(finished, timeout=120, what="the resumed run to finish", interval=0.5)
+    assert run.state.is_completed(), (
+        f"{run.state.type}: {run.state.message}\n{_tail(stack.logs / 'worker.log', 80)}"
+    )
+    names = [s.name for s in stack.call(lambda client: client.read_flow_run_states(flow_run_id))]
+    assert names.count("Running") == 3 and names.count("Suspended") == 2, names
+    assert stack.simulator.ledger()[before:] == made  # the last rerun sent nothing
+
+    done = manifest()
+    assert done["run_state"] == "completed" and done["flow_run_id"] == str(flow_run_id)
+    [hero, square] = done["assets"]
+    assert (hero["status"], hero["chosen_draft"], square["status"]) == ("final", 1, "rejected")
+    adaptations = {a["id"]: (a["status"], a["detail"]) for a in hero["adaptations"]}
+    assert adaptations == {
+        "story": ("rejected", "rejected by reviewer"),
+        "feed": ("final", "approved by reviewer"),
+    }
+    assert sorted(j["stage"] for j in done["jobs"]) == [
+        "adapt-feed",
+        "adapt-story",
+        "draft",
+        "draft",
+        "final",
+    ]

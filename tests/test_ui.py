@@ -255,7 +255,7 @@ class Run:
         return manifest
 
 
-def start_campaign(stack: Stack, selection: str) -> Run:
+def start_campaign(stack: Stack, selection: str, brief: Path = EXAMPLE, **options: Any) -> Run:
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
@@ -278,13 +278,14 @@ def start_campaign(stack: Stack, selection: str) -> Run:
             with temporary_settings(settings):
                 outcome["manifest"] = asyncio.run(
                     run_campaign.aio(
-                        str(EXAMPLE),
+                        str(brief),
                         selection=selection,  # type: ignore[arg-type]
                         approval_timeout_seconds=600,
                         approval_poll_seconds=1,
                         poll_deadline_seconds=60,
                         credentials=credentials,
                         storage=LocalAssetStorage(base_dir=str(stack.assets)),
+                        **options,
                     )
                 )
         except BaseException as error:  # reported by Run.result
@@ -1026,3 +1027,97 @@ def test_a_campaign_started_from_the_run_form_stores_both_finals(
         for image in outcome.final.images:
             stored = Path(image.uri.removeprefix("file://"))
             assert stored.is_relative_to(assets) and stored.stat().st_size > 0, image.uri
+
+
+# --- the adaptations' review ----------------------------------------------------------------
+
+ADAPT_CAMPAIGN = "ui-adaptations"
+ADAPTATIONS = ["hero · story (9:16)", "hero · feed (1:1)"]
+
+
+def test_a_reviewer_rejects_one_adaptation_and_approves_another_in_the_resume_dialog(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """adaptation_selection 'approval': after its adaptations the run pauses; the Resume
+    dialog (older UI, the narrowest) shows the master and each adaptation as thumbnails and one
+    approve/reject choice per adaptation. The reviewer rejects the story and approves the feed
+    format by clicks; the run completes, the story marked rejected (still stored and paid), the
+    feed approved, the final untouched, and nothing more sent."""
+    brief = tmp_path / "adapt.yaml"
+    brief.write_text(
+        json.dumps(
+            {
+                "campaign": ADAPT_CAMPAIGN,
+                "budget_usd": 3,
+                "defaults": {"drafts": 1, "size": "16:9"},
+                "assets": [
+                    {
+                        "id": "hero",
+                        "prompt": "An earbuds case on a lake at dawn, headline 'Aurora'",
+                        "adaptations": [
+                            {"id": "story", "size": "9:16"},
+                            {"id": "feed", "size": "1:1"},
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    run = start_campaign(stack, "auto", brief, adaptation_selection="approval")
+    deadline = time.monotonic() + 120
+    while run.flow_run_id is None:
+        assert run.thread.is_alive() and time.monotonic() < deadline, run.outcome
+        paused = stack.api(
+            "POST", "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}}
+        )
+        run.flow_run_id = paused[0]["id"] if paused else None
+        time.sleep(0.3)
+    ledger = len(stack.simulator.ledger())
+    try:
+        dialog = open_resume_dialog_v1(stack, run)
+        stack.shot("5-resume-dialog-v1-adaptations")
+        assert dialog["images"] == dialog["loaded"] == 3, dialog["sizes"]  # master + 2
+        assert dialog["labels"] == ["master", "story (9:16)", "feed (1:1)"]
+        assert "**" not in dialog["text"] and "hero — master and adaptations" in dialog["text"]
+        for natural, shown in dialog["sizes"]:
+            assert 0 < natural <= REVIEW_EDGE and 0 < shown <= natural + 1
+        assert dialog["outside"] == 0 and dialog["sideways"] == [], dialog["sideways"]
+        fields = stack.page.evaluate(FIELDS)
+        assert [f["label"] for f in fields] == [f"{a} (Optional)" for a in ADAPTATIONS]
+        assert [f["value"] for f in fields] == ["approve", "approve"]
+        for at, value in ((0, "reject"), (1, "approve")):
+            assert open_choices(stack, at) == ["approve", "reject"]
+            stack.page.click("[role=listbox] [role=option]", text=re.compile(f"^{value}$"))
+            stack.page.wait_for(
+                f"{FIELDS}[{at}].value === {json.dumps(value)}", what=f"field {at} to show {value}"
+            )
+        stack.shot("6-resume-dialog-v1-adaptations-chosen")
+        stack.page.click("[role=dialog] button", text="Submit")
+        run.outcome["submitted"] = True
+        stack.page.wait_for("!document.querySelector('[role=dialog]')", what="the dialog to close")
+    finally:
+        if run.thread.is_alive() and "submitted" not in run.outcome:
+            resume_from_code(stack, run, {"hero__story": "reject", "hero__feed": "reject"})
+    manifest = run.result()
+    assert len(stack.simulator.ledger()) == ledger  # the review sent nothing
+    stored = CampaignManifest.model_validate_json(
+        (stack.assets / manifest_key(ADAPT_CAMPAIGN)).read_text()
+    )
+    assert stored == manifest and manifest.run_state == "completed"
+    [hero] = manifest.assets
+    assert hero.status is AssetStatus.FINAL and hero.final is not None
+    story, feed = hero.adaptations
+    assert (story.id, story.status, story.detail) == (
+        "story",
+        AssetStatus.REJECTED,
+        "rejected by reviewer",
+    )
+    assert (feed.id, feed.status, feed.detail) == (
+        "feed",
+        AssetStatus.FINAL,
+        "approved by reviewer",
+    )
+    assert story.record is not None and story.record.images  # still stored, and on the books
+    assert {j.stage for j in manifest.jobs} == {"draft", "final", "adapt-story", "adapt-feed"}
+    state = stack.api("GET", f"/flow_runs/{run.flow_run_id}")
+    assert state["state_type"] == "COMPLETED"
