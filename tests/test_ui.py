@@ -567,15 +567,28 @@ def test_contact_sheet_shows_every_final(
         )
         stack.shot(f"5-contact-sheet-{ui}")
         sheet = stack.page.evaluate(SHEET)
-        assert sheet["images"] == sheet["loaded"] == len(finals) == 3, ui
-        assert sheet["alts"] == [o.asset for o in finals]
+        # one row per asset: its final, then its adaptations (the example's banner has two)
+        pictures = [
+            (label, image)
+            for o in finals
+            if o.final is not None
+            for label, image in [
+                (o.asset, o.final.images[0]),
+                *((f"{o.asset} · {a.id}", a.record.images[0]) for a in o.adaptations if a.record),
+            ]
+        ]
+        assert sheet["images"] == sheet["loaded"] == len(pictures) == 3 + 2, ui
+        assert sheet["alts"] == [label for label, _ in pictures]
         for natural, shown in sheet["sizes"]:
             assert 0 < natural <= SHEET_EDGE and 0 < shown <= natural + 1, (ui, sheet["sizes"])
-        assert sheet["labels"] == ASSETS
+        assert sheet["labels"] == [
+            "launch-banner",
+            "launch-banner · story",
+            "launch-banner · de",
+            *ASSETS[1:],
+        ]
         assert "no final: rejected" in sheet["text"]
-        for outcome in finals:
-            assert outcome.final is not None
-            image = outcome.final.images[0]
+        for _, image in pictures:
             assert image.uri in sheet["text"].replace("\n", "")  # may wrap, never cut
             assert f"{image.width}x{image.height}" in sheet["text"].replace("×", "x")
         assert "Image URL" not in sheet["text"] and "data:image" not in sheet["text"]
