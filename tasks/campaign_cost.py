@@ -254,6 +254,8 @@ def draft_first_words(manifest: CampaignManifest) -> tuple[str, str] | None:
 
     The alternative to draft-first is generating, per delivered final, as many high-quality
     variants as there were drafts ("4 high-quality variants per asset") and picking from those.
+    What the adaptations cost is left out here: they have their own comparison
+    (`adaptations_words`).
     """
     variants = Decimal(manifest.high_quality_variants_usd)
     finals = [o for o in manifest.assets if o.status is AssetStatus.FINAL and o.final and o.drafts]
@@ -262,13 +264,15 @@ def draft_first_words(manifest: CampaignManifest) -> tuple[str, str] | None:
     drafts = _counts([o.drafts.request.n for o in finals if o.drafts is not None])
     draft_quality = "/".join(sorted({o.drafts.request.quality for o in finals if o.drafts}))
     final_quality = "/".join(sorted({o.final.request.quality for o in finals if o.final}))
-    spent = Decimal(manifest.totals.billed_usd)
+    adapted = Decimal(manifest.totals.by_stage.get("adaptation", "0"))
+    spent = Decimal(manifest.totals.billed_usd) - adapted  # the adaptations compare apart
+    billed = "for its drafts and finals" if adapted else "in all"
     alternative = f"{drafts} {final_quality}-quality variants per asset, no drafts"
     saving = (
         f"Draft-first: {drafts} {draft_quality}-quality drafts per asset, then one "
         f"{final_quality}-quality final from the chosen draft. Getting the same "
         f"{len(finals)} final(s) by generating {drafts} {final_quality}-quality variants per "
-        f"asset would have cost **{usd(variants)}**; this run billed **{usd(spent)}** in all "
+        f"asset would have cost **{usd(variants)}**; this run billed **{usd(spent)}** {billed} "
         f"(drafts of every asset included) — **{spent / variants:.2f}×** of that"
     )
     if spent < variants:

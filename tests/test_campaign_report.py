@@ -758,6 +758,10 @@ def test_cost_tables_and_summary_show_the_adaptations_and_what_they_saved(
         f"**{usd(scratch - billed)}**" in text
     )
     assert "adaptations: story made, de failed (adaptation de: content_policy_violation)" in text
+    # the draft-first comparison is about drafts and finals: the adaptations are not in it
+    drafts_and_finals = Decimal(adapted.totals.billed_usd) - billed
+    assert f"this run billed **{usd(drafts_and_finals)}** for its drafts and finals" in text
+    assert draft_first_words(adapted) is not None
     assert text.index("| draft |") < text.index("| final |") < text.index("| adaptation |")
     words = adaptations_words(adapted)
     assert words is not None and words[0] == "1 format(s) made from scratch, with drafts"

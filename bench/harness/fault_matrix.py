@@ -4,10 +4,10 @@ Shared by `tests/test_fault_matrix.py` (one test per row, plus the table) and
 `bench/fault_matrix.py` (prints the Markdown table for the README), so the rows, the way each is
 provoked and the way it is measured exist once.
 
-Every row runs `briefs/spring-launch.yaml` with 2 drafts per asset (4 assets: 8 paid jobs, 12
-images when nothing goes wrong; the test suite keeps only `QUICK_ASSETS`, 4 jobs and 6 images,
-for speed) against its own `EvoLinkSimulator`, and is measured only from evidence outside the
-code under test:
+Every row runs `briefs/spring-launch.yaml` with 2 drafts per asset and without its adaptations
+(4 assets: 8 paid jobs, 12 images when nothing goes wrong; the test suite keeps only
+`QUICK_ASSETS`, 4 jobs and 6 images, for speed) against its own `EvoLinkSimulator`, and is
+measured only from evidence outside the code under test:
 
 - **injected**: how often the fault fired (the simulator's `fault_counts`, or our own counters
   for storage errors and the killed process);
