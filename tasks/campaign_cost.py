@@ -110,9 +110,10 @@ def stages_in_order(by_stage: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def stage_label(stage: str) -> str:
-    """A job's stage as the tables show it: 'draft', 'final', 'adaptation: story'."""
+    """A job's stage as the tables show it: 'draft', 'final', 'adapt: story' (short: the cost
+    table fits a 1,440 px screen in both Prefect UIs, tests/test_ui.py)."""
     adaptation = adaptation_of_stage(stage)
-    return stage if adaptation is None else f"adaptation: {adaptation}"
+    return stage if adaptation is None else f"adapt: {adaptation}"
 
 
 def _job_status(row: JobRow) -> str:

@@ -12,7 +12,7 @@ Every key is stable per campaign, so the Artifacts page shows each one's history
 - `<campaign>-<asset>-final` (markdown): one asset's outcome in the run — its final and its
   adaptations, or "No current final" and why.
 - `<campaign>-cost` (table): one row per paid job (an adaptation's stage reads
-  `adaptation: <id>`), and one per asset left without a final: Asset, Stage, Quality, Size,
+  `adapt: <id>`), and one per asset left without a final: Asset, Stage, Quality, Size,
   Images, Estimated, Billed, Credits, Status.
 - `<campaign>-cost-details` (table): the same jobs' task ids, seconds and tokens.
 - `<campaign>-summary` (markdown): spend by stage, the budget, the draft-first saving in words,

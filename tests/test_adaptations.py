@@ -262,7 +262,7 @@ def artifacts_show_the_adaptations(manifest: CampaignManifest) -> None:
     rows = json.loads(artifacts["adapt-cost"].data)
     stages = [r["Stage"] for r in rows if r["Asset"] == "hero"]
     assert stages[:2] == ["draft", "final"]  # then the adaptations, as they finished
-    assert sorted(stages[2:]) == ["adaptation: de", "adaptation: story"]
+    assert sorted(stages[2:]) == ["adapt: de", "adapt: story"]
     summary = artifacts["adapt-summary"].data
     scratch = manifest.adaptations_from_scratch_usd
     assert scratch is not None

@@ -734,12 +734,13 @@ def test_cost_tables_and_summary_show_the_adaptations_and_what_they_saved(
     assert [r["Stage"] for r in rows if r["Asset"] == "launch-banner"] == [
         "draft",
         "final",
-        "adaptation: story",
+        "adapt: story",
     ]
-    story = next(r for r in rows if r["Stage"] == "adaptation: story")
+    story = next(r for r in rows if r["Stage"] == "adapt: story")
     assert story["Billed"] == "$0.118000" and story["Images"] == 1 and story["Status"] == "stored"
-    assert [r["Stage"] for r in cost_detail_rows(adapted)][2] == "adaptation: story"
-    assert stage_label("final") == "final" and stage_label("adapt-de") == "adaptation: de"
+    assert [r["Stage"] for r in cost_detail_rows(adapted)][2] == "adapt: story"
+    assert stage_label("final") == "final" and stage_label("adapt-de") == "adapt: de"
+    assert max(len(str(value)) for row in rows for value in row.values()) <= 15  # see above
 
     text = summary_markdown(adapted)
     scratch = Decimal(adapted.adaptations_from_scratch_usd or "0")
