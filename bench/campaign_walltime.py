@@ -65,18 +65,21 @@ PHASES = ("start", "drafts_spread", "drafts_tail", "finals_spread", "finals_tail
 
 def make_brief(path: Path, *, campaign: str, assets: int, drafts: int) -> Path:
     """`assets` assets cycling through the example brief's four asset types (banner 16:9 1K,
-    square 1K, story 9:16 1K, product shot 4:3 2K with an https reference image)."""
+    square 1K, story 9:16 1K, product shot 4:3 2K with an https reference image), without the
+    banner's adaptations: the phases measured are the drafts' and the finals'."""
     example = yaml.safe_load(EXAMPLE_BRIEF.read_text(encoding="utf-8"))
     templates = example["assets"]
     items = []
     for index in range(assets):
         item = dict(templates[index % len(templates)])
+        item.pop("adaptations", None)
         item["id"] = f"{item['id']}-{index:02d}"
         items.append(item)
+    defaults = {k: v for k, v in example["defaults"].items() if k != "adaptations"}
     brief = {
         "campaign": campaign,
         "budget_usd": 100,
-        "defaults": {**example["defaults"], "drafts": drafts},
+        "defaults": {**defaults, "drafts": drafts},
         "assets": items,
     }
     path.write_text(yaml.safe_dump(brief, sort_keys=False), encoding="utf-8")

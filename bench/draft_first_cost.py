@@ -124,15 +124,26 @@ def model_tables(brief: CampaignBrief) -> None:
 
 
 def simulator_run(brief_path: Path) -> None:
-    """The example campaign on the simulator, then the k-high-variant requests, both billed."""
+    """The example campaign on the simulator, then the k-high-variant requests, both billed.
+
+    The brief runs without its adaptations (issue #21): draft-first is about drafts and finals,
+    and an adaptation is a high-quality job the "finals (high)" row would count."""
+    import yaml
+
     from evolink.client import EvoLinkClient
     from evolink.polling import PollSchedule
     from evolink.simulator import EvoLinkSimulator
     from prefect_evolink.flows.campaign import run_campaign
 
+    work = Path(tempfile.mkdtemp(prefix="evolink-bench-cost-"))
+    data = yaml.safe_load(brief_path.read_text(encoding="utf-8"))
+    data.get("defaults", {}).pop("adaptations", None)
+    for asset in data["assets"]:
+        asset.pop("adaptations", None)
+    brief_path = work / brief_path.name
+    brief_path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     brief = load_brief(brief_path)
     plans = plans_for(brief)
-    work = Path(tempfile.mkdtemp(prefix="evolink-bench-cost-"))
     try:
         with EvoLinkSimulator(generation_seconds=0.5, seed=5) as sim, prefect_api():
             os.environ.update(

@@ -1,5 +1,5 @@
 """What every campaign artifact shares: how it names its run, how many pictures it may hold,
-and an asset's outcome in a word or two.
+and an asset's (or an adaptation's) outcome in a word or two.
 
 The artifacts themselves are one module each — the review sheet
 (`flows/campaign_review_sheet.py`), the finals (`campaign_finals`), the cost tables
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from evolink.campaign import AssetOutcome, AssetStatus
+from evolink.campaign import AdaptationOutcome, AssetOutcome, AssetStatus
 from evolink.previews import Thumbnail
 
 ARTIFACT_BUDGET_CHARS: Final = 1_000_000
@@ -42,6 +42,13 @@ def outcome_words(outcome: AssetOutcome) -> str:
     if outcome.status is AssetStatus.FINAL:
         return "final"
     return _NO_FINAL.get(outcome.status, outcome.status.value)
+
+
+def adaptation_words(adaptation: AdaptationOutcome) -> str:
+    """An adaptation's outcome in a word or two: 'made', 'rejected', 'failed', 'over budget'…"""
+    if adaptation.status is AssetStatus.FINAL:
+        return "made"
+    return _NO_FINAL.get(adaptation.status, adaptation.status.value)
 
 
 class PictureBudget:

@@ -4,7 +4,8 @@ manifest `prefect-evolink report` rebuilt (`cost_summary`).
 
 One concept: money. The rows and the sums come from the manifest (`evolink.campaign`); this
 module only lays them out — a few words per cell, so the tables fit a screen in both Prefect
-UIs — and says what draft-first saved.
+UIs — and says what draft-first saved, and what the adaptations cost next to making each
+format from scratch with drafts (`adaptations_words`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Any, Final
 
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
+from evolink.adaptations import adaptation_of_stage
 from evolink.campaign import AssetOutcome, AssetStatus, CampaignManifest, JobRow
 from evolink.campaign import totals as row_totals
 from evolink.cost import usd
 from evolink.previews import cell_text
-from prefect_evolink.tasks.campaign_artifacts import outcome_words, run_label
+from prefect_evolink.tasks.campaign_artifacts import adaptation_words, outcome_words, run_label
 from prefect_evolink.tasks.reporting import artifact_key
 
 COST_COLUMNS: Final = (
@@ -72,7 +74,7 @@ def cost_rows(manifest: CampaignManifest) -> list[dict[str, Any]]:
     rows = [
         {
             "Asset": row.asset,
-            "Stage": row.stage,
+            "Stage": stage_label(row.stage),
             "Quality": row.quality,
             "Size": row.pixel_size,
             "Images": row.images,
@@ -101,6 +103,19 @@ def cost_rows(manifest: CampaignManifest) -> list[dict[str, Any]]:
     return rows
 
 
+def stages_in_order(by_stage: dict[str, str]) -> list[tuple[str, str]]:
+    """Spend by stage in the order a run pays it: draft, final, adaptation, then any other."""
+    rank = {"draft": 0, "final": 1, "adaptation": 2}
+    return sorted(by_stage.items(), key=lambda item: (rank.get(item[0], 3), item[0]))
+
+
+def stage_label(stage: str) -> str:
+    """A job's stage as the tables show it: 'draft', 'final', 'adapt: story' (short: the cost
+    table fits a 1,440 px screen in both Prefect UIs, tests/test_ui.py)."""
+    adaptation = adaptation_of_stage(stage)
+    return stage if adaptation is None else f"adapt: {adaptation}"
+
+
 def _job_status(row: JobRow) -> str:
     """'stored', or 'not stored' for a paid job whose images are (partly) missing — its reason
     is in the summary. An unknown bill shows as "unknown" in the Billed column."""
@@ -123,7 +138,7 @@ def cost_detail_rows(manifest: CampaignManifest) -> list[dict[str, Any]]:
     return [
         {
             "Asset": row.asset,
-            "Stage": row.stage,
+            "Stage": stage_label(row.stage),
             "Task id": row.task_id,
             "Seconds": row.duration_s,
             "Tokens (out / img / text)": (
@@ -136,12 +151,14 @@ def cost_detail_rows(manifest: CampaignManifest) -> list[dict[str, Any]]:
 
 def summary_markdown(manifest: CampaignManifest) -> str:
     """The `<campaign>-summary`: spend by stage, the budget, the draft-first saving in words,
-    paid jobs whose images were not stored, and every asset's outcome."""
+    what the adaptations cost next to making their formats from scratch (when the brief has
+    adaptations), paid jobs whose images were not stored, and every asset's outcome."""
     totals = manifest.totals
     spent = Decimal(totals.billed_usd)
     budget = Decimal(manifest.budget_usd)
     used = f"used {spent / budget:.0%}, " if budget > 0 else ""
     words = draft_first_words(manifest)
+    adapted = adaptations_words(manifest)
     lines = [
         f"# {manifest.campaign}",
         "",
@@ -149,16 +166,22 @@ def summary_markdown(manifest: CampaignManifest) -> str:
         "",
         "| | USD |",
         "|---|---|",
-        *(f"| {stage} | {usd(amount)} |" for stage, amount in sorted(totals.by_stage.items())),
+        *(f"| {stage} | {usd(amount)} |" for stage, amount in stages_in_order(totals.by_stage)),
         f"| **total billed** | **{usd(spent)}** ({totals.billed_credits} credits) |",
         f"| pre-flight estimate | {usd(manifest.pre_flight_estimate_usd)} |",
         f"| budget | {usd(budget)} — {used}left {usd(budget - spent)} |",
     ]
     if words is not None:
         lines.append(f"| same finals as {words[0]} | {usd(manifest.high_quality_variants_usd)} |")
+    if adapted is not None:
+        lines.append(
+            f"| same adaptations as {adapted[0]} | {usd(manifest.adaptations_from_scratch_usd)} |"
+        )
     lines.append("")
     if words is not None:
         lines.append(words[1])
+    if adapted is not None:
+        lines += ["", adapted[1]]
     if totals.unknown_bills:
         lines.append(
             f"\n{totals.unknown_bills} job(s) reported no bill; counted at their estimate."
@@ -180,10 +203,51 @@ def summary_markdown(manifest: CampaignManifest) -> str:
     lines += [
         f"| {o.asset} | {o.status.value} | "
         f"{'-' if o.chosen_draft is None else f'image-{o.chosen_draft}'} | "
-        f"{cell_text(o.detail)} |"
+        f"{cell_text(_detail(o))} |"
         for o in manifest.assets
     ]
     return "\n".join(lines)
+
+
+def _detail(outcome: AssetOutcome) -> str:
+    """An asset's detail, and what became of each adaptation of its final."""
+    if not outcome.adaptations:
+        return outcome.detail
+    each = ", ".join(
+        f"{a.id} {adaptation_words(a)}" + (f" ({a.detail})" if a.detail else "")
+        for a in outcome.adaptations
+    )
+    return "; ".join(part for part in (outcome.detail, f"adaptations: {each}") if part)
+
+
+def adaptations_words(manifest: CampaignManifest) -> tuple[str, str] | None:
+    """(the alternative, in words; the comparison sentence), or None when the brief has no
+    adaptations (`adaptations_from_scratch_usd` is None) or none was made in this run.
+
+    The alternative to an adaptation is making its format from scratch: drafts and a final of
+    its own, as the asset's were made (`evolink.adaptations.AdaptationPlan.from_scratch_usd`).
+    """
+    if manifest.adaptations_from_scratch_usd is None:
+        return None
+    scratch = Decimal(manifest.adaptations_from_scratch_usd)
+    made = [(o, a) for o in manifest.assets for a in o.adaptations if a.record is not None]
+    if not made or scratch <= 0:
+        return None
+    billed = Decimal(manifest.totals.by_stage.get("adaptation", "0"))
+    drafts = [o.drafts.request.n for o, _ in made if o.drafts is not None]
+    with_drafts = f"{_counts(drafts)} drafts" if drafts else "drafts"
+    alternative = f"{len(made)} format(s) made from scratch, with drafts"
+    names = ", ".join(f"{o.asset} · {a.id}" for o, a in made)
+    sentence = (
+        f"Adaptations: {len(made)} version(s) of the approved finals ({names}), one edit job "
+        f"each from the stored final, billed **{usd(billed)}**. Making the same {len(made)} "
+        f"format(s) from scratch — {with_drafts} and a final of their own each — would have "
+        f"cost **{usd(scratch)}** (estimated) — **{billed / scratch:.2f}×** of that"
+    )
+    if billed < scratch:
+        sentence += f", a saving of **{usd(scratch - billed)}**"
+    sentence += "; and each keeps its final's composition, product and text."
+    return alternative, sentence
 
 
 def draft_first_words(manifest: CampaignManifest) -> tuple[str, str] | None:
@@ -191,6 +255,8 @@ def draft_first_words(manifest: CampaignManifest) -> tuple[str, str] | None:
 
     The alternative to draft-first is generating, per delivered final, as many high-quality
     variants as there were drafts ("4 high-quality variants per asset") and picking from those.
+    What the adaptations cost is left out here: they have their own comparison
+    (`adaptations_words`).
     """
     variants = Decimal(manifest.high_quality_variants_usd)
     finals = [o for o in manifest.assets if o.status is AssetStatus.FINAL and o.final and o.drafts]
@@ -199,13 +265,15 @@ def draft_first_words(manifest: CampaignManifest) -> tuple[str, str] | None:
     drafts = _counts([o.drafts.request.n for o in finals if o.drafts is not None])
     draft_quality = "/".join(sorted({o.drafts.request.quality for o in finals if o.drafts}))
     final_quality = "/".join(sorted({o.final.request.quality for o in finals if o.final}))
-    spent = Decimal(manifest.totals.billed_usd)
+    adapted = Decimal(manifest.totals.by_stage.get("adaptation", "0"))
+    spent = Decimal(manifest.totals.billed_usd) - adapted  # the adaptations compare apart
+    billed = "for its drafts and finals" if adapted else "in all"
     alternative = f"{drafts} {final_quality}-quality variants per asset, no drafts"
     saving = (
         f"Draft-first: {drafts} {draft_quality}-quality drafts per asset, then one "
         f"{final_quality}-quality final from the chosen draft. Getting the same "
         f"{len(finals)} final(s) by generating {drafts} {final_quality}-quality variants per "
-        f"asset would have cost **{usd(variants)}**; this run billed **{usd(spent)}** in all "
+        f"asset would have cost **{usd(variants)}**; this run billed **{usd(spent)}** {billed} "
         f"(drafts of every asset included) — **{spent / variants:.2f}×** of that"
     )
     if spent < variants:
@@ -244,7 +312,7 @@ def cost_summary(manifest: CampaignManifest) -> list[str]:
             "; paid in an earlier run" if row.earlier_run else ""
         )
         lines.append(
-            f"  {row.asset:<16} {row.stage:<6} task {row.task_id}: estimated "
+            f"  {row.asset:<16} {stage_label(row.stage):<6} task {row.task_id}: estimated "
             f"{usd(row.estimated_usd)}, billed {billed} — {stored}{marks}"
         )
 

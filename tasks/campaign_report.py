@@ -6,14 +6,18 @@ Every key is stable per campaign, so the Artifacts page shows each one's history
   Resume form's options, with the final's estimate and links to the full drafts where storage
   can presign them (S3; local storage has none).
 - `<campaign>-finals` (markdown): the contact sheet — every asset of the run with its final's
-  thumbnail, size, cost and durable storage URI, or why it has none.
-- `<campaign>-<asset>-final` (markdown): one asset's outcome in the run — its final, or
-  "No current final" and why.
-- `<campaign>-cost` (table): one row per paid job, and one per asset left without a final:
-  Asset, Stage, Quality, Size, Images, Estimated, Billed, Credits, Status.
+  thumbnail, size, cost and durable storage URI, or why it has none; with adaptations, one row
+  per asset: the final (the master), then each adaptation labelled `<asset> · <id>` with its
+  pixel size, or shown as failed, rejected or over budget, without a picture.
+- `<campaign>-<asset>-final` (markdown): one asset's outcome in the run — its final and its
+  adaptations, or "No current final" and why.
+- `<campaign>-cost` (table): one row per paid job (an adaptation's stage reads
+  `adapt: <id>`), and one per asset left without a final: Asset, Stage, Quality, Size,
+  Images, Estimated, Billed, Credits, Status.
 - `<campaign>-cost-details` (table): the same jobs' task ids, seconds and tokens.
 - `<campaign>-summary` (markdown): spend by stage, the budget, the draft-first saving in words,
-  every asset's outcome, and paid jobs whose images were not stored.
+  what the adaptations cost next to making their formats from scratch (when the brief has
+  adaptations), every asset's outcome, and paid jobs whose images were not stored.
 - `<campaign>-progress` (progress): jobs finished so far.
 
 The paused run's Resume dialog shows the review grid too: its description
@@ -55,16 +59,23 @@ from prefect_evolink.flows.campaign_review_sheet import (
     review_drafts,
     review_markdown,
 )
-from prefect_evolink.tasks.campaign_artifacts import ARTIFACT_BUDGET_CHARS, outcome_words
+from prefect_evolink.tasks.campaign_artifacts import (
+    ARTIFACT_BUDGET_CHARS,
+    adaptation_words,
+    outcome_words,
+)
 from prefect_evolink.tasks.campaign_cost import (
     COST_COLUMNS,
     DETAIL_COLUMNS,
     NONE,
+    adaptations_words,
     cost_detail_rows,
     cost_rows,
     cost_summary,
     draft_first_words,
     publish_campaign_report,
+    stage_label,
+    stages_in_order,
     summary_markdown,
 )
 from prefect_evolink.tasks.campaign_finals import (
@@ -72,6 +83,7 @@ from prefect_evolink.tasks.campaign_finals import (
     asset_final_markdown,
     contact_sheet_markdown,
     publish_final_previews,
+    sheet_key,
 )
 from prefect_evolink.tasks.campaign_progress import PROGRESS_STEP_PERCENT, Progress, save_manifest
 
@@ -86,6 +98,8 @@ __all__ = [
     "REVIEW_LINK_MAX_SECONDS",
     "DraftPreview",
     "Progress",
+    "adaptation_words",
+    "adaptations_words",
     "asset_final_markdown",
     "contact_sheet_markdown",
     "cost_detail_rows",
@@ -100,5 +114,8 @@ __all__ = [
     "review_drafts",
     "review_markdown",
     "save_manifest",
+    "sheet_key",
+    "stage_label",
+    "stages_in_order",
     "summary_markdown",
 ]

@@ -33,7 +33,7 @@ from pydantic import SecretStr
 from evolink.adaptations import KEEP_INSTRUCTION, adaptation_stage
 from evolink.brief import check_plans, parse_brief
 from evolink.campaign import AssetStatus, CampaignManifest, budget_refusal
-from evolink.cost import estimate_tokens
+from evolink.cost import estimate_tokens, usd
 from evolink.errors import BriefError, BudgetExceededError, CampaignIncompleteError
 from evolink.jobs import job_key
 from evolink.models import MAX_REFERENCE_IMAGES
@@ -193,7 +193,7 @@ def test_the_brand_kit_and_the_adaptations_are_in_every_jobs_identity() -> None:
 
 
 def test_masters_and_adaptations_end_to_end_and_a_day_two_rerun_makes_nothing(
-    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
+    prefect_harness: None, evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
 ) -> None:
     brief = write_brief(tmp_path)
     manifest = campaign(brief)
@@ -243,6 +243,7 @@ def test_masters_and_adaptations_end_to_end_and_a_day_two_rerun_makes_nothing(
         manifest.totals.by_stage["adaptation"]
     )
     assert stored_manifest(assets_dir) == manifest
+    artifacts_show_the_adaptations(manifest)
 
     # Day two: EvoLink forgot every task and link; the same brief again sends nothing.
     evolink_env.age()
@@ -258,6 +259,40 @@ def test_masters_and_adaptations_end_to_end_and_a_day_two_rerun_makes_nothing(
         for a in o.adaptations
     ]
     assert again.totals.billed_usd == manifest.totals.billed_usd
+
+
+def artifacts_show_the_adaptations(manifest: CampaignManifest) -> None:
+    """The run's artifacts: the contact sheet (a row per asset: the final, then its
+    adaptations), each asset's own artifact, the cost table and the summary's comparison."""
+    artifacts = asyncio.run(artifacts_with_prefix("adapt-%"))
+    sheet = artifacts["adapt-finals"].data
+    assert sheet.count("](data:image/jpeg;base64,") == 3 + 3  # 3 finals, 3 adaptations
+    assert "| hero | hero · story | hero · de |" in sheet
+    assert "| square | square · feed |" in sheet and "| plain |" in sheet
+    for outcome in manifest.assets:
+        for adaptation in outcome.adaptations:
+            assert adaptation.record is not None
+            [image] = adaptation.record.images
+            assert f"![{outcome.asset} · {adaptation.id}](data:image/jpeg;base64," in sheet
+            assert f" {image.width}x{image.height} " in sheet  # its pixel size, in its column
+            assert f"- **{outcome.asset} · {adaptation.id}** — `{image.uri}`" in sheet
+    assert "3 of 3 adaptation(s) made" in sheet
+    hero = artifacts["adapt-hero-final"]
+    assert "## Adaptations" in hero.data and hero.data.count("](data:image/jpeg;base64,") == 3
+    assert ", 2 of 2 adaptation(s) (" in hero.description
+    rows = json.loads(artifacts["adapt-cost"].data)
+    stages = [r["Stage"] for r in rows if r["Asset"] == "hero"]
+    assert stages[:2] == ["draft", "final"]  # then the adaptations, as they finished
+    assert sorted(stages[2:]) == ["adapt: de", "adapt: story"]
+    summary = artifacts["adapt-summary"].data
+    scratch = manifest.adaptations_from_scratch_usd
+    assert scratch is not None
+    assert (
+        f"| same adaptations as 3 format(s) made from scratch, with drafts | {usd(scratch)} |"
+        in summary
+    )
+    assert f"| adaptation | {usd(manifest.totals.by_stage['adaptation'])} |" in summary
+    assert "Adaptations: 3 version(s) of the approved finals" in summary
 
 
 def test_an_adaptation_that_fails_fails_only_itself_and_a_reworded_one_is_all_that_is_new(

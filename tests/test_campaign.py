@@ -25,7 +25,12 @@ from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 
 from evolink.brief import check_plans, load_brief, parse_brief
-from evolink.campaign import AssetStatus, CampaignManifest
+from evolink.campaign import (
+    AssetStatus,
+    CampaignManifest,
+    adaptations_saving,
+    campaign_estimate_usd,
+)
 from evolink.errors import BriefError, BudgetExceededError, CampaignIncompleteError
 from evolink.simulator import EvoLinkSimulator, Fault, render_png
 from prefect_evolink.blocks import S3AssetStorage
@@ -38,9 +43,21 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "briefs" / "spring-launch.yaml"
 
 
+def example_without_adaptations() -> dict[str, Any]:
+    """The example brief without its adaptations (issue #21): the tests that use it are about
+    drafts, finals, review and budget — 2 paid jobs per asset, counted as such. The adaptations
+    are tests/test_adaptations.py's; the example's whole run is tests/test_day_two.py's demo.
+    Its brand line stays: it goes into every job."""
+    data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    data["defaults"].pop("adaptations", None)
+    for asset in data["assets"]:
+        asset.pop("adaptations", None)
+    return data
+
+
 def small_brief(tmp_path: Path, **changes: Any) -> Path:
-    """The example brief with 2 drafts per asset: same shape, faster."""
-    data = yaml.safe_load(EXAMPLE.read_text())
+    """The example brief with 2 drafts per asset and no adaptations: same shape, faster."""
+    data = example_without_adaptations()
     data["defaults"]["drafts"] = 2
     data.update(changes)
     path = tmp_path / "brief.yaml"
@@ -101,6 +118,17 @@ def test_example_brief_is_valid_and_draft_first_is_cheaper() -> None:
     ours = sum((p.draft_estimate.usd + p.final_estimate.usd for p in plans), Decimal(0))
     variants = sum((p.high_variants_estimate.usd for p in plans), Decimal(0))
     assert ours <= brief.budget_usd and ours < Decimal("0.31") * variants
+    # The key visual's two adaptations and the brand line (issue #21), within the budget too.
+    assert [(a.id, a.request.size) for a in plans[0].adaptations] == [
+        ("story", "9:16"),
+        ("de", "16:9"),
+    ]
+    assert all(not p.adaptations for p in plans[1:])
+    assert brief.defaults.brand is not None and brief.defaults.brand.style
+    assert all("Brand style: " in p.draft.prompt for p in plans)
+    assert campaign_estimate_usd(plans) <= brief.budget_usd
+    saving = adaptations_saving(plans)
+    assert saving is not None and saving[0] < saving[1]  # adapting beats from scratch
 
 
 def test_references_and_drafts_travel_as_presigned_s3_urls(
@@ -284,7 +312,7 @@ def test_budget_reached_mid_run_stops_finals(
 
 
 def two_asset_brief(tmp_path: Path) -> Path:
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_without_adaptations()
     return small_brief(tmp_path, assets=data["assets"][:2])
 
 

@@ -16,7 +16,14 @@ import pytest
 from PIL import Image
 
 from evolink.brief import AssetPlan, check_plans, load_brief
-from evolink.campaign import AssetOutcome, AssetStatus, CampaignManifest, job_row, totals
+from evolink.campaign import (
+    AdaptationOutcome,
+    AssetOutcome,
+    AssetStatus,
+    CampaignManifest,
+    job_row,
+    totals,
+)
 from evolink.cost import usd
 from evolink.jobs import JobRecord, SentRequest, StoredImage
 from evolink.previews import (
@@ -35,6 +42,7 @@ from prefect_evolink.tasks.campaign_report import (
     DETAIL_COLUMNS,
     NONE,
     DraftPreview,
+    adaptations_words,
     asset_final_markdown,
     contact_sheet_markdown,
     cost_detail_rows,
@@ -42,6 +50,8 @@ from prefect_evolink.tasks.campaign_report import (
     draft_first_words,
     review_description,
     review_markdown,
+    sheet_key,
+    stage_label,
     summary_markdown,
 )
 
@@ -586,3 +596,188 @@ def test_review_links_full_size_drafts_on_s3_and_none_on_local_disk(
             assert httpx.get(preview.link).content == png  # the full image, for the reviewer
         else:
             assert preview.link is None
+
+
+# --- adaptations (issue #21) ---------------------------------------------------------------
+
+
+def adaptation_record(plan: AssetPlan, index: int, billed: str = "0.118") -> JobRecord:
+    adaptation = plan.adaptations[index]
+    request, estimate = adaptation.request, adaptation.estimate
+    return JobRecord(
+        job_key=f"{plan.asset.id}-{adaptation.stage}",
+        namespace=f"campaign/aurora-spring-launch/{plan.asset.id}/{adaptation.stage}",
+        task_id=f"task-unified-1796021338-{adaptation.id}",
+        request=SentRequest(
+            model=request.model,
+            prompt=request.prompt,
+            size=request.size,
+            quality=request.quality,
+            n=1,
+        ),
+        estimated_usd=str(estimate.usd),
+        estimated_credits=str(estimate.credits),
+        billed_usd=billed,
+        billed_credits="8.02",
+        billed_source="task",
+        images=[image(plan.asset.id, adaptation.stage, 0, estimate.width, estimate.height)],
+        submitted_at=NOW,
+        completed_at=NOW + timedelta(seconds=9),
+    )
+
+
+@pytest.fixture(scope="module")
+def adapted(plans: list[AssetPlan], manifest: CampaignManifest) -> CampaignManifest:
+    """The paper campaign with the example's adaptations of launch-banner: `story` made, `de`
+    refused by EvoLink; and product-shot's `feed` stopped by the budget."""
+    banner = plans[0]
+    assert [a.id for a in banner.adaptations] == ["story", "de"]  # the example brief's
+    story = adaptation_record(banner, 0)
+    outcomes = list(manifest.assets)
+    outcomes[0] = outcomes[0].model_copy(
+        update={
+            "adaptations": [
+                AdaptationOutcome(id="story", status=AssetStatus.FINAL, record=story),
+                AdaptationOutcome(
+                    id="de",
+                    status=AssetStatus.FAILED,
+                    detail="adaptation de: content_policy_violation",
+                ),
+            ]
+        }
+    )
+    outcomes[3] = outcomes[3].model_copy(
+        update={
+            "adaptations": [
+                AdaptationOutcome(
+                    id="feed",
+                    status=AssetStatus.BUDGET_STOPPED,
+                    detail="over budget: $0.01 left, the adaptation needs $0.12",
+                )
+            ]
+        }
+    )
+    rows = [*manifest.jobs]
+    rows.insert(2, job_row("launch-banner", "adapt-story", story, banner.adaptations[0].estimate))
+    return manifest.model_copy(
+        update={
+            "assets": outcomes,
+            "jobs": rows,
+            "totals": totals(rows),
+            "adaptations_from_scratch_usd": str(banner.adaptations[0].from_scratch_usd),
+        }
+    )
+
+
+def test_contact_sheet_has_a_row_per_asset_the_master_then_its_adaptations(
+    adapted: CampaignManifest,
+) -> None:
+    story = adapted.assets[0].adaptations[0].record
+    assert story is not None
+    previews = {
+        "launch-banner": thumbnail(render_png(1360, 768, "banner"), SHEET_EDGE),
+        sheet_key("launch-banner", "story"): thumbnail(render_png(768, 1360, "story"), SHEET_EDGE),
+        "product-shot": thumbnail(render_png(1184, 880, "shot"), SHEET_EDGE),
+    }
+    assert sheet_key("launch-banner", "story") == "launch-banner/adapt-story"
+    sheet = contact_sheet_markdown(adapted, previews, RUN)
+    assert_data_uris_only_as_pictures(sheet)
+    assert len(PICTURE.findall(sheet)) == 3  # two finals and the story, no failed picture
+    assert "![launch-banner · story](data:image/jpeg;base64," in sheet
+    # one table per asset: the master first, then its adaptations, each with its pixel size
+    assert "| launch-banner | launch-banner · story | launch-banner · de |" in sheet
+    assert "| social-square |" in sheet and "| story-vertical |" in sheet
+    assert "| product-shot | product-shot · feed |" in sheet
+    banner = adapted.assets[0].final
+    assert banner is not None
+    size = f"{banner.images[0].width}x{banner.images[0].height}"
+    width, height = story.images[0].width, story.images[0].height
+    assert height is not None and width is not None and height > width  # the 9:16 story
+    assert f"| {size} | {width}x{height} | — |" in sheet
+    assert "| $0.117880 | $0.118000 | — |" in sheet
+    assert "| _failed_ |" in sheet and "| _over budget_ |" in sheet
+    assert f"- **launch-banner · story** — `{story.images[0].uri}`" in sheet
+    assert "- **launch-banner · de** — failed — adaptation de: content_policy_violation" in sheet
+    assert "- **product-shot · feed** — over budget: $0.01 left" in sheet
+    assert "1 of 3 adaptation(s) made, billed **$0.118000**" in sheet
+
+    # its budget counts the adaptations' thumbnails like the finals'
+    one = len(previews["launch-banner"].data_uri)
+    small = contact_sheet_markdown(adapted, previews, RUN, budget_chars=one + 10)
+    assert len(PICTURE.findall(small)) == 1 and "2 thumbnail(s) not shown" in small
+
+
+def test_an_assets_artifact_shows_its_adaptations(adapted: CampaignManifest) -> None:
+    banner = adapted.assets[0]
+    story = banner.adaptations[0].record
+    assert story is not None
+    preview = thumbnail(render_png(1360, 768, "banner"), SHEET_EDGE)
+    small = thumbnail(render_png(768, 1360, "story"), SHEET_EDGE)
+    markdown, description = asset_final_markdown(adapted, banner, preview, RUN, {"story": small})
+    assert_data_uris_only_as_pictures(markdown)
+    assert len(PICTURE.findall(markdown)) == 2
+    assert "## Adaptations" in markdown and "| story | de |" in markdown
+    assert f"| {story.images[0].width}x{story.images[0].height} | — |" in markdown
+    assert f"- **story** — `{story.images[0].uri}`" in markdown
+    assert "- **de** — failed — adaptation de: content_policy_violation" in markdown
+    assert description.startswith("Current final of launch-banner: ")
+    assert ", 1 of 2 adaptation(s) (run bright-owl" in description
+    # an asset without adaptations reads as before
+    plain, _ = asset_final_markdown(adapted, adapted.assets[2], None, RUN)
+    assert "Adaptations" not in plain
+
+
+def test_cost_tables_and_summary_show_the_adaptations_and_what_they_saved(
+    adapted: CampaignManifest, manifest: CampaignManifest
+) -> None:
+    rows = cost_rows(adapted)
+    assert [r["Stage"] for r in rows if r["Asset"] == "launch-banner"] == [
+        "draft",
+        "final",
+        "adapt: story",
+    ]
+    story = next(r for r in rows if r["Stage"] == "adapt: story")
+    assert story["Billed"] == "$0.118000" and story["Images"] == 1 and story["Status"] == "stored"
+    assert [r["Stage"] for r in cost_detail_rows(adapted)][2] == "adapt: story"
+    assert stage_label("final") == "final" and stage_label("adapt-de") == "adapt: de"
+    assert max(len(str(value)) for row in rows for value in row.values()) <= 15  # see above
+
+    text = summary_markdown(adapted)
+    scratch = Decimal(adapted.adaptations_from_scratch_usd or "0")
+    billed = Decimal(adapted.totals.by_stage["adaptation"])
+    assert billed == Decimal("0.118") and billed < scratch
+    assert f"| adaptation | {usd(billed)} |" in text
+    assert (
+        f"| same adaptations as 1 format(s) made from scratch, with drafts | {usd(scratch)} |"
+        in text
+    )
+    assert (
+        "Adaptations: 1 version(s) of the approved finals (launch-banner · story), one edit job "
+        f"each from the stored final, billed **{usd(billed)}**. Making the same 1 format(s) "
+        f"from scratch — 4 drafts and a final of their own each — would have cost "
+        f"**{usd(scratch)}** (estimated) — **{billed / scratch:.2f}×** of that, a saving of "
+        f"**{usd(scratch - billed)}**" in text
+    )
+    assert "adaptations: story made, de failed (adaptation de: content_policy_violation)" in text
+    # the draft-first comparison is about drafts and finals: the adaptations are not in it
+    drafts_and_finals = Decimal(adapted.totals.billed_usd) - billed
+    assert f"this run billed **{usd(drafts_and_finals)}** for its drafts and finals" in text
+    assert draft_first_words(adapted) is not None
+    assert text.index("| draft |") < text.index("| final |") < text.index("| adaptation |")
+    words = adaptations_words(adapted)
+    assert words is not None and words[0] == "1 format(s) made from scratch, with drafts"
+
+    # a brief without adaptations: no such line (the manifest's figure is None)
+    assert manifest.adaptations_from_scratch_usd is None
+    assert adaptations_words(manifest) is None
+    assert "adaptation" not in summary_markdown(manifest).lower()
+    # adaptations planned, none made (every final failed or stopped): nothing to compare
+    none_made = adapted.model_copy(
+        update={
+            "assets": [
+                a.model_copy(update={"adaptations": [x for x in a.adaptations if not x.record]})
+                for a in adapted.assets
+            ]
+        }
+    )
+    assert adaptations_words(none_made) is None

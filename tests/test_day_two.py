@@ -143,19 +143,48 @@ def test_rerun_against_a_restarted_simulator_that_knows_nothing(
 
 def test_demo_three_times_in_one_folder(tmp_path: Path, api_url: str) -> None:
     """The README's first command, run again and again in one folder: the bundled simulator
-    keeps its state next to the assets, so every run exits 0 and only the first one pays."""
+    keeps its state next to the assets, so every run exits 0 and only the first one pays. It
+    makes masters and adaptations (the key visual's story and German versions, issue #21) and
+    its output shows both, with what the adaptations cost next to making them from scratch."""
+    outputs = []
     for _ in range(3):
         run = ok(run_cli(tmp_path, "demo", api_url=api_url, EVOLINK_API_KEY=None))
         assert "USING THE BUNDLED LOCAL EVOLINK SIMULATOR" in run.out
         assert "by the bundled simulator: synthetic images, nothing billed" in run.out
+        outputs.append(run.out)
     state = tmp_path / "a" / SIMULATOR_STATE_DIR
     with EvoLinkSimulator(state_dir=state) as sim:  # the demo's simulator, state and all
         ledger = sim.ledger()
     manifest = manifest_of(tmp_path, "aurora-spring-launch")
     drafts = [r for r in manifest.jobs if r.stage == "draft"]
-    assert len(ledger) == len(manifest.jobs) == len(drafts) + len(manifest.assets)
+    adaptations = [r for r in manifest.jobs if r.stage.startswith("adapt-")]
+    assert sorted((r.asset, r.stage) for r in adaptations) == [
+        ("launch-banner", "adapt-de"),
+        ("launch-banner", "adapt-story"),
+    ]
+    assert len(ledger) == len(manifest.jobs) == len(drafts) + len(manifest.assets) + 2
     assert Decimal(manifest.totals.billed_usd) == sum((e.billed_usd for e in ledger), Decimal(0))
     assert all(row.simulator for row in manifest.jobs)
+    banner = manifest.assets[0]
+    assert [(a.id, a.status) for a in banner.adaptations] == [
+        ("story", AssetStatus.FINAL),
+        ("de", AssetStatus.FINAL),
+    ]
+    scratch = manifest.adaptations_from_scratch_usd
+    assert scratch is not None
+    billed = Decimal(manifest.totals.by_stage["adaptation"])
+    assert billed == sum((Decimal(r.billed_usd or 0) for r in adaptations), Decimal(0))
+    assert billed < Decimal(scratch)
+    for out in outputs:  # every run prints the same books: the reruns paid nothing new
+        assert f"  adaptation  ${billed:.6f}" in out, out
+        for adaptation in banner.adaptations:
+            assert adaptation.record is not None
+            assert f"    · {adaptation.id:<12} made" in out
+            assert adaptation.record.images[0].uri in out
+        assert (
+            f"  the same adaptations as 2 format(s) made from scratch, with drafts: "
+            f"${Decimal(scratch):.6f}" in out
+        )
 
 
 # --- switching endpoints and keys ---------------------------------------------------------

@@ -144,8 +144,11 @@ def test_deployed_approval_suspends_without_a_process_and_resumes_from_the_top(
     assert names.count("Running") == 2 and "Suspended" in names, names  # ran again from the top
 
     new = [e for e in stack.simulator.ledger()[before:] if e.created_at >= resumed_at]
-    assert [e.request["quality"] for e in new] == ["high"] * 3  # finals only: 0 new drafts
-    assert len(stack.simulator.ledger()) == before + 4 + 3
+    # 3 finals and the approved launch-banner's 2 adaptations (the example brief's, issue #21),
+    # all high quality: 0 new drafts
+    assert [e.request["quality"] for e in new] == ["high"] * 5
+    assert sum("Adapt the approved" in e.request["prompt"] for e in new) == 2
+    assert len(stack.simulator.ledger()) == before + 4 + 3 + 2
 
     manifest = _manifest(stack)
     assert manifest["run_state"] == "completed"
@@ -156,7 +159,7 @@ def test_deployed_approval_suspends_without_a_process_and_resumes_from_the_top(
         assert outcomes[asset]["status"] == "final", outcomes[asset]
         assert outcomes[asset]["chosen_draft"] == index
     stages = sorted(j["stage"] for j in manifest["jobs"])
-    assert stages == ["draft"] * 4 + ["final"] * 3
+    assert stages == ["adapt-de", "adapt-story"] + ["draft"] * 4 + ["final"] * 3
     draft_tasks = {j["task_id"] for j in manifest["jobs"] if j["stage"] == "draft"}
     assert draft_tasks == {e.task_id for e in drafts}  # the drafts reattached, not redone
 

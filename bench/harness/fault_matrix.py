@@ -4,10 +4,10 @@ Shared by `tests/test_fault_matrix.py` (one test per row, plus the table) and
 `bench/fault_matrix.py` (prints the Markdown table for the README), so the rows, the way each is
 provoked and the way it is measured exist once.
 
-Every row runs `briefs/spring-launch.yaml` with 2 drafts per asset (4 assets: 8 paid jobs, 12
-images when nothing goes wrong; the test suite keeps only `QUICK_ASSETS`, 4 jobs and 6 images,
-for speed) against its own `EvoLinkSimulator`, and is measured only from evidence outside the
-code under test:
+Every row runs `briefs/spring-launch.yaml` with 2 drafts per asset and without its adaptations
+(4 assets: 8 paid jobs, 12 images when nothing goes wrong; the test suite keeps only
+`QUICK_ASSETS`, 4 jobs and 6 images, for speed) against its own `EvoLinkSimulator`, and is
+measured only from evidence outside the code under test:
 
 - **injected**: how often the fault fired (the simulator's `fault_counts`, or our own counters
   for storage errors and the killed process);
@@ -249,9 +249,15 @@ class Result:
 def write_brief(
     directory: Path, drafts: int = DRAFTS_PER_ASSET, assets: Iterable[str] | None = None
 ) -> Path:
-    """The example brief with `drafts` drafts per asset, optionally only some of its assets."""
+    """The example brief with `drafts` drafts per asset, optionally only some of its assets.
+
+    Without its adaptations (issue #21): the matrix measures drafts and finals, 2 paid jobs per
+    asset; the adaptations' own faults are tests/test_adaptations.py's."""
     data = yaml.safe_load(EXAMPLE_BRIEF.read_text())
     data["defaults"]["drafts"] = drafts
+    data["defaults"].pop("adaptations", None)
+    for asset in data["assets"]:
+        asset.pop("adaptations", None)
     if assets is not None:
         keep = list(assets)
         data["assets"] = [asset for asset in data["assets"] if asset["id"] in keep]

@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Final
 
-from evolink.campaign import CampaignManifest
+from evolink.campaign import AssetStatus, CampaignManifest
 from evolink.cost import usd
 from evolink.errors import (
     APIConnectionError,
@@ -110,27 +110,47 @@ def print_job(record: JobRecord) -> None:
 
 
 def print_campaign(manifest: CampaignManifest, manifest_uri: str) -> None:
+    from prefect_evolink.tasks.campaign_artifacts import adaptation_words
+    from prefect_evolink.tasks.campaign_cost import (
+        adaptations_words,
+        draft_first_words,
+        stages_in_order,
+    )
+
     print(f"\n=== Campaign {manifest.campaign} ===")
     for outcome in manifest.assets:
         where = outcome.final.images[0].uri if outcome.final else outcome.detail
         print(f"  {outcome.asset:<16} {outcome.status.value:<14} {where}")
+        for adaptation in outcome.adaptations:  # the final's versions, under it
+            record = adaptation.record
+            shown = (
+                record.images[0].uri
+                if adaptation.status is AssetStatus.FINAL and record and record.images
+                else adaptation.detail
+            )
+            print(f"    · {adaptation.id:<12} {adaptation_words(adaptation):<14} {shown}")
     totals = manifest.totals
     print("\n=== Cost ===")
-    for stage, amount in sorted(totals.by_stage.items()):
-        print(f"  {stage:<7} {usd(amount)}")
+    width = max([7, *(len(stage) + 1 for stage in totals.by_stage)])
+    for stage, amount in stages_in_order(totals.by_stage):
+        print(f"  {stage:<{width}} {usd(amount)}")
     simulated = bool(manifest.jobs) and all(row.simulator for row in manifest.jobs)
     print(
-        f"  total   {usd(totals.billed_usd)} billed ({totals.billed_credits} credits); "
+        f"  {'total':<{width}} {usd(totals.billed_usd)} billed ({totals.billed_credits} credits); "
         f"estimate was {usd(manifest.pre_flight_estimate_usd)}; "
         f"budget {usd(manifest.budget_usd)}, {usd(manifest.budget_left_usd)} left"
         + (SIMULATED if simulated else "")
     )
-    from prefect_evolink.tasks.campaign_cost import draft_first_words
-
     words = draft_first_words(manifest)
     if words is not None:
         alternative, _ = words
         print(f"  the same finals as {alternative}: {usd(manifest.high_quality_variants_usd)}")
+    adapted = adaptations_words(manifest)
+    if adapted is not None:
+        alternative, _ = adapted
+        print(
+            f"  the same adaptations as {alternative}: {usd(manifest.adaptations_from_scratch_usd)}"
+        )
     print(f"\nManifest: {manifest_uri}")
     from prefect_evolink.tasks.reporting import artifact_key
 
