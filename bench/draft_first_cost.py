@@ -50,7 +50,7 @@ def plans_for(brief: CampaignBrief, drafts: int | None = None) -> list[AssetPlan
 def variants_request(plan: AssetPlan) -> ImageRequest:
     """The k-high-variants alternative as a request (what `high_variants_estimate` prices)."""
     fields: dict[str, Any] = {
-        "prompt": plan.asset.prompt,
+        "prompt": plan.prompt,  # with the brand kit's lines, as every job of the asset
         "size": plan.final_size,
         "quality": plan.final_quality,
         "n": plan.draft.n,
