@@ -411,6 +411,7 @@ def rebuild_manifest(
         budget_left_usd=str(left),
         pre_flight_estimate_usd=previous.pre_flight_estimate_usd if previous else "0",
         high_quality_variants_usd=previous.high_quality_variants_usd if previous else "0",
+        adaptations_from_scratch_usd=previous.adaptations_from_scratch_usd if previous else None,
         totals=summed,
         assets=outcomes,
         jobs=rows,

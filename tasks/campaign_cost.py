@@ -304,6 +304,11 @@ def cost_summary(manifest: CampaignManifest) -> list[str]:
         where = outcome.final.images[0].uri if outcome.final and outcome.final.images else ""
         text = where or outcome.detail
         lines.append(f"  {outcome.asset:<16} {outcome.status.value:<14} {text}")
+        for adaptation in outcome.adaptations:  # the final's versions, under it
+            record = adaptation.record
+            stored = record.images[0].uri if record is not None and record.images else ""
+            shown = " — ".join(part for part in (stored, adaptation.detail) if part)
+            lines.append(f"    · {adaptation.id:<12} {adaptation.status.value:<14} {shown}")
     lines.append("Cost:")
     for row in manifest.jobs:
         billed = usd(row.billed_usd) if row.billed_usd is not None else "unknown"
@@ -362,6 +367,12 @@ def cost_summary(manifest: CampaignManifest) -> list[str]:
         )
     if Decimal(manifest.budget_usd) > 0:
         lines.append(f"  budget  {usd(manifest.budget_usd)}, {usd(manifest.budget_left_usd)} left")
+    adapted = adaptations_words(manifest)
+    if adapted is not None:
+        alternative, _ = adapted
+        lines.append(
+            f"  the same adaptations as {alternative}: {usd(manifest.adaptations_from_scratch_usd)}"
+        )
     for job in manifest.submissions_unknown:
         lines.append(
             f"  {job.asset} {job.stage}: {job.note} ({job.idempotency_key}, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from prefect_evolink.flows.campaign import (
     manifest_key,
     run_campaign,
 )
+from prefect_evolink.tasks.campaign_cost import cost_summary
 from prefect_evolink.tasks.recovery import rebuild_campaign
 from tests.conftest import artifacts_with_prefix
 
@@ -335,6 +337,11 @@ def test_an_adaptation_that_fails_fails_only_itself_and_a_reworded_one_is_all_th
     )
     rebuilt_de = rebuilt.assets[[o.asset for o in rebuilt.assets].index("hero")].adaptation("de")
     assert rebuilt_de is not None and "content_policy_violation" in rebuilt_de.detail
+    # … and prints them under their asset, with what they saved (`report` prints these lines)
+    printed = "\n".join(cost_summary(manifest))
+    assert re.search(r"\n    · story +final +file://\S+/hero/adapt-story/", printed), printed
+    assert re.search(r"\n    · de +failed +adaptation de: content_policy_violation", printed)
+    assert "the same adaptations as 2 format(s) made from scratch, with drafts: $" in printed
 
     # The user rewords the refused adaptation: only it is new; the rest is found stored.
     data = brief_data()
