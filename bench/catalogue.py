@@ -15,8 +15,9 @@ One invocation measures both, on the same simulator (its own process, reset in b
   artifacts written.
 - ``capped``: ``ours`` with every product under a spend cap (an `EvoLinkSpendCap` block whose
   limit is never reached, named in each event's `spend_cap_block`): each product checks the cap
-  and reserves under the one-slot `evolink-spend-cap` lock before it is sent, and releases its
-  reservation after (issue #19: the check reads the running total, not every record).
+  and reserves under the storage's spend cap lock before it is sent (the storage is local, so
+  a file lock the workers share), and releases its reservation after (issue #19: the check
+  reads the running total, not every record).
 - ``bare``: one asyncio script with one `httpx.AsyncClient` and a semaphore of `--concurrency`:
   per product POST → GETs paced by the same `PollSchedule()` from the create response →
   download to a file. No Prefect, no records, no artifacts.

@@ -12,8 +12,12 @@ written straight to disk as a version without running totals left them: no booki
   run books it) and a capped run reserves: the fold of that booking, the sum of the period, the
   live reservations, the reservation written — everything `reserve_spend` does under its lock.
 - ``check, nothing new``: the same without a booking in between.
-- ``reserve_spend (with the lock)``: `--lock-rounds` full `reserve_spend` calls, the Prefect
-  global concurrency lock included, on a temporary Prefect API (SQLite, `prefect_test_harness`).
+- ``reserve_spend (with the lock)``: `--lock-rounds` full `reserve_spend` calls, the lock
+  included: on this local storage an OS file lock (`fcntl.flock` on
+  `_reports/spend/running/lock`, `tasks.spend_cap.spend_cap_lock`). Then the file lock alone
+  (take, release), and the lock a storage that is not local takes (S3): the Prefect global
+  concurrency limit `evolink-spend-cap`, alone, on a temporary Prefect API (SQLite,
+  `prefect_test_harness`).
 - ``before: gather_spend``: what each check cost before running totals (the full report's
   reading of every record), `--old-rounds` times.
 
@@ -151,20 +155,21 @@ async def measure(args: argparse.Namespace, base: Path) -> tuple[list[list[Any]]
 
 
 def measure_locked(args: argparse.Namespace, base: Path) -> list[list[Any]]:
-    """`--lock-rounds` full `reserve_spend` calls (Prefect lock included), each after one
-    booking, on the storage `measure` filled."""
+    """`--lock-rounds` full `reserve_spend` calls (the file lock of a local storage included),
+    each after one booking, on the storage `measure` filled; then each lock alone."""
     from prefect_evolink.blocks import EvoLinkSpendCap, LocalAssetStorage
-    from prefect_evolink.tasks.spend_cap import reserve_spend, spend_cap_lock
+    from prefect_evolink.tasks.spend_cap import file_locked, reserve_spend, spend_cap_lock
 
     storage = LocalAssetStorage(base_dir=str(base))
+    assert file_locked(storage)
     store = RecordStore(storage)
     cap = EvoLinkSpendCap(limit_usd=Decimal(1_000_000))
 
-    async def lock_only() -> list[float]:
+    async def lock_only(of: LocalAssetStorage | None) -> list[float]:
         times: list[float] = []
         for _ in range(args.lock_rounds):
             started = time.perf_counter()
-            async with spend_cap_lock():
+            async with spend_cap_lock(of):
                 pass
             times.append(time.perf_counter() - started)
         return times
@@ -184,10 +189,16 @@ def measure_locked(args: argparse.Namespace, base: Path) -> list[list[Any]]:
 
     with prefect_api():
         times = asyncio.run(rounds())
-        lock = asyncio.run(lock_only())
+        file_lock = asyncio.run(lock_only(storage))
+        prefect_lock = asyncio.run(lock_only(None))
     return [
-        ["reserve_spend, 1 new job (with the Prefect lock)", args.lock_rounds, *ms(times)],
-        ["  of which: the Prefect lock alone (take, release)", args.lock_rounds, *ms(lock)],
+        ["reserve_spend, 1 new job (local: the file lock)", args.lock_rounds, *ms(times)],
+        ["  of which: the file lock alone (take, release)", args.lock_rounds, *ms(file_lock)],
+        [
+            "the Prefect lock alone (S3 storage's; take, release)",
+            args.lock_rounds,
+            *ms(prefect_lock),
+        ],
     ]
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import BinaryIO, ClassVar, Final
 
@@ -21,6 +24,9 @@ __all__ = ["LocalAssetStorage"]
 logger = logging.getLogger(__name__)
 
 _COPY_BUFFER: Final = 1024 * 1024
+_LOCK_FIRST_WAIT: Final = 0.001
+_LOCK_LONGEST_WAIT: Final = 0.02
+"""How often a waiting `file_lock` tries again: after 1 ms, doubling up to every 20 ms."""
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -206,6 +212,50 @@ class LocalAssetStorage(AssetStorage):
                 if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    # -- locks
+
+    @asynccontextmanager
+    async def file_lock(self, key: str, *, timeout_seconds: float) -> AsyncIterator[None]:
+        """Hold an exclusive OS lock (`fcntl.flock`) on the file `key` for the body.
+
+        Every process whose storage resolves to the same directory (on this machine, or on a
+        file system that supports `flock` across machines) takes turns on it; so do two opens
+        in one process. The file is created empty when missing and never deleted; the kernel
+        drops the lock when its holder exits, so a killed process never leaves it held. The
+        wait never blocks the event loop: a non-blocking attempt, then another after 1 ms,
+        doubling up to every 20 ms. POSIX only (`fcntl`).
+
+        Raises:
+            TimeoutError: Not held within `timeout_seconds`.
+        """
+        import fcntl  # POSIX only: imported where it is used
+
+        path = self._path(key)
+        # Opening a local file does not wait on anything worth a thread.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout_seconds
+            wait = _LOCK_FIRST_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(
+                            f"{key} stayed locked by another holder for {timeout_seconds:g} s"
+                        ) from None
+                    await asyncio.sleep(min(wait, left))
+                    wait = min(wait * 2, _LOCK_LONGEST_WAIT)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def _presigned_url(self, key: str, expires_seconds: int) -> str | None:
         """Local files have no shareable URL: always None (after validating the key)."""

@@ -24,6 +24,7 @@ _reports/spend/running/campaigns.json    … the campaigns' manifest facts it co
 _reports/spend/running/facts/<shard>.json   … the spend facts of each task
 _reports/spend/running/pending/<when>-<id>.json   a booking not yet folded into it
 _reports/spend/running/live/<period>.json   the ids of the period's reservations still held
+_reports/spend/running/lock              the cap's lock on local storage (an empty file, `flock`ed)
 _uploads/<files scope>/<sha256>.json   an image uploaded to the Files API: file id, URL, expiry,
                                       the jobs that used it (`evolink.uploads.UploadRecord`)
 ```
@@ -199,6 +200,14 @@ def live_reservations_key(period: str) -> str:
     """`_reports/spend/running/live/<period>.json`: which reservations of the period may still
     hold, so the cap reads those, not every reservation the period ever had."""
     return _reports(RUNNING_DIR, "live", f"{period}.json")
+
+
+def spend_lock_key() -> str:
+    """`_reports/spend/running/lock`: the file a local storage's spend cap check holds an OS
+    lock on (`fcntl.flock`) while it folds the running total and writes its reservation, so
+    every process sharing the directory takes turns (`prefect_evolink.tasks.spend_cap`). It
+    stays empty and is never deleted; storages that are not local use a Prefect limit."""
+    return _reports(RUNNING_DIR, "lock")
 
 
 def pending_prefix() -> str:

@@ -16,8 +16,9 @@ than O(every record of the period); its data and rules are `evolink.running_tota
    record the spend sums need. Entries are append-only and never rewritten (each name is
    unique), so bookings on any number of workers never race and need no lock — and a booking
    made outside any capped run is booked all the same (booking is the store's write).
-2. *Folding* — the cap check (`spend_for_cap`), which already runs under the one-slot global
-   concurrency lock `evolink-spend-cap` (`prefect_evolink.tasks.spend_cap`), lists the pending
+2. *Folding* — the cap check (`spend_for_cap`), which already runs under the storage's spend
+   cap lock (`prefect_evolink.tasks.spend_cap`: an OS file lock on `running/lock` for a local
+   storage, the one-slot global concurrency limit `evolink-spend-cap` for S3), lists the pending
    entries, reads the facts of the tasks they touch (`running/facts/<shard>.json`, 64 shards
    by task id; `running/campaigns.json` when a campaign is concerned), sets those facts,
    recomputes those tasks' values and moves the sums (`running/totals.json`: per UTC quarter

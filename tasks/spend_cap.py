@@ -1,27 +1,44 @@
 """The spend cap's check with reservations, on the running total of the record store.
 
 `reserve_spend` is the check a campaign, product or ad-hoc run makes before it sends anything.
-Under the global concurrency limit `evolink-spend-cap` (one slot, created when missing,
-acquired strictly) it reads the period's spend from the running total (`evolink.records`:
-the bookings of every job since the last check are folded into a checkpoint, so a check costs
-what was booked since the previous one, not the period's whole history), adds the reservations
-of other running runs, refuses with `SpendCapExceededError` when this run's estimate does not
-fit, and else stores this run's reservation
-(`_reports/spend/reservations/<period>/<flow run id>.json`) before the slot is released. The run
-releases it when it ends (`SpendReservation.release`, in a `finally`); until then it counts
-less what the run's own jobs already recorded. A reservation whose flow run ended (any final
-state) or that is older than the cap's `reservation_hours` no longer counts, so a killed run
-cannot hold the cap forever. The period's spend is the real spend only: jobs made at the
-bundled simulator are synthetic bills nobody paid, so they never count against a cap.
+Holding the storage's spend cap lock (`spend_cap_lock`, below) it reads the period's spend from
+the running total (`evolink.records`: the bookings of every job since the last check are
+folded into a checkpoint, so a check costs what was booked since the previous one, not the
+period's whole history), adds the reservations of other running runs, refuses with
+`SpendCapExceededError` when this run's estimate does not fit, and else stores this run's
+reservation (`_reports/spend/reservations/<period>/<flow run id>.json`) before the lock is
+released. The run releases it when it ends (`SpendReservation.release`, in a `finally`); until
+then it counts less what the run's own jobs already recorded. A reservation whose flow run
+ended (any final state) or that is older than the cap's `reservation_hours` no longer counts,
+so a killed run cannot hold the cap forever. The period's spend is the real spend only: jobs
+made at the bundled simulator are synthetic bills nobody paid, so they never count against a
+cap.
 
-The same lock makes the running total safe across workers: its checkpoint is written only by
-the holder of the slot (bookings append entries of their own; `evolink.records` explains why).
+**The lock** has two jobs: two runs checking at once cannot both pass a cap only one fits, and
+the running total's checkpoint (`running/totals.json`, `facts/`, `campaigns.json`, the live
+reservations `running/live/<period>.json`) has one writer at a time — bookings only append
+entries of their own, and a fold or rebuild writes the checkpoint only while holding it
+(`evolink.records` explains why). It is one lock per storage, since the running total is:
+
+- **Local storage** (`LocalAssetStorage`, on POSIX): an OS file lock (`fcntl.flock`) on
+  `_reports/spend/running/lock` in the storage's directory (`evolink.layout.spend_lock_key`).
+  Every worker that shares a local storage shares its file system, so the file is the lock: no
+  API round trip, and the kernel drops it when its holder dies.
+- **Any other storage** (S3): the global concurrency limit `evolink-spend-cap` (one slot,
+  created when missing, acquired strictly, with a lease), since the workers sharing a bucket
+  share nothing else but the Prefect API.
+
+Either way the capped runs of one process queue on a local `asyncio.Lock` first, so one of
+them at a time asks for the lock itself, and a lock not held within `LOCK_TIMEOUT_SECONDS`
+raises `ProviderLimitsError` (nothing was sent). Workers sharing one local storage must all run
+a version with the file lock (one that takes the Prefect slot for it would not see the file).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 import weakref
@@ -30,7 +47,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Final
+from typing import Final, TypeGuard
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -47,17 +64,19 @@ from prefect.logging.loggers import get_run_logger
 from evolink.cost import usd
 from evolink.errors import ProviderLimitsError, SpendCapExceededError
 from evolink.jobs import utcnow
+from evolink.layout import spend_lock_key
 from evolink.periods import PeriodWindow, period_window
 from evolink.records import CapSpend, RecordStore
 from evolink.spend_cap import HeldReservation, Reservation, cap_refusal, held_against
 from evolink.timezones import zone
-from prefect_evolink.blocks import AssetStorage
+from prefect_evolink.blocks import AssetStorage, LocalAssetStorage
 from prefect_evolink.blocks.spend_cap import EvoLinkSpendCap
 
 logger = logging.getLogger(__name__)
 
 SPEND_CAP_LIMIT: Final = "evolink-spend-cap"
-"""Global concurrency limit (1 slot) held while a run checks the cap and stores its reservation."""
+"""Global concurrency limit (1 slot) held while a run checks the cap and stores its reservation,
+on a storage that is not local (a local one is locked with a file: `spend_cap_lock`)."""
 LOCK_LEASE_SECONDS: Final = 60.0
 LOCK_TIMEOUT_SECONDS: Final = 600.0
 
@@ -119,17 +138,20 @@ ENSURE_EVERY_SECONDS: Final = 60.0
 """How often a process re-checks the limit: each check is a round trip of every capped run."""
 
 
-_LOCAL_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+_LOCAL_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _local_lock() -> asyncio.Lock:
-    """This event loop's queue in front of the global slot (see `spend_cap_lock`)."""
+def _local_lock(name: str) -> asyncio.Lock:
+    """This event loop's queue in front of the lock `name` (see `spend_cap_lock`)."""
     loop = asyncio.get_running_loop()
-    lock = _LOCAL_LOCKS.get(loop)
+    locks = _LOCAL_LOCKS.get(loop)
+    if locks is None:
+        locks = _LOCAL_LOCKS[loop] = {}
+    lock = locks.get(name)
     if lock is None:
-        lock = _LOCAL_LOCKS[loop] = asyncio.Lock()
+        lock = locks[name] = asyncio.Lock()
     return lock
 
 
@@ -139,32 +161,75 @@ def _api_url() -> str:
     return str(PREFECT_API_URL.value() or "ephemeral")
 
 
-@asynccontextmanager
-async def spend_cap_lock(timeout_seconds: float = LOCK_TIMEOUT_SECONDS) -> AsyncIterator[None]:
-    """Hold the one slot of `evolink-spend-cap` for the body (strict: never skipped).
+def file_locked(storage: AssetStorage | None) -> TypeGuard[LocalAssetStorage]:
+    """Whether `storage`'s spend cap lock is a file lock (a local storage, on POSIX) rather than
+    the global concurrency limit `evolink-spend-cap`."""
+    return isinstance(storage, LocalAssetStorage) and os.name == "posix"
 
-    The limit is made sure of (`ensure_spend_cap_limit`) at most once a minute per process and
-    API; a strict acquisition that fails (the limit was deleted meanwhile, or another API
-    answers) makes sure of it again and tries once more.
+
+@asynccontextmanager
+async def spend_cap_lock(
+    storage: AssetStorage | None = None, timeout_seconds: float = LOCK_TIMEOUT_SECONDS
+) -> AsyncIterator[None]:
+    """Hold `storage`'s spend cap lock for the body (strict: never skipped).
+
+    On a `LocalAssetStorage` (POSIX): an exclusive `fcntl.flock` on its
+    `_reports/spend/running/lock` (`LocalAssetStorage.file_lock`), shared by every process
+    using that directory. On any other storage, or None: the one slot of `evolink-spend-cap`,
+    made sure of (`ensure_spend_cap_limit`) at most once a minute per process and API; a strict
+    acquisition that fails (the limit was deleted meanwhile, or another API answers) makes sure
+    of it again and tries once more.
 
     The runs of one process (a task worker runs dozens of capped products at once) queue on a
-    local lock first, so one of them at a time asks the server for the slot: the next one asks
-    the moment the last releases, rather than all of them polling the server and sleeping out
-    its retry delays while the slot sits free. Across processes the global slot decides."""
-    local = _local_lock()
+    local lock first, so one of them at a time asks for the lock: the next one asks the moment
+    the last releases, rather than all of them polling and sleeping out retry delays while the
+    lock sits free. Across processes the file or the global slot decides.
+
+    Raises:
+        ProviderLimitsError: Not held within `timeout_seconds` (the local queue, then the lock,
+            each get that long).
+    """
+    local_storage = storage if file_locked(storage) else None
+    name = (
+        f"{local_storage.root()}/{spend_lock_key()}"
+        if local_storage is not None
+        else SPEND_CAP_LIMIT
+    )
+    local = _local_lock(name)
     try:
         async with asyncio.timeout(timeout_seconds):
             await local.acquire()
     except TimeoutError as error:
         raise ProviderLimitsError(
-            f"could not hold the spend cap lock {SPEND_CAP_LIMIT!r}: this process's queue for "
-            f"it took over {timeout_seconds:g} s (nothing was sent)"
+            f"could not hold the spend cap lock {name!r}: this process's queue for it took "
+            f"over {timeout_seconds:g} s (nothing was sent)"
         ) from error
     try:
-        async with _global_spend_cap_lock(timeout_seconds):
-            yield
+        if local_storage is not None:
+            async with _file_spend_cap_lock(local_storage, name, timeout_seconds):
+                yield
+        else:
+            async with _global_spend_cap_lock(timeout_seconds):
+                yield
     finally:
         local.release()
+
+
+@asynccontextmanager
+async def _file_spend_cap_lock(
+    storage: LocalAssetStorage, name: str, timeout_seconds: float
+) -> AsyncIterator[None]:
+    held = False
+    try:
+        async with storage.file_lock(spend_lock_key(), timeout_seconds=timeout_seconds):
+            held = True
+            yield
+    except (TimeoutError, OSError) as error:
+        if held:  # the body's own error
+            raise
+        raise ProviderLimitsError(
+            f"could not hold the spend cap lock {name!r}: {error} (nothing was sent)"
+        ) from error
 
 
 @asynccontextmanager
@@ -236,7 +301,8 @@ async def cap_spend(
     store: RecordStore, window: PeriodWindow, reservation_id: str
 ) -> tuple[CapSpend, list[HeldReservation]]:
     """The period's spend (running total) and the reservations that still hold, less their
-    runs' recorded spend. Call it holding `spend_cap_lock`: it folds the running total."""
+    runs' recorded spend. Call it holding `spend_cap_lock(store's storage)`: it folds the
+    running total."""
     spend = await store.spend_for_cap(window)
     problems: list[str] = []
     stored = await store.live_reservations(window.label, problems, now=utcnow())
@@ -258,7 +324,8 @@ async def reserve_spend(
 ) -> SpendReservation:
     """Check the cap and reserve this run's estimate, or raise `SpendCapExceededError`.
 
-    Under the `evolink-spend-cap` lock: the period's spend (the running total of the records
+    Holding the storage's spend cap lock (`spend_cap_lock`: a file lock on local storage, the
+    `evolink-spend-cap` slot on S3): the period's spend (the running total of the records
     in `storage`, `evolink.records`) + what other running runs reserved + `estimate_usd` must
     fit `cap.limit_usd`; then the reservation is stored. Without a cap nothing is checked or
     stored. The spend is the real spend only: what the bundled simulator "billed" is
@@ -286,7 +353,7 @@ async def reserve_spend(
     run_id = _flow_run_id()
     reservation_id = run_id or uuid.uuid4().hex
     store = RecordStore(storage)
-    async with spend_cap_lock():
+    async with spend_cap_lock(storage):
         spend, held = await cap_spend(store, window, reservation_id)
         refusal = cap_refusal(
             cap=_cap_name(cap),
@@ -342,6 +409,7 @@ __all__ = [
     "cap_spend",
     "ended_flow_runs",
     "ensure_spend_cap_limit",
+    "file_locked",
     "reserve_spend",
     "spend_cap_lock",
 ]

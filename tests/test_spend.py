@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,6 +43,7 @@ from evolink.campaign import CampaignManifest, JobRow, totals
 from evolink.cost import estimate
 from evolink.errors import SpendCapExceededError
 from evolink.jobs import JobRecord, SentRequest, SubmitRecord
+from evolink.layout import spend_lock_key
 from evolink.models import parse_request
 from evolink.simulator import EvoLinkSimulator, Fault
 from evolink.spend import (
@@ -62,7 +63,7 @@ from evolink.spend import (
     zone,
 )
 from prefect_evolink import cli
-from prefect_evolink.blocks import EvoLinkSpendCap, LocalAssetStorage
+from prefect_evolink.blocks import EvoLinkSpendCap, LocalAssetStorage, S3AssetStorage
 from prefect_evolink.flows.asset_requested import generate_product_asset
 from prefect_evolink.flows.campaign import run_campaign
 from prefect_evolink.flows.generate import generate_image
@@ -572,11 +573,18 @@ class Race:
     overlapped: bool  # the second run tried to enter while the first was inside
 
 
-def race(monkeypatch: pytest.MonkeyPatch, cap: EvoLinkSpendCap, *, locked: bool) -> Race:
-    """Two product runs start at once. The first to reach the check holds it (up to 20 s)
-    until the other has tried to take the lock, so their checks overlap for sure — unless the
-    lock keeps the second out. (Flow runs that start together on the SQLite test API do not
-    start at the same moment: one is often answered 503 and retries after about 2 s.)"""
+def race(
+    monkeypatch: pytest.MonkeyPatch,
+    cap: EvoLinkSpendCap,
+    *,
+    locked: bool,
+    storage: LocalAssetStorage | S3AssetStorage | None = None,
+) -> Race:
+    """Two product runs of one process start at once (on `storage`, else the local default).
+    The first to reach the check holds it (up to 20 s) until the other has tried to take the
+    lock, so their checks overlap for sure — unless the lock keeps the second out. (Flow runs
+    that start together on the SQLite test API do not start at the same moment: one is often
+    answered 503 and retries after about 2 s.)"""
     real_lock, real_read = spend_cap_tasks.spend_cap_lock, spend_cap_tasks.cap_spend
     attempts: list[float] = []
     seen = {"inside": 0, "peak": 0, "overlapped": False}
@@ -617,6 +625,7 @@ def race(monkeypatch: pytest.MonkeyPatch, cap: EvoLinkSpendCap, *, locked: bool)
                     quality="low",
                     poll_deadline_seconds=30,
                     spend_cap=cap,
+                    storage=storage,
                     return_state=True,
                 )
                 for which in ("a", "b")
@@ -628,11 +637,19 @@ def race(monkeypatch: pytest.MonkeyPatch, cap: EvoLinkSpendCap, *, locked: bool)
 
 
 @pytest.mark.usefixtures("prefect_harness", "simulator_as_billing_api")
+@pytest.mark.parametrize("where", ["local", "s3"])
 def test_two_runs_at_once_cannot_both_pass_a_cap_only_one_fits(
-    evolink_env: EvoLinkSimulator, assets_dir: Path, monkeypatch: pytest.MonkeyPatch
+    evolink_env: EvoLinkSimulator,
+    assets_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    s3_storage: Callable[[str, str], S3AssetStorage],
+    where: str,
 ) -> None:
+    """On local storage the lock is a file lock (the cross-process race is below); on S3 the
+    global concurrency limit `evolink-spend-cap`, created when missing."""
+    storage = s3_storage("spend-race", "spend-race") if where == "s3" else None
     cap = EvoLinkSpendCap(limit_usd=PRODUCT_ESTIMATE * 3 / 2)
-    result = race(monkeypatch, cap, locked=True)
+    result = race(monkeypatch, cap, locked=True, storage=storage)
     assert result.overlapped and result.peak_inside == 1
     completed = [s for s in result.states if s.is_completed()]
     refused = [s for s in result.states if s.is_failed()]
@@ -640,6 +657,9 @@ def test_two_runs_at_once_cannot_both_pass_a_cap_only_one_fits(
     with pytest.raises(SpendCapExceededError, match="over the cap; nothing was sent"):
         asyncio.run(refused[0].result())
     assert evolink_env.request_counts["create"] == 1
+    if where == "local":
+        assert (assets_dir / spend_lock_key()).is_file()
+        return
 
     async def limit() -> Any:
         from prefect.client.orchestration import get_client
@@ -660,6 +680,86 @@ def test_without_the_lock_the_same_race_lets_both_through(
     assert result.peak_inside == 2
     assert all(s.is_completed() for s in result.states), result.states
     assert evolink_env.request_counts["create"] == 2
+
+
+@dataclass
+class ProcessRace:
+    outcomes: list[dict[str, Any]]  # each racer's: passed, refusal, the most racers inside at once
+
+    @property
+    def passed(self) -> int:
+        return sum(1 for outcome in self.outcomes if outcome["passed"])
+
+    @property
+    def peak_inside(self) -> int:
+        return max(outcome["peak_inside"] for outcome in self.outcomes)
+
+
+def process_race(tmp_path: Path, *, locked: bool, racers: int = 3) -> ProcessRace:
+    """`racers` separate Python processes (`tests/spend_race.py`) reserve against one local
+    storage and one cap at once, each as a capped product does (`reserve_spend`); the cap fits
+    one estimate and a half. The racers start together, and the first inside the check holds it
+    until every other has asked for the lock, so their checks overlap for sure — unless the
+    lock keeps them out. Generous deadlines: only events are waited for."""
+    base, meeting = tmp_path / "shared-assets", tmp_path / "meeting"
+    meeting.mkdir()
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    names = [f"r{index}" for index in range(racers)]
+    cap_usd = str(PRODUCT_ESTIMATE * 3 / 2)
+    mode = "locked" if locked else "unlocked"
+
+    def racer(name: str) -> list[str]:
+        return [sys.executable, "-m", "tests.spend_race", str(base), str(meeting), name]
+
+    processes = [
+        subprocess.Popen(
+            [*racer(name), str(racers), cap_usd, str(PRODUCT_ESTIMATE), mode],
+            cwd=ROOT,
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in names
+    ]
+    try:
+        deadline = time.monotonic() + 180
+        while not all((meeting / f"ready-{name}").exists() for name in names):
+            failed = [p for p in processes if p.poll() not in (None, 0)]
+            assert not failed, failed[0].communicate()[0]
+            assert time.monotonic() < deadline, "the racers did not start"
+            time.sleep(0.05)
+        (meeting / "go").touch()
+        for process in processes:
+            output = process.communicate(timeout=180)[0]
+            assert process.returncode == 0, output
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return ProcessRace(
+        [json.loads((meeting / f"result-{name}.json").read_text()) for name in names]
+    )
+
+
+def test_processes_sharing_a_local_storage_cannot_both_pass_a_cap_only_one_fits(
+    tmp_path: Path,
+) -> None:
+    """The file lock across processes (task workers sharing a local storage): one passes, the
+    others are refused, and no two were inside the check at once. No Prefect API is involved."""
+    result = process_race(tmp_path, locked=True)
+    assert result.passed == 1 and result.peak_inside == 1, result.outcomes
+    refusals = [o["refusal"] for o in result.outcomes if not o["passed"]]
+    assert len(refusals) == 2 and all("reserved by 1 running run(s)" in r for r in refusals)
+    assert (tmp_path / "shared-assets" / spend_lock_key()).is_file()
+
+
+def test_without_the_lock_processes_sharing_a_local_storage_all_pass(tmp_path: Path) -> None:
+    """What the file lock prevents, so the test above would catch a lock that does not hold
+    across processes."""
+    result = process_race(tmp_path, locked=False)
+    assert result.peak_inside == 3 and result.passed == 3, result.outcomes
 
 
 # --- the block, the forms, the CLI ----------------------------------------------------------------
