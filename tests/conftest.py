@@ -49,6 +49,28 @@ def prefect_harness() -> Iterator[None]:
         temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
         yield
+        drain_events_bounded(EVENTS_DRAIN_SECONDS)
+
+
+EVENTS_DRAIN_SECONDS = 30.0
+
+
+def drain_events_bounded(seconds: float) -> None:
+    """Stop Prefect's events workers, waiting at most `seconds` for their queues.
+
+    Why: an `EventsWorker` is memoised without the API URL in its key, so events emitted while a
+    test pointed `PREFECT_API_URL` at a server of its own (a `prefect server` of the deployment,
+    suspension and UI tests) stay queued for that server after it stopped, and each costs a
+    client timeout to give up on. `prefect_test_harness` drains every events worker on exit
+    with no timeout: a run of the deployment, suspension and UI tests was seen waiting there,
+    every test passed, until it was killed minutes later. Draining here first, with a bound,
+    stops the workers and removes them, so the harness finds nothing left to wait for. The
+    events given up on were for servers that are gone; the session's own API gets every event
+    it is sent before this.
+    """
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=seconds)  # no event loop runs here: waits, then returns
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import asyncio
 import json
 import re
 import threading
-import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -22,12 +21,6 @@ import httpx
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
-from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 from pydantic import SecretStr
 
@@ -49,6 +42,7 @@ from prefect_evolink.flows.campaign import (
 from prefect_evolink.tasks.campaign_cost import cost_summary
 from prefect_evolink.tasks.recovery import rebuild_campaign
 from tests.conftest import artifacts_with_prefix
+from tests.test_campaign import wait_for_paused_run
 
 GERMAN = "Translate every visible text into German, same layout"
 
@@ -523,24 +517,9 @@ def start_in_thread(brief: Path, **kwargs: Any) -> tuple[threading.Thread, dict[
     return thread, outcome
 
 
-def wait_for_pause(key: str, timeout: float = 120) -> Any:
+def wait_for_pause(key: str) -> Any:
     """The flow run paused under the pause key `key` (the drafts' or the adaptations')."""
-
-    async def paused() -> list[Any]:
-        async with get_client() as client:
-            return await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
-                )
-            )
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = [r for r in asyncio.run(paused()) if r.state.state_details.pause_key == key]
-        if runs:
-            return runs[0]
-        time.sleep(0.5)
-    raise AssertionError(f"the campaign never paused for review {key!r}")
+    return wait_for_paused_run(120, key)
 
 
 def run_input(run: Any, name: str) -> Any:

@@ -330,7 +330,10 @@ def start_in_thread(brief: Path, **kwargs: Any) -> tuple[threading.Thread, dict[
     return thread, outcome
 
 
-def wait_for_paused_run(timeout: float = 90) -> Any:
+def wait_for_paused_run(timeout: float = 90, key: str | None = None) -> Any:
+    """The paused campaign run (paused under the pause key `key`, when given: the drafts'
+    review or the adaptations')."""
+
     async def paused() -> list[Any]:
         async with get_client() as client:
             return await client.read_flow_runs(
@@ -342,10 +345,12 @@ def wait_for_paused_run(timeout: float = 90) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         runs = asyncio.run(paused())
+        if key is not None:
+            runs = [r for r in runs if r.state.state_details.pause_key == key]
         if runs:
             return runs[0]
         time.sleep(0.5)
-    raise AssertionError("the campaign never paused for review")
+    raise AssertionError(f"the campaign never paused for review {key or ''}".rstrip())
 
 
 def test_approval_resumed_from_code_with_a_choice_and_a_rejection(

@@ -52,6 +52,16 @@ def _read_run(stack: Stack, flow_run_id: Any) -> Any:
     return stack.call(lambda client: client.read_flow_run(flow_run_id))
 
 
+def _wait_until_final(stack: Stack, flow_run_id: Any, timeout: float, what: str) -> Any:
+    """The flow run once it is in a final state (completed, failed, …)."""
+
+    def finished() -> Any:
+        run = _read_run(stack, flow_run_id)
+        return run if run.state.is_final() else None
+
+    return _wait_for(finished, timeout=timeout, what=what, interval=0.5)
+
+
 def _manifest(stack: Stack) -> dict[str, Any]:
     key = "evolink/aurora-spring-launch/manifest.json"
     return json.loads(stack.s3().get_object(Bucket=BUCKET, Key=key)["Body"].read())
@@ -131,11 +141,7 @@ def test_deployed_approval_suspends_without_a_process_and_resumes_from_the_top(
     with temporary_settings({PREFECT_API_URL: stack.api_url}):
         resume_flow_run(flow_run_id, run_input=answer)
 
-    def finished() -> Any:
-        run = _read_run(stack, flow_run_id)
-        return run if run.state.is_final() else None
-
-    run = _wait_for(finished, timeout=90, what="the resumed run to finish", interval=0.5)
+    run = _wait_until_final(stack, flow_run_id, 90, "the resumed run to finish")
     assert run.state.is_completed(), (
         f"{run.state.type}: {run.state.message}\n{_tail(stack.logs / 'worker.log', 80)}"
     )
@@ -174,11 +180,8 @@ def test_a_suspended_review_that_times_out_fails_the_run_and_sends_no_final(
     flow_run_id = _start_approval_run(stack, timeout=1)
     _wait_until_suspended(stack, flow_run_id)
 
-    def finished() -> Any:  # the server's pause-expiration service (every 5 s) fails it
-        run = _read_run(stack, flow_run_id)
-        return run if run.state.is_final() else None
-
-    run = _wait_for(finished, timeout=30, what="the suspension to expire", interval=0.5)
+    # the server's pause-expiration service (every 5 s) fails it
+    run = _wait_until_final(stack, flow_run_id, 30, "the suspension to expire")
     assert run.state.is_failed() and "never resumed" in (run.state.message or "")
     assert not _flow_run_pids(flow_run_id)
     new = [e for e in stack.simulator.ledger() if e.created_at >= started]
@@ -281,11 +284,7 @@ def test_a_deployed_run_suspends_for_its_drafts_then_its_adaptations_and_reads_b
     with temporary_settings({PREFECT_API_URL: stack.api_url}):
         resume_flow_run(flow_run_id, run_input={"hero__story": "reject"})
 
-    def finished() -> Any:
-        run = _read_run(stack, flow_run_id)
-        return run if run.state.is_final() else None
-
-    run = _wait_for(finished, timeout=120, what="the resumed run to finish", interval=0.5)
+    run = _wait_until_final(stack, flow_run_id, 120, "the resumed run to finish")
     assert run.state.is_completed(), (
         f"{run.state.type}: {run.state.message}\n{_tail(stack.logs / 'worker.log', 80)}"
     )

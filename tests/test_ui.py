@@ -329,14 +329,12 @@ def earlier_run(stack: Stack) -> CampaignManifest:
     return manifest
 
 
-@pytest.fixture(scope="module")
-def paused_run(stack: Stack, earlier_run: CampaignManifest) -> Iterator[Run]:
-    """The approval run, paused for review (its drafts are the earlier run's: paid once)."""
-    run = start_campaign(stack, "approval")
-    deadline = time.monotonic() + 90
+def wait_until_paused(stack: Stack, run: Run, timeout: float) -> Run:
+    """`run` once it is paused for review (its flow run id set); fails if it ends first."""
+    deadline = time.monotonic() + timeout
     while run.flow_run_id is None:
-        assert run.thread.is_alive(), f"the approval run ended: {run.outcome}"
-        assert time.monotonic() < deadline, "the approval run never paused"
+        assert run.thread.is_alive(), f"the run ended before its review: {run.outcome}"
+        assert time.monotonic() < deadline, "the run never paused for review"
         paused = stack.api(
             "POST", "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}}
         )
@@ -344,6 +342,13 @@ def paused_run(stack: Stack, earlier_run: CampaignManifest) -> Iterator[Run]:
             run.flow_run_id = paused[0]["id"]
         else:
             time.sleep(0.3)
+    return run
+
+
+@pytest.fixture(scope="module")
+def paused_run(stack: Stack, earlier_run: CampaignManifest) -> Iterator[Run]:
+    """The approval run, paused for review (its drafts are the earlier run's: paid once)."""
+    run = wait_until_paused(stack, start_campaign(stack, "approval"), 90)
     yield run
     if run.thread.is_alive():  # a test failed before submitting: end the run cleanly
         resume_from_code(stack, run, {a.replace("-", "_"): "reject" for a in ASSETS})
@@ -774,15 +779,7 @@ def test_a_review_of_many_assets_is_made_with_two_pick_lists_in_the_dialog(
     from prefect_evolink.flows import campaign_review_form
 
     monkeypatch.setattr(campaign_review_form, "REVIEW_FIELDS_MAX", 1)
-    run = start_campaign(stack, "approval")
-    deadline = time.monotonic() + 90
-    while run.flow_run_id is None:
-        assert run.thread.is_alive() and time.monotonic() < deadline, run.outcome
-        paused = stack.api(
-            "POST", "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}}
-        )
-        run.flow_run_id = paused[0]["id"] if paused else None
-        time.sleep(0.3)
+    run = wait_until_paused(stack, start_campaign(stack, "approval"), 90)
     try:
         dialog = open_resume_dialog_v2(stack, run)
         assert_dialog_shows_the_drafts(dialog)
@@ -1081,15 +1078,9 @@ def test_a_reviewer_rejects_one_adaptation_and_approves_another_in_the_resume_di
             }
         )
     )
-    run = start_campaign(stack, "auto", brief, adaptation_selection="approval")
-    deadline = time.monotonic() + 120
-    while run.flow_run_id is None:
-        assert run.thread.is_alive() and time.monotonic() < deadline, run.outcome
-        paused = stack.api(
-            "POST", "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}}
-        )
-        run.flow_run_id = paused[0]["id"] if paused else None
-        time.sleep(0.3)
+    run = wait_until_paused(
+        stack, start_campaign(stack, "auto", brief, adaptation_selection="approval"), 120
+    )
     ledger = len(stack.simulator.ledger())
     try:
         dialog = open_resume_dialog_v1(stack, run)
