@@ -78,8 +78,9 @@ VARIANTS = ("ours", "bare-paced")
 
 
 def make_brief(path: Path, *, campaign: str, assets: int, drafts: int) -> Path:
-    """`assets` assets cycling through the example brief's four asset types; the budget is
-    1.5 × the estimate, so the budget guard is live but never the reason an asset stops."""
+    """`assets` assets cycling through the example brief's four asset types (without the
+    banner's adaptations); the budget is 1.5 × the estimate, so the budget guard is live but
+    never the reason an asset stops."""
     from evolink.brief import check_plans, parse_brief
     from evolink.campaign import campaign_estimate_usd
 
@@ -88,12 +89,14 @@ def make_brief(path: Path, *, campaign: str, assets: int, drafts: int) -> Path:
     items = []
     for index in range(assets):
         item = dict(templates[index % len(templates)])
+        item.pop("adaptations", None)  # the phases measured are the drafts' and the finals'
         item["id"] = f"{item['id']}-{index:05d}"
         items.append(item)
+    defaults = {k: v for k, v in example["defaults"].items() if k != "adaptations"}
     brief: dict[str, Any] = {
         "campaign": campaign,
         "budget_usd": "1000000",
-        "defaults": {**example["defaults"], "drafts": drafts},
+        "defaults": {**defaults, "drafts": drafts},
         "assets": items,
     }
     parsed = parse_brief(brief)
