@@ -81,8 +81,9 @@ def make_brief(path: Path, *, campaign: str, assets: int, drafts: int) -> Path:
     """`assets` assets cycling through the example brief's four asset types (without the
     banner's adaptations); the budget is 1.5 × the estimate, so the budget guard is live but
     never the reason an asset stops."""
-    from evolink.brief import check_plans, parse_brief
+    from evolink.brief import parse_brief
     from evolink.campaign import campaign_estimate_usd
+    from evolink.plans import check_plans
 
     example = yaml.safe_load(EXAMPLE_BRIEF.read_text(encoding="utf-8"))
     templates = example["assets"]

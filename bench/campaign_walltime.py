@@ -98,7 +98,8 @@ class BareJob:
 
 def bare_payloads(brief_path: Path) -> list[BareJob]:
     """The request bodies ours sends, computed before the clock starts (plain dicts after)."""
-    from evolink.brief import PLACEHOLDER_DRAFT_URL, check_plans, load_brief
+    from evolink.brief import load_brief
+    from evolink.plans import PLACEHOLDER_DRAFT_URL, check_plans
 
     brief = load_brief(brief_path)
     references = {a.id: (list(a.reference_images), None) for a in brief.assets}

@@ -3,7 +3,7 @@
     python3 dev.py run python bench/draft_first_cost.py            # ~30 s (a Prefect API starts)
     python3 dev.py run python bench/draft_first_cost.py --no-run   # the cost model only, instant
 
-1. The cost model, from the plans `evolink.brief` builds for `briefs/spring-launch.yaml`:
+1. The cost model, from the plans `evolink.plans` builds for `briefs/spring-launch.yaml`:
    per asset (one of each asset type: 16:9 banner, 1:1 square, 9:16 story, 4:3 2K product shot
    with a reference image), draft-first = `draft_estimate` (k low drafts at the draft tier) +
    `final_estimate` (one final at final quality, the chosen draft as an extra reference) vs.
@@ -29,10 +29,11 @@ from typing import Any
 
 from common import machine_line, prefect_api, print_table
 
-from evolink.brief import AssetPlan, CampaignBrief, check_plans, load_brief
+from evolink.brief import CampaignBrief, load_brief
 from evolink.campaign import draft_first_saving, draft_first_usd
 from evolink.cost import estimate, usd
 from evolink.models import ImageRequest, parse_request
+from evolink.plans import AssetPlan, check_plans
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "briefs" / "spring-launch.yaml"
 GOAL = Decimal("0.30")

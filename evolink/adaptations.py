@@ -11,7 +11,7 @@ identity (the prompt is, the references' identities are), so a changed brand kit
 adaptation makes new jobs, never reused ones.
 
 The models are validated with the brief (`evolink.brief`); the plans (`AdaptationPlan`) are
-built with the asset's plan (`evolink.brief.plan_asset`).
+built with the asset's plan (`evolink.plans.plan_asset`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """A campaign brief: what a marketing team writes once (YAML or JSON), validated before any spend.
 
-Every asset's draft and final requests are built and checked here, so a brief that would be
-refused by the API — or that names a size the final cannot have — fails with the asset id and the
-field, not halfway through a paid run.
+Its fields are checked here as it is parsed (ids, sizes, limits, the budget); `evolink.plans`
+then builds and checks every asset's requests, so a brief that the API would refuse — or that
+names a size the final cannot have — fails with the asset id and the field, not halfway through
+a paid run.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, cast
 
 import yaml
 from pydantic import (
@@ -27,22 +28,17 @@ from pydantic import (
 )
 
 from evolink.adaptations import (
-    PLACEHOLDER_FINAL_URL,
     Adaptation,
-    AdaptationPlan,
     BrandKit,
-    adaptation_prompt,
-    branded_prompt,
     id_rule,
     unique_adaptation_ids,
 )
-from evolink.cost import CostEstimate, Quality, estimate
-from evolink.errors import BriefError, InvalidRequestError
+from evolink.cost import Quality
+from evolink.errors import BriefError
 from evolink.forms import form_money, form_optional, unset_none_in_json
-from evolink.models import MAX_REFERENCE_IMAGES, ImageRequest, parse_request
+from evolink.models import MAX_REFERENCE_IMAGES
 from evolink.sizes import Resolution
 
-PLACEHOLDER_DRAFT_URL: Final = "https://drafts.invalid/chosen-draft.png"  # estimates only
 MAX_ASSETS: Final = 10_000
 """Most assets in one brief. The budget is the guard on spend; this ceiling only catches a
 generated brief gone wrong (a loop, a pasted catalogue) before it is parsed, planned and
@@ -270,173 +266,6 @@ class CampaignBrief(BaseModel):
         return self
 
 
-# --- the plan: concrete requests and estimates per asset ------------------------------------
-
-
-class AssetPlan(BaseModel):
-    """An asset's requests (references already resolved to URLs) and their estimates."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
-
-    asset: AssetBrief
-    draft: ImageRequest
-    final_size: str
-    final_resolution: Resolution | None
-    final_quality: Quality
-    reference_urls: list[str]
-    mask_url: str | None
-    draft_estimate: CostEstimate
-    final_estimate: CostEstimate
-    high_variants_estimate: CostEstimate  # k finals at final quality: what draft-first saves
-    adaptations: list[AdaptationPlan] = Field(default_factory=list)
-    prompt: str = ""
-    """The prompt every job of the asset sends: the asset's, with the brand kit's lines."""
-
-    def final_request(self, chosen_draft_url: str) -> ImageRequest:
-        """The final: the chosen draft first among the references, so it keeps its composition."""
-        return _final_request(
-            self.prompt or self.asset.prompt,
-            self.final_size,
-            self.final_resolution,
-            self.final_quality,
-            [chosen_draft_url, *self.reference_urls],
-            self.mask_url,
-            n=1,
-        )
-
-    @property
-    def adaptations_usd(self) -> Decimal:
-        """What the asset's adaptations are estimated to cost together."""
-        return sum((a.estimate.usd for a in self.adaptations), Decimal(0))
-
-
-def _final_request(
-    prompt: str,
-    size: str,
-    resolution: Resolution | None,
-    quality: Quality,
-    image_urls: list[str],
-    mask_url: str | None,
-    *,
-    n: int,
-) -> ImageRequest:
-    fields: dict[str, Any] = {"prompt": prompt, "size": size, "quality": quality, "n": n}
-    if resolution is not None:
-        fields["resolution"] = resolution
-    if image_urls:
-        fields["image_urls"] = image_urls
-        if mask_url is not None:
-            fields["mask_url"] = mask_url
-    return parse_request(fields)
-
-
-def _ratio_only(size: str, resolution: Resolution) -> Resolution | None:
-    return resolution if ":" in size else None
-
-
-def plan_asset(
-    asset: AssetBrief,
-    defaults: CampaignDefaults,
-    reference_urls: list[str],
-    mask_url: str | None,
-    brand_urls: list[str] | None = None,
-) -> AssetPlan:
-    """Build and validate every request of an asset — drafts, final, adaptations; raises
-    `InvalidRequestError` (an adaptation's fields are named `adaptation '<id>': <field>`).
-
-    `reference_urls` are the asset's references followed by the brand kit's (`brand_urls`,
-    which an adaptation sends after the final)."""
-    size = asset.size or defaults.size
-    drafts = asset.drafts or defaults.drafts
-    prompt = branded_prompt(asset.prompt, defaults.brand)
-    draft_resolution = asset.draft_resolution or defaults.draft_resolution
-    draft = _final_request(
-        prompt,
-        size,
-        _ratio_only(size, draft_resolution),
-        defaults.draft_quality,
-        reference_urls,
-        mask_url,
-        n=drafts,
-    )
-    resolution = asset.resolution or defaults.resolution
-    final_resolution = _ratio_only(size, resolution)
-    final_quality = asset.final_quality or defaults.final_quality
-    final = _final_request(
-        prompt,
-        size,
-        final_resolution,
-        final_quality,
-        [PLACEHOLDER_DRAFT_URL, *reference_urls],
-        mask_url,
-        n=1,
-    )
-    # The alternative draft-first replaces: k variants straight at final quality.
-    variants = _final_request(
-        prompt, size, final_resolution, final_quality, reference_urls, mask_url, n=drafts
-    )
-    adaptations = []
-    for adaptation in asset.adaptations_of(defaults):
-        a_size = adaptation.size or size
-        a_resolution = _ratio_only(a_size, adaptation.resolution or resolution)
-        a_quality = adaptation.quality or final_quality
-        try:
-            request = _final_request(
-                adaptation_prompt(adaptation, a_size, defaults.brand),
-                a_size,
-                a_resolution,
-                a_quality,
-                [PLACEHOLDER_FINAL_URL, *(brand_urls or [])],
-                None,
-                n=1,
-            )
-        except InvalidRequestError as error:
-            raise InvalidRequestError(
-                [(f"adaptation {adaptation.id!r}: {field}", rule) for field, rule in error.problems]
-            ) from None
-        # Without adaptations: drafts and a final of their own in this format.
-        scratch_drafts = _final_request(
-            prompt,
-            a_size,
-            _ratio_only(a_size, draft_resolution),
-            defaults.draft_quality,
-            reference_urls,
-            mask_url,
-            n=drafts,
-        )
-        scratch_final = _final_request(
-            prompt,
-            a_size,
-            a_resolution,
-            a_quality,
-            [PLACEHOLDER_DRAFT_URL, *reference_urls],
-            mask_url,
-            n=1,
-        )
-        adaptations.append(
-            AdaptationPlan(
-                adaptation=adaptation,
-                request=request,
-                estimate=estimate(request),
-                from_scratch_usd=estimate(scratch_drafts).usd + estimate(scratch_final).usd,
-            )
-        )
-    return AssetPlan(
-        asset=asset,
-        draft=draft,
-        final_size=size,
-        final_resolution=final_resolution,
-        final_quality=final_quality,
-        reference_urls=reference_urls,
-        mask_url=mask_url,
-        draft_estimate=estimate(draft),
-        final_estimate=estimate(final),
-        high_variants_estimate=estimate(variants),
-        adaptations=adaptations,
-        prompt=prompt,
-    )
-
-
 def _brief_problems(error: ValidationError, data: Any) -> list[str]:
     """One line per problem, naming the asset (id and position), the adaptation (id) and the
     field: `asset 'hero' (#1): adaptation 'de': prompt: …`."""
@@ -510,30 +339,3 @@ def load_brief(path: str | Path) -> CampaignBrief:
     except (OSError, UnicodeDecodeError) as error:
         raise BriefError([f"{path}: cannot read the brief: {error}"]) from None
     return parse_brief_text(text, path.name)
-
-
-def check_plans(
-    brief: CampaignBrief,
-    references: dict[str, tuple[list[str], str | None]],
-    brand_urls: list[str] | None = None,
-) -> list[AssetPlan]:
-    """Plan every asset, collecting every request problem with its asset id before raising.
-
-    `references`: each asset's reference URLs (its own, then the brand kit's) and mask;
-    `brand_urls`: the brand kit's alone (an adaptation sends them after the final)."""
-    plans: list[AssetPlan] = []
-    problems: list[str] = []
-    for asset in brief.assets:
-        urls, mask = references.get(asset.id, ([], None))
-        try:
-            plans.append(plan_asset(asset, brief.defaults, urls, mask, brand_urls))
-        except InvalidRequestError as error:
-            problems.extend(
-                f"asset {asset.id!r}: {field}: {rule}" for field, rule in error.problems
-            )
-    if problems:
-        raise BriefError(problems)
-    return plans
-
-
-Stage = Literal["draft", "final"]

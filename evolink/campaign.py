@@ -16,9 +16,10 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from evolink.adaptations import stage_kind
-from evolink.brief import AssetBrief, AssetPlan, CampaignBrief
+from evolink.brief import AssetBrief, CampaignBrief
 from evolink.cost import UNKNOWN_COST, BilledCost, CostEstimate, usd
 from evolink.jobs import JobRecord, StoredImage, SubmitRecord, utcnow
+from evolink.plans import AssetPlan
 
 
 class AssetStatus(StrEnum):

@@ -27,7 +27,7 @@ from typing import Literal
 from prefect import get_run_logger
 from prefect.exceptions import Pause
 
-from evolink.brief import AssetPlan, CampaignBrief, check_plans
+from evolink.brief import CampaignBrief
 from evolink.campaign import (
     FAILING_STATUSES,
     CampaignManifest,
@@ -40,6 +40,7 @@ from evolink.campaign import (
 from evolink.cost import usd
 from evolink.errors import BriefError, BudgetExceededError, CampaignIncompleteError
 from evolink.jobs import utcnow
+from evolink.plans import AssetPlan, check_plans
 from evolink.polling import DEFAULT_DEADLINE_SECONDS, PollSchedule
 from prefect_evolink.blocks import (
     AssetStorage,

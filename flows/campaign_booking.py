@@ -19,7 +19,7 @@ from typing import Any, Final
 from prefect import get_run_logger
 
 from evolink.adaptations import adaptation_of_stage
-from evolink.brief import AssetPlan, CampaignBrief
+from evolink.brief import CampaignBrief
 from evolink.budget import Budget
 from evolink.campaign import (
     AssetStatus,
@@ -40,6 +40,7 @@ from evolink.jobs import (
     job_key,
 )
 from evolink.models import ImageRequest
+from evolink.plans import AssetPlan
 from evolink.polling import PollSchedule
 from evolink.records import RecordStore
 from evolink.recovery import JournalEntry, stored_row

@@ -15,8 +15,8 @@ from typing import Any, Final
 
 from prefect import get_run_logger
 
-from evolink.brief import AssetPlan
 from evolink.campaign import AdaptationOutcome, AssetOutcome, AssetStatus, failure_detail
+from evolink.plans import AssetPlan
 from prefect_evolink.tasks.campaign_progress import Progress
 
 ADAPTATION_STAGE: Final = "adaptation"

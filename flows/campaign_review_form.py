@@ -16,9 +16,9 @@ from typing import Any, Final, Literal
 from prefect.input import RunInput
 from pydantic import Field, create_model
 
-from evolink.brief import AssetPlan
 from evolink.campaign import AssetOutcome
 from evolink.cost import usd
+from evolink.plans import AssetPlan
 
 REVIEW_FIELDS_MAX: Final = 40
 """Up to this many assets to review, the Resume form has one choice per asset. Beyond, it has

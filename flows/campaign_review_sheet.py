@@ -18,10 +18,10 @@ from typing import Any, Final
 
 from prefect.artifacts import acreate_markdown_artifact
 
-from evolink.brief import AssetPlan
 from evolink.campaign import AssetOutcome
 from evolink.cost import usd
 from evolink.jobs import StoredImage
+from evolink.plans import AssetPlan
 from evolink.previews import REVIEW_EDGE, SHEET_EDGE, GridCell, Thumbnail, grid, thumbnail
 from prefect_evolink.blocks import AssetStorage
 from prefect_evolink.flows.campaign_review_form import reviewable

@@ -20,13 +20,14 @@ from typing import Any, Final, cast
 from prefect import get_run_logger
 
 from evolink.adaptations import AdaptationPlan
-from evolink.brief import PLACEHOLDER_DRAFT_URL, AssetPlan, CampaignBrief
+from evolink.brief import CampaignBrief
 from evolink.campaign import AssetStatus, Selector, campaign_namespace
 from evolink.cost import usd
 from evolink.endpoint import reusable_here
 from evolink.errors import NotFoundError, ResultExpiredError
 from evolink.jobs import JobRecord, StoredImage, job_key, utcnow
 from evolink.models import ImageRequest
+from evolink.plans import PLACEHOLDER_DRAFT_URL, AssetPlan
 from evolink.records import RecordStore
 from prefect_evolink.blocks import AssetStorage, EvoLinkCredentials
 from prefect_evolink.flows.campaign_booking import RESUBMITS, Booking

@@ -25,12 +25,13 @@ from prefect.flow_runs import resume_flow_run
 from pydantic import SecretStr
 
 from evolink.adaptations import KEEP_INSTRUCTION, adaptation_stage
-from evolink.brief import check_plans, parse_brief
+from evolink.brief import parse_brief
 from evolink.campaign import AssetStatus, CampaignManifest, budget_refusal
 from evolink.cost import estimate_tokens, usd
 from evolink.errors import BriefError, BudgetExceededError, CampaignIncompleteError
 from evolink.jobs import job_key
 from evolink.models import MAX_REFERENCE_IMAGES
+from evolink.plans import check_plans
 from evolink.simulator import EvoLinkSimulator, Fault, render_png
 from prefect_evolink.blocks import EvoLinkCredentials, LocalAssetStorage, S3AssetStorage
 from prefect_evolink.flows.campaign import (

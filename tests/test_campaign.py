@@ -24,7 +24,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 
-from evolink.brief import check_plans, load_brief, parse_brief
+from evolink.brief import load_brief, parse_brief
 from evolink.campaign import (
     AssetStatus,
     CampaignManifest,
@@ -32,6 +32,7 @@ from evolink.campaign import (
     campaign_estimate_usd,
 )
 from evolink.errors import BriefError, BudgetExceededError, CampaignIncompleteError
+from evolink.plans import check_plans
 from evolink.simulator import EvoLinkSimulator, Fault, render_png
 from prefect_evolink.blocks import S3AssetStorage
 from prefect_evolink.flows.campaign import manifest_key, run_campaign

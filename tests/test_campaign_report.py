@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from evolink.brief import AssetPlan, check_plans, load_brief
+from evolink.brief import load_brief
 from evolink.campaign import (
     AdaptationOutcome,
     AssetOutcome,
@@ -26,6 +26,7 @@ from evolink.campaign import (
 )
 from evolink.cost import usd
 from evolink.jobs import JobRecord, SentRequest, StoredImage
+from evolink.plans import AssetPlan, check_plans
 from evolink.previews import (
     DATA_URI_PREFIX,
     GRID_COLUMNS,

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from evolink.brief import check_plans, parse_brief
+from evolink.brief import parse_brief
 from evolink.client import EvoLinkClient
 from evolink.cost import billed_cost
 from evolink.errors import (
@@ -27,6 +27,7 @@ from evolink.errors import (
     resubmit_may_help,
 )
 from evolink.models import parse_request
+from evolink.plans import check_plans
 from evolink.simulator import EvoLinkSimulator, Fault
 from evolink.urls import content_type_format, sniff_format
 from prefect_evolink.blocks import LocalAssetStorage

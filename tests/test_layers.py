@@ -48,6 +48,7 @@ DOMAIN = frozenset(
         "evolink.keys",
         "evolink.layout",
         "evolink.periods",
+        "evolink.plans",
         "evolink.previews",
         "evolink.records",
         "evolink.recovery",

@@ -11,13 +11,14 @@ from typing import Any
 
 import yaml
 
-from evolink.brief import check_plans, load_brief
+from evolink.brief import load_brief
 from evolink.campaign import budget_refusal
 from evolink.errors import (
     BriefError,
     BudgetExceededError,
 )
 from evolink.models import MASK_EXTENSIONS, REFERENCE_EXTENSIONS
+from evolink.plans import check_plans
 from prefect_evolink.commands.outcome import (
     EXIT_INVALID,
     EXIT_OK,
