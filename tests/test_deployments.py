@@ -222,7 +222,7 @@ def test_deploy_creates_the_zombie_automation_once_and_updates_it_in_place() -> 
 
 
 def _fake_defaults() -> list[Any]:
-    from prefect_evolink.deployments.setup import BlockDefault
+    from prefect_evolink.deployments.default_blocks import BlockDefault
 
     return [
         BlockDefault("credentials", "evolink-credentials/evolink", uuid.uuid4()),
@@ -232,7 +232,7 @@ def _fake_defaults() -> list[Any]:
 
 
 def test_every_deployment_gets_the_default_blocks_its_flow_takes() -> None:
-    from prefect_evolink.deployments.setup import default_block_names, with_default_blocks
+    from prefect_evolink.deployments.default_blocks import default_block_names, with_default_blocks
 
     assert default_block_names() == {"credentials": "evolink", "storage": "evolink-assets"}
     config = yaml.safe_load(PREFECT_FILE.read_text())
@@ -266,7 +266,7 @@ def test_the_slug_reference_survives_prefect_deploy_and_both_forms_load_the_bloc
     from prefect.utilities.templating import resolve_block_document_references
 
     from prefect_evolink.blocks import EvoLinkCredentials
-    from prefect_evolink.deployments.setup import find_block_defaults
+    from prefect_evolink.deployments.default_blocks import find_block_defaults
     from prefect_evolink.flows.generate import generate_image
 
     saved = EvoLinkCredentials(api_key="sk-deploy-ref-0000").save("deploy-ref", overwrite=True)
