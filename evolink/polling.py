@@ -19,8 +19,11 @@ at 99 %, or queued at a few % then quick). So the pacing, all of it in this file
    without a fit, the end of the most back-loaded curve planned for through the newest reading,
    (t / T) ** `backload`: a task at p % after t s ends no sooner than t × (100 / p) ** (1 / 2).
    Its mirror, 1 − (1 − t / T) ** `backload`, is the latest end a reading allows. A prediction
-   already passed is contradicted and dropped. No wait is longer than `growth` × the elapsed
-   time, so a prediction that was far too late costs a bounded lag.
+   already passed is contradicted and dropped. When every one has passed but the unconfirmed
+   fit itself has not, the next query goes to the fit (a task that raced ahead and now shows 99 %
+   is near that end: asking at the lag-bounded pace until then would waste queries). No wait
+   is longer than `growth` × the elapsed time, so a prediction that was far too late costs a
+   bounded lag.
 3. **A stall predicts nothing**: progress that did not rise since the last reading, or a first
    reading too low for even the most back-loaded curve to end before the latest end the
    estimate allows (`estimated_time` / (1 − `estimate_error`)), is a task queued or stuck, not
@@ -202,11 +205,15 @@ class Pacer:
         ends = []
         if estimated_time:
             ends.append(estimated_time / (1 + s.estimate_error))
+        fit = None
         if len(self.readings) >= 2 and self.predictions[-1] is not None:
-            ends.append(self.predictions[-1] / (1 + s.fit_error))
+            fit = self.predictions[-1]
+            ends.append(fit / (1 + s.fit_error))
         elif self.last is not None:  # a first reading, or a stall: how far is the task along?
             ends.append(self.earliest_from(self.last))
         ends = [end for end in ends if end > elapsed]  # one already passed is contradicted
+        if not ends and fit is not None and fit > elapsed:
+            return fit  # the hedges have passed, the fit itself not yet
         return min(ends) if ends else None
 
     def next_delay(

@@ -193,6 +193,21 @@ def test_a_linear_job_needs_at_most_half_the_polls_of_a_fixed_3s_poll(job_time: 
 # progress), and the last tenth shows 99 %, which says nothing. Trusting that fit further (no cap
 # at the latest end the reading allows) meets this grid at 0.49x but lags 29 % of a 20 s job
 # when the estimate is 0.9x the truth — so the cap stays and the two cases stay here.
+def test_past_its_hedge_the_fit_itself_is_where_the_next_query_goes() -> None:
+    """A front-loaded task read at 88, 92 and 96 % has its end predicted by a fit that the one
+    before does not confirm: the query after goes to the fit's hedge (fit / 1.1). When the task
+    shows 99 % there, the next query goes to the fit itself, not at the lag-bounded pace (8 %
+    of the elapsed time) that would ask again before the task can have ended."""
+    pacer = PollSchedule().pacer()
+    t = 0.0
+    for progress in (0, 88, 92, 96):
+        t += pacer.next_delay(t, progress, 20)
+    fit = pacer.predictions[-1]
+    assert fit is not None and t == pytest.approx(fit / 1.1)
+    assert pacer.next_delay(t, 99, 20) == pytest.approx(fit - t)
+    assert fit - t > PollSchedule().lag_fraction * t
+
+
 KNOWN_POLL_MISSES = {
     (20.0, 0.5, "ease-out"),
     (20.0, 1.0, "ease-out"),
@@ -210,7 +225,7 @@ def test_skewed_estimates_and_bent_progress(job_time: float, factor: float, curv
         assert lag <= 0.1 * t, (t, lag)  # the lag goal holds everywhere
     ratio = sum(polls for polls, _ in runs) / sum(fixed)
     if (job_time, factor, curve) in KNOWN_POLL_MISSES:
-        assert ratio <= 0.6, ratio  # still well under the fixed poll
+        assert ratio <= 0.52, ratio  # just above the goal (0.56 and 0.59 before the fit rule)
     else:
         assert ratio <= 0.5, ratio
 
