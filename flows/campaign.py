@@ -369,6 +369,9 @@ async def run_campaign(
             reviewed = await run.approve(
                 chosen_selector, approval_timeout_seconds, approval_poll_seconds
             )
+            # The reviewer's answer exists nowhere else: a run killed during the finals leaves
+            # it in this manifest, which `report` rebuilds from (the records cannot know it).
+            await run.record.checkpoint(selection, started_at)
         else:
             run.auto_select(chosen_selector)
         if reviewed:

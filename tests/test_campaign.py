@@ -381,6 +381,41 @@ def test_approval_resumed_from_code_with_a_choice_and_a_rejection(
     assert Decimal(manifest.high_quality_variants_usd) == banner_plan.high_variants_estimate.usd
 
 
+def test_the_reviewer_s_answer_is_stored_before_the_finals_are_sent(
+    evolink_env: EvoLinkSimulator, assets_dir: Path, tmp_path: Path
+) -> None:
+    """The answer lives only in the run until a manifest holds it: the run stores one right
+    after the review, so a run killed during its finals leaves the choice and the rejection
+    where `report` finds them, and the manifest rebuilt from the records keeps both."""
+    from prefect_evolink.blocks import LocalAssetStorage
+    from prefect_evolink.tasks.recovery import rebuild_campaign
+
+    thread, outcome = start_in_thread(two_asset_brief(tmp_path), approval_timeout_seconds=120)
+    run = wait_for_paused_run()
+    evolink_env.add_fault(Fault(kind="slow_task", seconds=6))  # the final, made after the review
+    resume_flow_run(run.id, run_input={"launch_banner": "image-1", "social_square": "reject"})
+    storage = LocalAssetStorage(base_dir=str(assets_dir))
+    key = manifest_key("aurora-spring-launch")
+    deadline = time.monotonic() + 60
+    while not [e for e in evolink_env.ledger() if e.request["quality"] == "high"]:
+        assert time.monotonic() < deadline and thread.is_alive(), outcome
+        time.sleep(0.05)
+    [final] = [e for e in evolink_env.ledger() if e.request["quality"] == "high"]
+    task = evolink_env.task(final.task_id)
+    assert task is not None and task["status"] != "completed"  # the finals are running
+    stored = CampaignManifest.model_validate(storage.get_json(key))
+    assert stored.run_state == "running"
+    by_asset = {o.asset: o for o in stored.assets}
+    assert by_asset["social-square"].status is AssetStatus.REJECTED
+    assert by_asset["launch-banner"].chosen_draft == 1
+    rebuilt = asyncio.run(rebuild_campaign("aurora-spring-launch", storage, write=False)).manifest
+    by_asset = {o.asset: o for o in rebuilt.assets}
+    assert by_asset["social-square"].status is AssetStatus.REJECTED, by_asset["social-square"]
+    assert by_asset["launch-banner"].chosen_draft == 1
+    thread.join(120)
+    assert "error" not in outcome, outcome.get("error")
+
+
 def test_a_review_of_many_assets_takes_exceptions_and_the_server_refuses_a_typo(
     evolink_env: EvoLinkSimulator,
     assets_dir: Path,
