@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
-from typing import Final, Literal
+from typing import Any, Final, Literal
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout, Pause
 from prefect.flow_runs import apause_flow_run, asuspend_flow_run
+from prefect.input.actions import aread_flow_run_input
+from prefect.input.run_input import keyset_from_base_key
 
 from evolink.campaign import AssetStatus
 from evolink.cost import usd
@@ -32,6 +35,7 @@ from prefect_evolink.flows.campaign_review_form import (
     Decision,
     compact_review_input,
     many_to_review,
+    read_saved_answer,
     review_form,
     review_input,
 )
@@ -75,9 +79,9 @@ async def approve(
 
     A deployed run suspends: `asuspend_flow_run` raises `Pause` after recording each
     awaiting asset as `not_reviewed` until the deadline (the caller writes that manifest),
-    and the process exits. On the rerun after the resume, the same call with the same key
-    returns the submitted answer (Prefect rejects a second suspension with a key that has
-    already fired and loads the input saved under it).
+    and the process exits. On the rerun after the resume, the answer Prefect saved under the
+    key is read against the form built now (`read_saved_answer`): the brief may have changed
+    while the run was suspended, and an asset the reviewer did not see gets no final.
     """
     if not suggested:
         return True
@@ -114,6 +118,15 @@ async def approve(
             "suspended" if wait == "suspend" else "paused",
             campaign,
         )
+    if resumed and current is not None:
+        saved = await saved_answer(current.id)
+        if saved is not None:
+            decisions, undecided = read_saved_answer(form, read_answer, *saved)
+            for asset, detail in undecided.items():
+                assets.update(asset, status=AssetStatus.NOT_REVIEWED, detail=detail)
+                run_logger.warning("%s: %s", asset, detail)
+            _record(assets, decisions)
+            return True
     try:
         if wait == "suspend":
             try:
@@ -144,12 +157,27 @@ async def approve(
             )
         run_logger.warning("Review timed out after %ss; no finals sent", timeout)
         return False
-    for asset, (index, detail) in read_answer(answer).items():
+    _record(assets, read_answer(answer))
+    return True
+
+
+def _record(assets: AssetBoundary, decisions: dict[str, Decision]) -> None:
+    for asset, (index, detail) in decisions.items():
         if index is None:
             assets.update(asset, status=AssetStatus.REJECTED, detail=detail)
         else:
             assets.update(asset, chosen_draft=index, detail=detail)
-    return True
+
+
+async def saved_answer(flow_run_id: UUID) -> tuple[dict[str, Any] | None, dict[str, Any]] | None:
+    """The Resume form a suspended run saved (its JSON schema) and the reviewer's answer to it,
+    as Prefect stored them under the review's pause key; None if there is no answer."""
+    keyset = keyset_from_base_key(f"suspended-{REVIEW_KEY}")
+    response = await aread_flow_run_input(keyset["response"], flow_run_id=flow_run_id)
+    if not isinstance(response, dict):
+        return None
+    schema = await aread_flow_run_input(keyset["schema"], flow_run_id=flow_run_id)
+    return (schema if isinstance(schema, dict) else None), response
 
 
 def approval_wait(run: FlowRun | None = None) -> Literal["suspend", "pause"]:

@@ -416,6 +416,37 @@ def test_the_reviewer_s_answer_is_stored_before_the_finals_are_sent(
     assert "error" not in outcome, outcome.get("error")
 
 
+def test_a_rerun_reads_the_answer_where_prefect_saved_it_for_the_suspended_review() -> None:
+    """`saved_answer` reads the form and the answer from the keys Prefect derives from the
+    suspension (`keyset_from_paused_state`): a key of our own making would find nothing, and
+    the rerun would miss the answer."""
+    from prefect import flow
+    from prefect.input.actions import acreate_flow_run_input
+    from prefect.input.run_input import keyset_from_paused_state
+    from prefect.states import Suspended
+
+    from prefect_evolink.flows.campaign_review import REVIEW_KEY, saved_answer
+    from prefect_evolink.flows.campaign_review_form import form_model
+
+    @flow
+    def reviewed() -> None: ...
+
+    form = form_model("CampaignReview", {"launch_banner": (str, "image-0")}, None)
+
+    async def save_then_read() -> tuple[Any, Any]:
+        async with get_client() as client:
+            run = await client.create_flow_run(reviewed)
+        keyset = keyset_from_paused_state(Suspended(pause_key=REVIEW_KEY))
+        await form.asave(keyset, flow_run_id=run.id)
+        await acreate_flow_run_input(
+            keyset["response"], {"launch_banner": "image-2"}, flow_run_id=run.id
+        )
+        return await saved_answer(run.id), form.model_json_schema(by_alias=True)
+
+    saved, schema = asyncio.run(save_then_read())
+    assert saved == (schema, {"launch_banner": "image-2"})
+
+
 def test_a_review_of_many_assets_takes_exceptions_and_the_server_refuses_a_typo(
     evolink_env: EvoLinkSimulator,
     assets_dir: Path,

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from evolink.brief import load_brief
 from evolink.campaign import (
@@ -352,6 +353,76 @@ def test_a_review_of_many_assets_is_two_pick_lists_and_ambiguity_spends_nothing(
         "aurora-spring-launch", plans, outcomes, SUGGESTED, drafts, compact=True
     )
     assert text.startswith("Every asset's **suggested** draft becomes its final unless")
+
+
+def test_an_answer_to_an_earlier_form_decides_only_what_the_reviewer_saw(
+    plans: list[AssetPlan], outcomes: dict[str, AssetOutcome]
+) -> None:
+    """A suspended run reads its answer on the rerun, against a form built again from the brief
+    of then. The brief changed meanwhile: banner and square were reviewed; story-vertical is
+    new (its field's default, the suggested draft, must not become a final nobody approved);
+    an asset since removed from the brief is ignored; product-shot's picked draft is gone."""
+    from prefect_evolink.flows.campaign_review_form import read_saved_answer
+
+    banner, square, _story, shot = plans
+    then, _ = review_form([banner, square, shot], outcomes, SUGGESTED)
+    saved_schema = then.model_json_schema()
+    answer = {"launch_banner": "image-1", "social_square": "reject", "product_shot": "image-3"}
+    answer["old_asset"] = "image-0"  # an asset the brief no longer has
+    fewer = outcomes["product-shot"].model_copy(
+        update={
+            "drafts": record(shot, "draft").model_copy(
+                update={"images": record(shot, "draft").images[:2]}
+            )
+        }
+    )
+    now_outcomes = {**outcomes, "product-shot": fewer}
+    form, read = review_form(plans, now_outcomes, SUGGESTED)
+    with pytest.raises(ValidationError):  # what Prefect's own load would do: fail the run
+        form.model_validate(answer)
+
+    decisions, undecided = read_saved_answer(form, read, saved_schema, answer)
+    assert decisions == {
+        "launch-banner": (1, "approved: image-1"),
+        "social-square": (None, "rejected by reviewer"),
+    }
+    assert undecided["story-vertical"] == "added after the review: not reviewed, no final"
+    assert "'image-3' is no longer one of its drafts" in undecided["product-shot"]
+    assert set(undecided) == {"story-vertical", "product-shot"}
+
+    # the same answer to the same form: exactly what reading it directly gives
+    then, read_then = review_form([banner, square, shot], outcomes, SUGGESTED)
+    del answer["old_asset"]
+    same, none = read_saved_answer(then, read_then, saved_schema, answer)
+    assert not none and same == read_then(then(**answer))
+
+
+def test_an_answer_to_an_earlier_compact_form_decides_only_what_the_reviewer_saw(
+    plans: list[AssetPlan], outcomes: dict[str, AssetOutcome], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The many-assets form lists exceptions only, so every asset it does not name gets its
+    suggestion: on a rerun, that must hold only for the assets the reviewer was shown."""
+    from prefect_evolink.flows import campaign_review_form
+    from prefect_evolink.flows.campaign_review_form import read_saved_answer
+
+    monkeypatch.setattr(campaign_review_form, "REVIEW_FIELDS_MAX", 1)
+    banner, square, _story, shot = plans
+    then, _ = review_form([banner, square, shot], outcomes, SUGGESTED)
+    answer = {
+        "reject": ["social-square", "removed-asset"],
+        "use_instead": ["launch-banner: image-0", "removed-asset: image-1"],
+    }
+    form, read = review_form(plans, outcomes, SUGGESTED)
+    decisions, undecided = read_saved_answer(form, read, then.model_json_schema(), answer)
+    assert decisions == {
+        "launch-banner": (0, "approved: image-0 (picked)"),
+        "social-square": (None, "rejected by reviewer"),
+        "product-shot": (
+            SUGGESTED["product-shot"],
+            f"approved: image-{SUGGESTED['product-shot']} (suggested)",
+        ),
+    }
+    assert undecided == {"story-vertical": "added after the review: not reviewed, no final"}
 
 
 def test_review_description_stops_pictures_at_its_budget(
