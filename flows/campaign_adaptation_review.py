@@ -45,8 +45,8 @@ from evolink.previews import REVIEW_EDGE, SHEET_EDGE, GridCell, Thumbnail, grid,
 from prefect_evolink.blocks import AssetStorage
 from prefect_evolink.flows import campaign_review_form
 from prefect_evolink.flows.campaign_boundary import AssetBoundary
-from prefect_evolink.flows.campaign_review import answered_before, approval_wait
-from prefect_evolink.flows.campaign_review_form import form_model
+from prefect_evolink.flows.campaign_review import answered_before, approval_wait, saved_answer
+from prefect_evolink.flows.campaign_review_form import form_model, read_saved_answer
 from prefect_evolink.flows.campaign_review_sheet import (
     DESCRIPTION_BUDGET_CHARS,
     REVIEW_LINK_MAX_SECONDS,
@@ -316,8 +316,10 @@ async def approve_adaptations(
 
     A deployed run suspends: `asuspend_flow_run` raises `Pause` after each made adaptation is
     recorded `not_reviewed` until the deadline (the caller writes that manifest), and the
-    process exits. The rerun after the resume reattaches every job and gets here again: the
-    same key has fired, so Prefect rejects the second suspension and loads the saved answer.
+    process exits. The rerun after the resume reattaches every job and gets here again, and
+    reads the answer Prefect saved under the key against the adaptations made now
+    (`read_saved_answer`): one that failed on the rerun is left out, one the reviewer was not
+    shown stays `not_reviewed`.
     """
     made = made_adaptations(assets)
     if not made:
@@ -340,6 +342,7 @@ async def approve_adaptations(
             "marked not_reviewed (not approved).",
         )
     form, read_answer = adaptation_review_form(made, description)
+    labels = {adaptation.ref: adaptation.label for adaptation in made}
     if resumed:
         run_logger.info("Resumed after the adaptations' review: reading the reviewer's answer")
     else:
@@ -357,6 +360,20 @@ async def approve_adaptations(
                 adaptation.asset, adaptation.plan.id, status=AssetStatus.NOT_REVIEWED, detail=detail
             )
 
+    if resumed and current is not None:
+        saved = await saved_answer(current.id, ADAPTATION_REVIEW_KEY)
+        if saved is not None:
+            decisions, undecided = read_saved_answer(
+                form, read_answer, *saved, label_of=labels.__getitem__
+            )
+            for (asset, adaptation), detail in undecided.items():
+                detail += " (stored, not approved)"
+                assets.update_adaptation(
+                    asset, adaptation, status=AssetStatus.NOT_REVIEWED, detail=detail
+                )
+                run_logger.warning("%s/%s: %s", asset, adaptation, detail)
+            _record(assets, decisions, run_logger)
+            return
     try:
         if wait == "suspend":
             try:
@@ -381,17 +398,21 @@ async def approve_adaptations(
         unanswered(f"no review within {timeout}s: stored, not approved")
         run_logger.warning("Adaptations' review timed out after %ss", timeout)
         return
-    for (asset, adaptation), approved in read_answer(answer).items():
+    _record(assets, read_answer(answer), run_logger)
+
+
+def _record(assets: AssetBoundary, decisions: dict[AdaptationRef, bool], run_logger: Any) -> None:
+    for (asset, adaptation), approved in decisions.items():
         assets.update_adaptation(
             asset,
             adaptation,
             status=AssetStatus.FINAL if approved else AssetStatus.REJECTED,
             detail=APPROVED if approved else REJECTED,
         )
-    rejected = [f"{a}/{i}" for (a, i), ok in read_answer(answer).items() if not ok]
+    rejected = [f"{a}/{i}" for (a, i), ok in decisions.items() if not ok]
     run_logger.info(
         "Adaptations reviewed: %d approved, %d rejected%s",
-        len(made) - len(rejected),
+        len(decisions) - len(rejected),
         len(rejected),
         f" ({', '.join(rejected)})" if rejected else "",
     )

@@ -54,6 +54,7 @@ __all__ = [
     "deadline_rule",
     "review_form",
     "review_input",
+    "saved_answer",
 ]
 
 DEFAULT_APPROVAL_TIMEOUT_SECONDS: Final = 20 * 3600
@@ -123,6 +124,7 @@ async def approve(
         if saved is not None:
             decisions, undecided = read_saved_answer(form, read_answer, *saved)
             for asset, detail in undecided.items():
+                detail += ": no final"
                 assets.update(asset, status=AssetStatus.NOT_REVIEWED, detail=detail)
                 run_logger.warning("%s: %s", asset, detail)
             _record(assets, decisions)
@@ -169,10 +171,12 @@ def _record(assets: AssetBoundary, decisions: dict[str, Decision]) -> None:
             assets.update(asset, chosen_draft=index, detail=detail)
 
 
-async def saved_answer(flow_run_id: UUID) -> tuple[dict[str, Any] | None, dict[str, Any]] | None:
+async def saved_answer(
+    flow_run_id: UUID, key: str = REVIEW_KEY
+) -> tuple[dict[str, Any] | None, dict[str, Any]] | None:
     """The Resume form a suspended run saved (its JSON schema) and the reviewer's answer to it,
-    as Prefect stored them under the review's pause key; None if there is no answer."""
-    keyset = keyset_from_base_key(f"suspended-{REVIEW_KEY}")
+    as Prefect stored them under the review's pause key `key`; None if there is no answer."""
+    keyset = keyset_from_base_key(f"suspended-{key}")
     response = await aread_flow_run_input(keyset["response"], flow_run_id=flow_run_id)
     if not isinstance(response, dict):
         return None

@@ -11,7 +11,7 @@ form has one choice per asset (`review_input`); beyond, two pick lists
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from prefect.input import RunInput
 from pydantic import Field, ValidationError, create_model
@@ -27,6 +27,9 @@ other asset gets its suggested draft: a thousand dropdowns are no form to review
 
 Decision = tuple[int | None, str]
 """A reviewer's decision on one asset: the chosen draft's index (None: no final) and why."""
+
+K = TypeVar("K")
+D = TypeVar("D")
 
 
 def review_form(
@@ -193,34 +196,42 @@ def form_model(name: str, fields: dict[str, Any], description: str | None) -> ty
     return form
 
 
-def asked_assets(schema: Mapping[str, Any]) -> set[str]:
-    """The assets a review form asked about, read from its JSON schema (what Prefect saves
-    with a suspended run's form): one field per asset, titled with its id, or the compact
-    form's list of assets to reject."""
+def asked_labels(schema: Mapping[str, Any]) -> set[str]:
+    """What a review form asked about, read from its JSON schema (what Prefect saves with a
+    suspended run's form): the titles of its fields, one per asset or adaptation, or, in the
+    form for many, the options of its `reject` list (asset ids, adaptation labels)."""
     properties: Mapping[str, Any] = schema.get("properties") or {}
-    if "reject" in properties and "use_instead" in properties:
-        return set((properties["reject"].get("items") or {}).get("enum") or [])
+    listed = ((properties.get("reject") or {}).get("items") or {}).get("enum")
+    if listed:
+        return {str(option) for option in listed}
     return {str(p["title"]) for p in properties.values() if isinstance(p, dict) and "title" in p}
+
+
+def _same(label: Any) -> str:
+    return str(label)
 
 
 def read_saved_answer(
     form: type[RunInput],
-    read: Callable[[Any], dict[str, Decision]],
+    read: Callable[[Any], dict[K, D]],
     schema: Mapping[str, Any] | None,
     response: Mapping[str, Any],
-) -> tuple[dict[str, Decision], dict[str, str]]:
-    """Decisions from an answer given to an earlier form of this review, for the assets of
-    `form`; and, for each asset of `form` the answer does not decide, why not.
+    label_of: Callable[[K], str] = _same,
+) -> tuple[dict[K, D], dict[K, str]]:
+    """Decisions from an answer given to an earlier form of a review, for what `form` asks
+    about now; and, for each item of `form` the answer does not decide, why not.
 
     A deployed run reads its reviewer's answer on the rerun after the resume, and builds its
-    form again from the brief and drafts of then: the brief may have changed while the run was
-    suspended. Prefect would validate the saved answer against the new form and fail the run
-    on any difference, and would give an asset the reviewer never saw its field's default, the
-    suggested draft: a final nobody approved. Here an answer about an asset no longer reviewed
-    is ignored, and an asset the reviewer was not asked about, or whose answer names a draft it
-    no longer has, is decided by nobody: no final (`AssetStatus.NOT_REVIEWED`).
+    form again from the brief and the jobs of then: the brief may have changed while the run
+    was suspended, or an adaptation failed on the rerun. Prefect would validate the saved
+    answer against the new form and fail the run on any difference, and would give an item the
+    reviewer never saw its field's default — for a draft, the suggestion: a final nobody
+    approved. Here an answer about an item no longer asked about is ignored, and an item the
+    reviewer was not asked about, or whose answer names a draft it no longer has, is decided by
+    nobody (`AssetStatus.NOT_REVIEWED`: no final). `label_of` names an item as the form does
+    (its field title, or its option in the `reject` list): an asset id, an adaptation's label.
     """
-    asked_then = asked_assets(schema) if schema else None
+    asked_then = asked_labels(schema) if schema else None
     titles = {name: str(field.title) for name, field in form.model_fields.items()}
     undecided: dict[str, str] = {}
     data: dict[str, Any] = {k: v for k, v in response.items() if k in form.model_fields}
@@ -231,30 +242,32 @@ def read_saved_answer(
         for problem in error.errors():
             where = problem["loc"]
             name = str(where[0])
-            if len(where) == 1 and name in titles:  # one asset's choice: not one of its drafts
-                undecided[titles[name]] = f"the reviewer's answer {data.get(name)!r} is no "
-                undecided[titles[name]] += "longer one of its drafts: not reviewed, no final"
+            if len(where) == 1 and name in titles:  # one item's choice is not an option now
+                undecided[titles[name]] = (
+                    f"the reviewer's answer {data.get(name)!r} is no longer one of its "
+                    "options: not reviewed"
+                )
                 data.pop(name, None)
-            elif len(where) == 2 and isinstance(where[1], int):  # an item of a pick list
+            elif len(where) == 2 and isinstance(where[1], int):  # an entry of a pick list
                 dropped.setdefault(name, set()).add(where[1])
             else:
                 raise
-        for name, items in dropped.items():
+        for name, entries in dropped.items():
             kept = []
-            for index, item in enumerate(data[name]):
-                if index not in items:
-                    kept.append(item)
+            for index, entry in enumerate(data[name]):
+                if index not in entries:
+                    kept.append(entry)
                 elif name == "use_instead":  # a pick of a draft that is no longer there
-                    asset = str(item).partition(": image-")[0]
-                    undecided[asset] = f"the reviewer picked {item!r}, no longer one of its "
-                    undecided[asset] += "drafts: not reviewed, no final"
+                    asset = str(entry).partition(": image-")[0]
+                    undecided[asset] = (
+                        f"the reviewer picked {entry!r}, no longer one of its drafts: not reviewed"
+                    )
             data[name] = kept
         answer = form.model_validate(data)
     decisions = read(answer)
     if asked_then is not None:
-        for asset in decisions.keys() - asked_then:
-            undecided.setdefault(asset, "added after the review: not reviewed, no final")
-    for asset in undecided:
-        decisions.pop(asset, None)
-    asked_now = asked_assets(form.model_json_schema())
-    return decisions, {a: d for a, d in undecided.items() if a in asked_now}
+        for item in decisions:
+            if label_of(item) not in asked_then:
+                undecided.setdefault(label_of(item), "added after the review: not reviewed")
+    left = {item: undecided[label_of(item)] for item in decisions if label_of(item) in undecided}
+    return {k: d for k, d in decisions.items() if k not in left}, left

@@ -386,8 +386,8 @@ def test_an_answer_to_an_earlier_form_decides_only_what_the_reviewer_saw(
         "launch-banner": (1, "approved: image-1"),
         "social-square": (None, "rejected by reviewer"),
     }
-    assert undecided["story-vertical"] == "added after the review: not reviewed, no final"
-    assert "'image-3' is no longer one of its drafts" in undecided["product-shot"]
+    assert undecided["story-vertical"] == "added after the review: not reviewed"
+    assert "'image-3' is no longer one of its options" in undecided["product-shot"]
     assert set(undecided) == {"story-vertical", "product-shot"}
 
     # the same answer to the same form: exactly what reading it directly gives
@@ -422,7 +422,48 @@ def test_an_answer_to_an_earlier_compact_form_decides_only_what_the_reviewer_saw
             f"approved: image-{SUGGESTED['product-shot']} (suggested)",
         ),
     }
-    assert undecided == {"story-vertical": "added after the review: not reviewed, no final"}
+    assert undecided == {"story-vertical": "added after the review: not reviewed"}
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_an_answer_to_an_earlier_adaptation_review_decides_only_what_the_reviewer_saw(
+    plans: list[AssetPlan], many: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adaptations' review read on a rerun: the German version failed this time (its answer
+    is ignored, where Prefect would fail the run), and a square version was added to the brief
+    meanwhile (not approved by default: not reviewed), in both forms of the review."""
+    from prefect_evolink.flows import campaign_review_form
+    from prefect_evolink.flows.campaign_adaptation_review import (
+        MadeAdaptation,
+        adaptation_review_form,
+    )
+    from prefect_evolink.flows.campaign_review_form import read_saved_answer
+
+    if many:
+        monkeypatch.setattr(campaign_review_form, "REVIEW_FIELDS_MAX", 1)
+    banner = plans[0]
+    story, german = banner.adaptations
+    square = story.model_copy(
+        update={"adaptation": story.adaptation.model_copy(update={"id": "square"})}
+    )
+    made = {
+        a.id: MadeAdaptation("launch-banner", a, record(banner, "final"))
+        for a in (story, german, square)
+    }
+    then, _ = adaptation_review_form([made["story"], made["de"]])
+    if many:
+        answer: dict[str, Any] = {"reject": [made["de"].label]}
+    else:
+        answer = {"launch_banner__story": "approve", "launch_banner__de": "reject"}
+    form, read = adaptation_review_form([made["story"], made["square"]])
+    with pytest.raises(ValidationError):
+        form.model_validate(answer)
+    labels = {m.ref: m.label for m in made.values()}
+    decisions, undecided = read_saved_answer(
+        form, read, then.model_json_schema(), answer, label_of=labels.__getitem__
+    )
+    assert decisions == {("launch-banner", "story"): True}
+    assert undecided == {("launch-banner", "square"): "added after the review: not reviewed"}
 
 
 def test_review_description_stops_pictures_at_its_budget(
