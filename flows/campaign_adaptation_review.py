@@ -45,8 +45,8 @@ from evolink.previews import REVIEW_EDGE, SHEET_EDGE, GridCell, Thumbnail, grid,
 from prefect_evolink.blocks import AssetStorage
 from prefect_evolink.flows import campaign_review_form
 from prefect_evolink.flows.campaign_boundary import AssetBoundary
-from prefect_evolink.flows.campaign_review import answered_before, approval_wait, saved_answer
-from prefect_evolink.flows.campaign_review_form import form_model, read_saved_answer
+from prefect_evolink.flows.campaign_review import answered_before, approval_wait, resumed_answer
+from prefect_evolink.flows.campaign_review_form import form_model
 from prefect_evolink.flows.campaign_review_sheet import (
     DESCRIPTION_BUDGET_CHARS,
     REVIEW_LINK_MAX_SECONDS,
@@ -361,11 +361,11 @@ async def approve_adaptations(
             )
 
     if resumed and current is not None:
-        saved = await saved_answer(current.id, ADAPTATION_REVIEW_KEY)
-        if saved is not None:
-            decisions, undecided = read_saved_answer(
-                form, read_answer, *saved, label_of=labels.__getitem__
-            )
+        found = await resumed_answer(
+            current.id, ADAPTATION_REVIEW_KEY, form, read_answer, labels.__getitem__
+        )
+        if found is not None:
+            decisions, undecided = found
             for (asset, adaptation), detail in undecided.items():
                 detail += " (stored, not approved)"
                 assets.update_adaptation(

@@ -12,6 +12,7 @@ The form's names are re-exported here, where `flows/campaign.py` imports them fr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Final, Literal
@@ -23,7 +24,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout, Pause
 from prefect.flow_runs import apause_flow_run, asuspend_flow_run
 from prefect.input.actions import aread_flow_run_input
-from prefect.input.run_input import keyset_from_base_key
+from prefect.input.run_input import RunInput, keyset_from_base_key
 
 from evolink.campaign import AssetStatus
 from evolink.cost import usd
@@ -32,7 +33,9 @@ from prefect_evolink.blocks import AssetStorage, S3AssetStorage
 from prefect_evolink.flows.campaign_boundary import AssetBoundary
 from prefect_evolink.flows.campaign_review_form import (
     REVIEW_FIELDS_MAX,
+    D,
     Decision,
+    K,
     compact_review_input,
     many_to_review,
     read_saved_answer,
@@ -52,6 +55,7 @@ __all__ = [
     "approve",
     "compact_review_input",
     "deadline_rule",
+    "resumed_answer",
     "review_form",
     "review_input",
     "saved_answer",
@@ -120,9 +124,9 @@ async def approve(
             campaign,
         )
     if resumed and current is not None:
-        saved = await saved_answer(current.id)
-        if saved is not None:
-            decisions, undecided = read_saved_answer(form, read_answer, *saved)
+        found = await resumed_answer(current.id, REVIEW_KEY, form, read_answer)
+        if found is not None:
+            decisions, undecided = found
             for asset, detail in undecided.items():
                 detail += ": no final"
                 assets.update(asset, status=AssetStatus.NOT_REVIEWED, detail=detail)
@@ -182,6 +186,22 @@ async def saved_answer(
         return None
     schema = await aread_flow_run_input(keyset["schema"], flow_run_id=flow_run_id)
     return (schema if isinstance(schema, dict) else None), response
+
+
+async def resumed_answer(
+    flow_run_id: UUID,
+    key: str,
+    form: type[RunInput],
+    read: Callable[[Any], dict[K, D]],
+    label_of: Callable[[K], str] = str,
+) -> tuple[dict[K, D], dict[K, str]] | None:
+    """On the rerun of a suspended run, the reviewer's answer saved under `key`, read against
+    the form built now (`read_saved_answer`: decisions, and why the rest is undecided); None
+    when Prefect holds no answer (the caller then asks Prefect, as on a first run)."""
+    saved = await saved_answer(flow_run_id, key)
+    if saved is None:
+        return None
+    return read_saved_answer(form, read, *saved, label_of=label_of)
 
 
 def approval_wait(run: FlowRun | None = None) -> Literal["suspend", "pause"]:

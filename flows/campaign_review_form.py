@@ -207,16 +207,12 @@ def asked_labels(schema: Mapping[str, Any]) -> set[str]:
     return {str(p["title"]) for p in properties.values() if isinstance(p, dict) and "title" in p}
 
 
-def _same(label: Any) -> str:
-    return str(label)
-
-
 def read_saved_answer(
     form: type[RunInput],
     read: Callable[[Any], dict[K, D]],
     schema: Mapping[str, Any] | None,
     response: Mapping[str, Any],
-    label_of: Callable[[K], str] = _same,
+    label_of: Callable[[K], str] = str,
 ) -> tuple[dict[K, D], dict[K, str]]:
     """Decisions from an answer given to an earlier form of a review, for what `form` asks
     about now; and, for each item of `form` the answer does not decide, why not.
